@@ -1,0 +1,72 @@
+"""Records the registry stores and the domain reasons about."""
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from shared.domain.lifecycle import Status
+
+VM_NAME_PREFIX = "dark-vm-"
+
+
+def vm_name_for(instance_id: uuid.UUID) -> str:
+    """`dark-vm-<uuid>`: unique per provision, no tenant in the name, a valid YC name."""
+    return f"{VM_NAME_PREFIX}{instance_id}"
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: uuid.UUID
+    tenant: str
+    status: Status
+    vm_name: str
+    idempotency_key: uuid.UUID  # sent to YC as `idempotency-key` on create
+    created_at: datetime
+    updated_at: datetime
+    status_changed_at: datetime
+    provider_id: str | None = None
+    operation_id: str | None = None
+    address: str | None = None
+    reason: str | None = None
+    ssh_pubkey: str | None = None
+    forges: tuple = ()  # public forge registration summary from the guest
+    teardown_mode: str | None = None  # "keep" | "retire" once a teardown is requested
+    request_key: str | None = None  # the API's Idempotency-Key, if given
+
+
+@dataclass(frozen=True)
+class Event:
+    instance_id: uuid.UUID
+    at: datetime
+    from_status: Status | None
+    to_status: Status
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CloudVm:
+    """What the cloud says about one VM."""
+
+    provider_id: str
+    name: str
+    status: str  # YC status name: PROVISIONING, RUNNING, STOPPED, DELETING, ...
+    labels: dict = field(default_factory=dict)
+    address: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OperationState:
+    operation_id: str
+    done: bool
+    provider_id: str | None = None
+    error: Exception | None = None  # a CloudError when the operation finished with an error
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    idempotency_key: str
+    labels: dict
+    image_id: str
+    user_data: str | None = None

@@ -1,0 +1,166 @@
+"""Settings from the environment (DESIGN §8).
+
+An empty variable counts as unset. Each setting has a default or a start-up error that names the
+variable. `.env.example` lists every variable; a test keeps the two in step.
+"""
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _nonneg_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
+def _pos_float(raw: str) -> float:
+    value = float(raw.strip())
+    if value <= 0:
+        raise ValueError("must be more than zero")
+    return value
+
+
+def _tokens(raw: str) -> frozenset[str]:
+    tokens = frozenset(t.strip() for t in raw.split(",") if t.strip())
+    if any(len(t) < 16 for t in tokens):
+        raise ValueError("each token must be at least 16 characters")
+    return tokens
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _bind(raw: str) -> str:
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected host:port")
+    return raw.strip()
+
+
+def env(
+    name: str,
+    default: object = None,
+    parse: Callable[[str], object] = _str,
+    doc: str = "",
+    secret: bool = False,
+):
+    return field(
+        default=default, repr=not secret, metadata={"env": name, "parse": parse, "doc": doc}
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = env("DARK_ENV", "development", doc="development | production")
+    database_url: str = env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/dark")
+    redis_url: str = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+    vault_addr: str = env("VAULT_ADDR", "http://127.0.0.1:8200")
+    vault_token: str | None = env("VAULT_TOKEN", secret=True)
+    vault_namespace: str | None = env("VAULT_NAMESPACE")
+    vault_kv_mount: str = env("VAULT_KV_MOUNT", "secret")
+    vault_transit_mount: str = env("VAULT_TRANSIT_MOUNT", "transit")
+    bundle_key_name: str = env("DARK_BUNDLE_KEY", "dark-bundles")
+    vault_timeout: float = env("VAULT_TIMEOUT_SECS", 5.0, _pos_float)
+
+    yc_endpoint: str = env("YC_ENDPOINT", "api.cloud.yandex.net:443")
+    yc_root_cert: str | None = env("YC_ROOT_CERT", doc="PEM file; unset = system roots")
+    yc_iam_token: str | None = env("YC_IAM_TOKEN", secret=True)
+    yc_sa_key_file: str | None = env("YC_SA_KEY_FILE")
+    yc_folder_id: str = env("YC_FOLDER_ID", "dark-folder")
+    yc_subnet_id: str = env("YC_SUBNET_ID", "dark-subnet")
+    yc_zone: str = env("YC_ZONE", "ru-central1-a")
+    yc_platform: str = env("YC_PLATFORM_ID", "standard-v3")
+    yc_cores: int = env("YC_CORES", 2, _int)
+    yc_memory_gb: int = env("YC_MEMORY_GB", 4, _int)
+    yc_core_fraction: int = env("YC_CORE_FRACTION", 100, _int)
+    yc_disk_gb: int = env("YC_DISK_GB", 30, _int)
+    yc_disk_type: str = env("YC_DISK_TYPE", "network-ssd")
+    yc_rpc_timeout: float = env("YC_RPC_TIMEOUT_SECS", 15.0, _pos_float)
+    vm_image: str | None = env("DARK_VM_IMAGE")
+    deployment: str = env("DARK_DEPLOYMENT", "local")
+
+    agent_port: int = env("DARK_AGENT_PORT", 8080, _int)
+    guest_timeout: float = env("DARK_GUEST_TIMEOUT_SECS", 10.0, _pos_float)
+    guest_boot_timeout: float = env("DARK_GUEST_BOOT_TIMEOUT", 600.0, _pos_float)
+    guest_max_response_bytes: int = env("DARK_GUEST_MAX_RESPONSE_BYTES", 1_048_576, _int)
+
+    api_bind: str = env("DARK_BIND", "127.0.0.1:8080", _bind)
+    api_tokens: frozenset = env("DARK_API_TOKENS", frozenset(), _tokens, secret=True)
+    onboarding_bind: str = env("DARK_ONBOARDING_BIND", "127.0.0.1:8081", _bind)
+    onboarding_tokens: frozenset = env("DARK_ONBOARDING_TOKENS", frozenset(), _tokens, secret=True)
+    max_instances_per_tenant: int = env("DARK_MAX_INSTANCES_PER_TENANT", 5, _nonneg_int)
+
+    reconcile_interval: int = env("RECONCILE_INTERVAL_SECS", 60, _nonneg_int)
+    reconcile_orphan_grace: int = env("RECONCILE_ORPHAN_GRACE_SECS", 600, _nonneg_int)
+    reconcile_stuck: int = env("RECONCILE_STUCK_SECS", 1800, _nonneg_int)
+    reconcile_respawn_lost: bool = env("RECONCILE_RESPAWN_LOST", False, _bool)
+    reconcile_dry_run: bool = env("RECONCILE_DRY_RUN", False, _bool)
+
+    flower_basic_auth: str | None = env("FLOWER_BASIC_AUTH", doc="user:password", secret=True)
+    log_level: str = env("DARK_LOG_LEVEL", "INFO")
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        name = f.metadata["env"]
+        raw = environ.get(name, "")
+        if raw.strip() == "":
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if s.environment not in ("development", "production"):
+        raise SettingsError("DARK_ENV: expected development or production")
+    if s.production:
+        if not s.api_tokens:
+            raise SettingsError("DARK_API_TOKENS: required in production")
+        if not s.onboarding_tokens:
+            raise SettingsError("DARK_ONBOARDING_TOKENS: required in production")
+        if not s.vm_image:
+            raise SettingsError("DARK_VM_IMAGE: required in production")
+        if not s.flower_basic_auth:
+            raise SettingsError("FLOWER_BASIC_AUTH: required in production (Flower is never open)")
+        if not (s.yc_iam_token or s.yc_sa_key_file):
+            raise SettingsError("YC_SA_KEY_FILE: required in production (or YC_IAM_TOKEN)")
+    if s.api_tokens & s.onboarding_tokens:
+        raise SettingsError("DARK_ONBOARDING_TOKENS: must not share a token with DARK_API_TOKENS")
+    if s.flower_basic_auth is not None and ":" not in s.flower_basic_auth:
+        raise SettingsError("FLOWER_BASIC_AUTH: expected user:password")
+
+
+def env_names() -> list[str]:
+    return [f.metadata["env"] for f in fields(Settings)]

@@ -1,0 +1,69 @@
+"""Session-wide real peers: a private Postgres database, a Redis DB number, OpenBao, simulators.
+
+Every test creates its own data (fresh tenant names, fresh instances) and leaves none behind that
+another test could see.
+"""
+
+import os
+import secrets
+
+import psycopg
+import pytest
+import redis
+
+from tests.support.processes import start_openbao, start_simulator
+
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("peers")
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    """A fresh database for this test session, dropped at the end."""
+    name = f"dark_test_{secrets.token_hex(6)}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis DB number of our own (1–15, the first empty one), flushed at the end."""
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_BASE}/{db}")
+        # Claim the DB atomically so that two concurrent sessions never share one.
+        if client.set("dark-test:claimed", "1", nx=True, ex=6 * 3600):
+            yield f"{REDIS_BASE}/{db}"
+            client.flushdb()
+            return
+    pytest.fail("no free Redis DB number between 1 and 15")
+
+
+@pytest.fixture(scope="session")
+def openbao(workdir):
+    bao = start_openbao(workdir)
+    yield bao
+    bao.stop()
+
+
+@pytest.fixture
+def private_openbao(tmp_path):
+    """An OpenBao of the test's own, for tests that seal or stop it."""
+    bao = start_openbao(tmp_path)
+    yield bao
+    bao.stop()
+
+
+@pytest.fixture(scope="session")
+def simulator(workdir):
+    sim = start_simulator(workdir)
+    yield sim
+    sim.stop()

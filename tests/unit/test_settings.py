@@ -1,0 +1,58 @@
+import pytest
+
+from shared.settings import SettingsError, load_settings
+
+PROD = {
+    "DARK_ENV": "production",
+    "DARK_API_TOKENS": "a" * 32,
+    "DARK_ONBOARDING_TOKENS": "b" * 32,
+    "DARK_VM_IMAGE": "fd8image",
+    "FLOWER_BASIC_AUTH": "ops:" + "c" * 20,
+    "YC_SA_KEY_FILE": "/etc/dark/sa.json",
+}
+
+
+def test_defaults_apply_when_nothing_is_set():
+    settings = load_settings({})
+    assert settings.reconcile_interval == 60
+    assert settings.api_bind == "127.0.0.1:8080"
+    assert not settings.production
+
+
+def test_an_empty_variable_counts_as_unset():
+    assert load_settings({"RECONCILE_INTERVAL_SECS": "  "}).reconcile_interval == 60
+
+
+def test_a_malformed_value_names_its_variable():
+    with pytest.raises(SettingsError, match="RECONCILE_INTERVAL_SECS"):
+        load_settings({"RECONCILE_INTERVAL_SECS": "soon"})
+    with pytest.raises(SettingsError, match="RECONCILE_DRY_RUN"):
+        load_settings({"RECONCILE_DRY_RUN": "maybe"})
+    with pytest.raises(SettingsError, match="DARK_BIND"):
+        load_settings({"DARK_BIND": "8080"})
+
+
+def test_production_starts_with_everything_it_needs():
+    assert load_settings(PROD).production
+
+
+@pytest.mark.parametrize(
+    "missing",
+    ["DARK_API_TOKENS", "DARK_ONBOARDING_TOKENS", "DARK_VM_IMAGE", "FLOWER_BASIC_AUTH"],
+)
+def test_production_refuses_to_start_without(missing):
+    with pytest.raises(SettingsError, match=missing):
+        load_settings({**PROD, missing: ""})
+
+
+def test_gateway_and_onboarding_tokens_must_differ():
+    with pytest.raises(SettingsError, match="DARK_ONBOARDING_TOKENS"):
+        load_settings({"DARK_API_TOKENS": "x" * 20, "DARK_ONBOARDING_TOKENS": "x" * 20})
+
+
+def test_tokens_and_vault_token_never_print():
+    settings = load_settings({**PROD, "VAULT_TOKEN": "hvs.very-secret-value"})
+    text = repr(settings)
+    assert "hvs.very-secret-value" not in text
+    assert "a" * 32 not in text
+    assert "c" * 20 not in text
