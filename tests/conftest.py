@@ -67,3 +67,20 @@ def simulator(workdir):
     sim = start_simulator(workdir)
     yield sim
     sim.stop()
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(database_url):
+    from shared.adapters.db import migrate
+
+    migrate(database_url)
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def pg_pool(migrated_database_url):
+    from shared.adapters.db import make_pool
+
+    pool = make_pool(migrated_database_url, max_size=8)
+    yield pool
+    pool.close()

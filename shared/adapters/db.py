@@ -1,0 +1,48 @@
+"""Postgres connections and schema migrations.
+
+Migrations are the numbered `.sql` files in migrations/, applied in order under an advisory lock so
+that several processes starting at once apply each exactly once.
+"""
+
+from pathlib import Path
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_MIGRATION_LOCK = 0x6461726B  # "dark": one advisory-lock key for the whole schema
+
+
+def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 4, **kwargs) -> ConnectionPool:
+    """A pool that checks connections before use, so a Postgres restart costs one failed attempt."""
+    return ConnectionPool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        check=ConnectionPool.check_connection,
+        open=True,
+        kwargs={"connect_timeout": 5, **kwargs},
+    )
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply pending migrations; returns the names applied now. Safe to run concurrently."""
+    applied_now: list[str] = []
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+            for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+                if path.name in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(path.read_text())
+                    conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (path.name,))
+                applied_now.append(path.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied_now
