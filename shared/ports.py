@@ -1,17 +1,40 @@
-"""Ports: the small interfaces the shared logic needs. Adapters in shared/adapters implement them."""
+"""Ports: the small interfaces the shared logic needs, implemented by shared/adapters."""
+
+# Lazy annotations: inside FleetRegistry, `list` names the method, and `list[...]` must stay the
+# builtin.
+from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
+from shared.domain.guest import GuestHealth, GuestIdentity
 from shared.domain.lifecycle import Status
 from shared.domain.records import CloudVm, Event, Instance, OperationState, VmSpec
 from shared.domain.secrets import Bundle, SecretsPresence, TenantSecrets
 
+# The largest page `FleetRegistry.list` returns; the API validates `limit` against it.
+MAX_PAGE_SIZE = 500
+
 
 class FleetRegistry(Protocol):
-    def create(self, tenant: str, *, request_key: str | None = None) -> tuple[Instance, bool]:
-        """Write a `pending` row; returns (instance, created). Same request_key → the same row."""
+    """The durable fleet registry: one row per instance, and its lifecycle event log.
+
+    Fields that `transition` and `update` may set: provider_id, operation_id, address, reason,
+    ssh_pubkey, forges, teardown_mode, wake_token, idempotency_key; any other name → ValueError.
+    A row's `reason` says why it is in its current status: `transition` sets it to its `reason`.
+    Raises RegistryUnavailable when the database cannot be reached.
+    """
+
+    def create(
+        self, tenant: str, *, request_key: str | None = None, max_live: int | None = None
+    ) -> tuple[Instance, bool]:
+        """Write a `pending` row and its first event; returns (instance, created).
+
+        The same (tenant, request_key) returns the existing row with created=False, even under
+        concurrent requests. With `max_live`, refuses (QuotaExceeded) when the tenant already has
+        that many LIVE instances; racing creates cannot overshoot it.
+        """
 
     def get(self, instance_id: uuid.UUID) -> Instance | None: ...
 
@@ -22,7 +45,18 @@ class FleetRegistry(Protocol):
         statuses: Iterable[Status] | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[Instance], str | None]: ...
+    ) -> tuple[list[Instance], str | None]:
+        """A page of rows, newest first, and the cursor of the next page (None on the last).
+
+        `limit` is 1..MAX_PAGE_SIZE (ValueError otherwise); a cursor this registry did not hand
+        out → InvalidCursor.
+        """
+
+    def list_by_statuses(self, statuses: Iterable[Status]) -> list[Instance]:
+        """Every row in one of `statuses`, oldest first (for reconcile and resuming work)."""
+
+    def count_live(self, tenant: str) -> int:
+        """How many of the tenant's rows are LIVE (have or are getting a VM)."""
 
     def transition(
         self,
@@ -34,13 +68,21 @@ class FleetRegistry(Protocol):
     ) -> Instance:
         """Compare-and-set the status, set `fields`, append the event, in one transaction.
 
-        Raises IllegalTransition, TransitionConflict (status was not `expected`), InstanceNotFound.
+        Raises IllegalTransition (before touching the database) unless every expected → target
+        move is allowed, TransitionConflict (status was not `expected`), InstanceNotFound.
         """
 
-    def update(self, instance_id: uuid.UUID, expected: Status, **fields: object) -> Instance:
-        """Set fields while the row is still in `expected` (records progress); TransitionConflict if not."""
+    def update(
+        self, instance_id: uuid.UUID, expected: Status | Iterable[Status], **fields: object
+    ) -> Instance:
+        """Set fields while the row is still in `expected`, bumping `updated_at` (progress).
 
-    def events(self, instance_id: uuid.UUID) -> list[Event]: ...
+        With no fields it only records progress. TransitionConflict if the status moved on,
+        InstanceNotFound if there is no such row.
+        """
+
+    def events(self, instance_id: uuid.UUID) -> list[Event]:
+        """The row's lifecycle events, oldest first ([] for an unknown id)."""
 
 
 class Compute(Protocol):
@@ -61,17 +103,22 @@ class Compute(Protocol):
 
 
 class GuestAgent(Protocol):
-    def health(self, address: str, *, timeout: float | None = None) -> dict: ...
+    """dark-agent on one VM, addressed by its IP. Raises only GuestError subclasses."""
 
-    def heal(self, address: str) -> dict: ...
+    def health(self, address: str, *, timeout: float | None = None) -> GuestHealth: ...
 
-    def init(self, address: str, secrets: TenantSecrets) -> dict: ...
+    def heal(self, address: str) -> dict:
+        """The guest's self-repair report, as it sent it (a JSON object)."""
 
-    def claude(self, address: str, secrets: TenantSecrets) -> dict: ...
+    def init(self, address: str, secrets: TenantSecrets) -> GuestIdentity:
+        """A fresh identity: rotates the tenant's SSH key. Only when the tenant has no bundle."""
+
+    def claude(self, address: str, secrets: TenantSecrets) -> None:
+        """Hand the node-local Claude token to an initialised (or imported) guest."""
 
     def export(self, address: str) -> Bundle: ...
 
-    def import_bundle(self, address: str, bundle: Bundle) -> dict: ...
+    def import_bundle(self, address: str, bundle: Bundle) -> GuestIdentity: ...
 
 
 class TenantSecretStore(Protocol):

@@ -117,6 +117,10 @@ class Settings:
     reconcile_respawn_lost: bool = env("RECONCILE_RESPAWN_LOST", False, _bool)
     reconcile_dry_run: bool = env("RECONCILE_DRY_RUN", False, _bool)
 
+    celery_visibility_timeout: int = env(
+        "CELERY_VISIBILITY_TIMEOUT_SECS", 900, _int, doc="above the task limit and any countdown"
+    )
+
     flower_basic_auth: str | None = env("FLOWER_BASIC_AUTH", doc="user:password", secret=True)
     log_level: str = env("DARK_LOG_LEVEL", "INFO")
 
@@ -158,6 +162,10 @@ def _check(s: Settings) -> None:
             raise SettingsError("YC_SA_KEY_FILE: required in production (or YC_IAM_TOKEN)")
     if s.api_tokens & s.onboarding_tokens:
         raise SettingsError("DARK_ONBOARDING_TOKENS: must not share a token with DARK_API_TOKENS")
+    if s.celery_visibility_timeout <= 130:
+        raise SettingsError(
+            "CELERY_VISIBILITY_TIMEOUT_SECS: must exceed the 120 s task limit and 60 s countdowns"
+        )
     if s.flower_basic_auth is not None and ":" not in s.flower_basic_auth:
         raise SettingsError("FLOWER_BASIC_AUTH: expected user:password")
 

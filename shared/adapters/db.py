@@ -13,7 +13,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _MIGRATION_LOCK = 0x6461726B  # "dark": one advisory-lock key for the whole schema
 
 
-def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 4, **kwargs) -> ConnectionPool:
+def make_pool(
+    database_url: str, *, min_size: int = 1, max_size: int = 4, **kwargs
+) -> ConnectionPool:
     """A pool that checks connections before use, so a Postgres restart costs one failed attempt."""
     return ConnectionPool(
         database_url,

@@ -35,6 +35,14 @@ class InvalidTenantName(DomainError):
     pass
 
 
+class InvalidCursor(DomainError):
+    """A pagination cursor that this registry did not hand out."""
+
+
+class RegistryUnavailable(DomainError):
+    """The registry database could not be reached: retry later (503 at the API)."""
+
+
 # --- cloud ----------------------------------------------------------------------------------
 
 
@@ -120,3 +128,14 @@ class BundleBackendUnavailable(BundleError):
 
 class BundleIntegrityError(BundleBackendUnavailable):
     """The stored bundle does not decrypt for this tenant (tampered or swapped)."""
+
+
+# --- fleet commands ---------------------------------------------------------------------------
+
+
+class QuotaExceeded(DomainError):
+    """The tenant already has as many live instances as allowed."""
+
+
+class DispatchUnavailable(DomainError):
+    """The task queue could not be reached; the row is committed and will be picked up later."""

@@ -32,6 +32,8 @@ class Instance:
     forges: tuple = ()  # public forge registration summary from the guest
     teardown_mode: str | None = None  # "keep" | "retire" once a teardown is requested
     request_key: str | None = None  # the API's Idempotency-Key, if given
+    # The pipeline's continuation token (migrations/0003): only a message carrying it may act.
+    wake_token: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)

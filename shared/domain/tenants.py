@@ -1,19 +1,43 @@
-"""Tenant names (DESIGN §6): 1–63 characters after NFC; letters, digits, '-', '_', '.'."""
+"""Tenant names (DESIGN §6): 1-63 characters after NFC; letters, digits, '-', '_', '.'.
+
+Decisions where §6 leaves room, all so that two names that look alike are the same name:
+- "letters" are the Unicode L* categories and "digits" are Nd; other numbers (No: '²', '½'; Nl:
+  Roman numerals) are not digits.
+- Combining marks (Mn, Mc) are allowed after a letter, digit or another mark: many scripts (e.g.
+  Devanagari vowel signs and viramas) have no precomposed forms. A mark at the start or after
+  '-', '_', '.' has no base of its own, and enclosing marks (Me, e.g. the emoji keycap) are refused.
+- Invisible characters are refused: format characters (Cf), including the zero-width joiner and
+  non-joiner, and the default-ignorable code points that Unicode files under letters or marks
+  (variation selectors, which also turn text into emoji, and the Hangul fillers).
+"""
 
 import unicodedata
 
 from shared.domain.errors import InvalidTenantName
 
 MAX_TENANT_LENGTH = 63
+# NFC composes at most four code points into one (e.g. U+1F82), so a longer input cannot be valid.
+_MAX_RAW_LENGTH = MAX_TENANT_LENGTH * 4
 _PUNCTUATION = frozenset("-_.")
+# Default_Ignorable_Code_Point members in the L and M categories (Unicode DerivedCoreProperties).
+_INVISIBLE = (
+    range(0x034F, 0x0350),  # combining grapheme joiner
+    range(0x115F, 0x1161),  # Hangul choseong/jungseong fillers
+    range(0x17B4, 0x17B6),  # Khmer inherent vowels
+    range(0x180B, 0x1810),  # Mongolian free variation selectors (U+180E is Cf anyway)
+    range(0x3164, 0x3165),  # Hangul filler
+    range(0xFE00, 0xFE10),  # variation selectors 1-16
+    range(0xFFA0, 0xFFA1),  # halfwidth Hangul filler
+    range(0xE0100, 0xE01F0),  # variation selectors 17-256
+)
 
 
 def normalize_tenant(raw: object) -> str:
     """Return the NFC form of a valid tenant name, or raise InvalidTenantName saying why."""
     if not isinstance(raw, str):
         raise InvalidTenantName("tenant must be a string")
-    # Bound the work before normalising: NFC can expand, and a huge name is wrong anyway.
-    if len(raw) > MAX_TENANT_LENGTH * 4:
+    # Bound the work before normalising: a huge name is wrong anyway.
+    if len(raw) > _MAX_RAW_LENGTH:
         raise InvalidTenantName(f"tenant must be at most {MAX_TENANT_LENGTH} characters")
     name = unicodedata.normalize("NFC", raw)
     if not name:
@@ -22,21 +46,38 @@ def normalize_tenant(raw: object) -> str:
         raise InvalidTenantName(f"tenant must be at most {MAX_TENANT_LENGTH} characters")
     if name.startswith("."):
         raise InvalidTenantName("tenant must not start with '.'")
+    previous = ""
     for ch in name:
-        if ch in _PUNCTUATION:
-            continue
-        category = unicodedata.category(ch)
-        # L* letters, Nd/Nl/No digits and numbers; M* marks so that combining sequences that have
-        # no precomposed form (e.g. many Devanagari names) stay valid.
-        if category[0] in "LM" or category in ("Nd",):
-            continue
-        raise InvalidTenantName(
-            f"tenant may contain only letters, digits, '-', '_' and '.'; found {_describe(ch)}"
-        )
+        kind = _kind(ch)
+        if kind is None:
+            raise InvalidTenantName(
+                f"tenant may contain only letters, digits, '-', '_' and '.'; found {_describe(ch)}"
+            )
+        if kind == "mark" and previous not in ("letter", "digit", "mark"):
+            raise InvalidTenantName(
+                f"a combining mark must follow a letter or digit; found {_describe(ch)}"
+            )
+        previous = kind
     return name
 
 
+def _kind(ch: str) -> str | None:
+    if ch in _PUNCTUATION:
+        return "punctuation"
+    if any(ord(ch) in invisible for invisible in _INVISIBLE):
+        return None
+    category = unicodedata.category(ch)
+    if category[0] == "L":
+        return "letter"
+    if category == "Nd":
+        return "digit"
+    if category in ("Mn", "Mc"):
+        return "mark"
+    return None
+
+
 def _describe(ch: str) -> str:
-    if ch.isprintable() and not ch.isspace():
-        return repr(ch)
-    return f"U+{ord(ch):04X}"
+    code = f"U+{ord(ch):04X}"
+    if ch.isprintable() and not ch.isspace() and unicodedata.category(ch)[0] != "M":
+        return f"{ch!r} ({code})"
+    return code

@@ -97,7 +97,7 @@ def bao_binary() -> str:
 
 
 def start_openbao(workdir: Path, *, bundle_key: str = "dark-bundles") -> OpenBao:
-    """A dev-mode OpenBao (in memory, unsealed, KV v2 at secret/) with transit and the bundle key."""
+    """A dev OpenBao (in memory, unsealed, KV v2 at secret/) with transit and the bundle key."""
     port = free_port()
     token = "root-" + secrets.token_hex(12)
     log_path = workdir / f"openbao-{port}.log"

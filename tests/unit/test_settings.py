@@ -56,3 +56,17 @@ def test_tokens_and_vault_token_never_print():
     assert "hvs.very-secret-value" not in text
     assert "a" * 32 not in text
     assert "c" * 20 not in text
+
+
+def test_env_example_lists_every_setting_and_nothing_else():
+    from pathlib import Path
+
+    from shared.settings import env_names
+
+    text = Path(__file__).resolve().parents[2].joinpath(".env.example").read_text()
+    listed = {
+        line.split("=", 1)[0].strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    assert listed == set(env_names())

@@ -1,0 +1,344 @@
+"""The fleet registry on Postgres: one `instances` row per VM, and its `instance_events` log.
+
+Each method runs in one transaction of its own, so a status change and its event commit together or
+not at all. Status changes are compare-and-set under a row lock: of several actors moving one row
+from the same status, exactly one wins and the others get TransitionConflict.
+"""
+
+# Lazy annotations: inside the class, `list` names the method; `list[...]` must stay the builtin.
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import struct
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from shared.domain.errors import (
+    InstanceNotFound,
+    InvalidCursor,
+    QuotaExceeded,
+    RegistryUnavailable,
+    TransitionConflict,
+)
+from shared.domain.lifecycle import LIVE, Status, check_transition
+from shared.domain.records import Event, Instance, vm_name_for
+from shared.domain.tenants import normalize_tenant
+from shared.ports import MAX_PAGE_SIZE
+
+SETTABLE_FIELDS = frozenset(
+    {
+        "provider_id",
+        "operation_id",
+        "address",
+        "reason",
+        "ssh_pubkey",
+        "forges",
+        "teardown_mode",
+        "wake_token",
+        "idempotency_key",
+    }
+)
+TEARDOWN_MODES = ("keep", "retire")
+CREATED_REASON = "provision requested"
+
+_COLUMNS = sql.SQL(", ").join(sql.Identifier(f.name) for f in dataclasses.fields(Instance))
+_TIMESTAMPS = ("created_at", "updated_at", "status_changed_at")
+_LIVE = [status.value for status in LIVE]
+# Namespace of the two-key advisory lock that serialises one tenant's creates (see `create`).
+_CREATE_LOCK = 0x64617263  # "darc"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CURSOR = struct.Struct(">q16s")  # created_at in µs since the epoch, then the id's 16 bytes
+
+
+class PostgresFleetRegistry:
+    """FleetRegistry (shared/ports.py) on a psycopg connection pool."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def create(
+        self, tenant: str, *, request_key: str | None = None, max_live: int | None = None
+    ) -> tuple[Instance, bool]:
+        tenant = normalize_tenant(tenant)
+        instance_id = uuid.uuid4()
+        with self._cursor() as cur:
+            if max_live is not None:
+                # Counting and inserting are two statements: without this lock two racing creates
+                # could both see room for one more.
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (_CREATE_LOCK, tenant)
+                )
+                existing = _by_request_key(cur, tenant, request_key)
+                if existing is not None:
+                    return existing, False
+                live = _count_live(cur, tenant)
+                if live >= max_live:
+                    raise QuotaExceeded(
+                        f"tenant {tenant} already has {live} live instances (the limit is "
+                        f"{max_live})",
+                        tenant=tenant,
+                        limit=max_live,
+                    )
+            row = cur.execute(
+                sql.SQL(
+                    "INSERT INTO instances"
+                    " (id, tenant, status, vm_name, idempotency_key, request_key, reason)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (tenant, request_key) WHERE request_key IS NOT NULL DO NOTHING"
+                    " RETURNING {}"
+                ).format(_COLUMNS),
+                (
+                    instance_id,
+                    tenant,
+                    Status.PENDING.value,
+                    vm_name_for(instance_id),
+                    uuid.uuid4(),
+                    request_key,
+                    CREATED_REASON,
+                ),
+            ).fetchone()
+            if row is None:
+                # The same key won the race. ON CONFLICT waited for that insert to commit, and each
+                # statement takes a fresh snapshot, so the next one sees the row.
+                return _by_request_key(cur, tenant, request_key), False
+            _append_event(cur, instance_id, None, Status.PENDING, CREATED_REASON)
+        return _instance(row), True
+
+    def get(self, instance_id: uuid.UUID) -> Instance | None:
+        with self._cursor() as cur:
+            row = cur.execute(
+                sql.SQL("SELECT {} FROM instances WHERE id = %s").format(_COLUMNS), (instance_id,)
+            ).fetchone()
+        return _instance(row) if row else None
+
+    def list(
+        self,
+        *,
+        tenant: str | None = None,
+        statuses: Iterable[Status] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Instance], str | None]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+        conditions: list[sql.Composable] = []
+        params: list[object] = []
+        if tenant is not None:
+            conditions.append(sql.SQL("tenant = %s"))
+            params.append(normalize_tenant(tenant))
+        if statuses is not None:
+            conditions.append(sql.SQL("status = ANY(%s)"))
+            params.append([status.value for status in _statuses(statuses)])
+        if cursor is not None:
+            # Keyset pagination: rows strictly after the last one handed out, in the index order.
+            conditions.append(sql.SQL("(created_at, id) < (%s, %s)"))
+            params.extend(_decode_cursor(cursor))
+        query = sql.SQL(
+            "SELECT {} FROM instances WHERE {} ORDER BY created_at DESC, id DESC LIMIT %s"
+        ).format(_COLUMNS, sql.SQL(" AND ").join(conditions or [sql.SQL("TRUE")]))
+        with self._cursor() as cur:
+            # One row more than the page tells whether there is a next page.
+            rows = cur.execute(query, [*params, limit + 1]).fetchall()
+        items = [_instance(row) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return items, None
+        return items, _encode_cursor(items[-1].created_at, items[-1].id)
+
+    def list_by_statuses(self, statuses: Iterable[Status]) -> list[Instance]:
+        with self._cursor() as cur:
+            rows = cur.execute(
+                sql.SQL(
+                    "SELECT {} FROM instances WHERE status = ANY(%s) ORDER BY created_at, id"
+                ).format(_COLUMNS),
+                ([status.value for status in _statuses(statuses)],),
+            ).fetchall()
+        return [_instance(row) for row in rows]
+
+    def count_live(self, tenant: str) -> int:
+        tenant = normalize_tenant(tenant)
+        with self._cursor() as cur:
+            return _count_live(cur, tenant)
+
+    def transition(
+        self,
+        instance_id: uuid.UUID,
+        expected: Status | Iterable[Status],
+        target: Status,
+        reason: str | None = None,
+        **fields: object,
+    ) -> Instance:
+        expected = _expected(expected)
+        target = Status(target)
+        for current in expected:
+            check_transition(current, target)
+        values = {**_settable(fields), "reason": reason, "status": target.value}
+        with self._cursor() as cur:
+            previous = _lock_in(cur, instance_id, expected)
+            row = _update(cur, instance_id, values)
+            _append_event(cur, instance_id, previous, target, reason)
+        return _instance(row)
+
+    def update(
+        self, instance_id: uuid.UUID, expected: Status | Iterable[Status], **fields: object
+    ) -> Instance:
+        expected = _expected(expected)
+        values = _settable(fields)
+        with self._cursor() as cur:
+            _lock_in(cur, instance_id, expected)
+            row = _update(cur, instance_id, values)
+        return _instance(row)
+
+    def events(self, instance_id: uuid.UUID) -> list[Event]:
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT instance_id, at, from_status, to_status, reason FROM instance_events"
+                " WHERE instance_id = %s ORDER BY id",
+                (instance_id,),
+            ).fetchall()
+        return [
+            Event(
+                instance_id=row["instance_id"],
+                at=row["at"].astimezone(UTC),
+                from_status=Status(row["from_status"]) if row["from_status"] else None,
+                to_status=Status(row["to_status"]),
+                reason=row["reason"],
+            )
+            for row in rows
+        ]
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor]:
+        """A cursor in a transaction of its own: committed at the end, rolled back on an error."""
+        try:
+            with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                yield cur
+        except psycopg.OperationalError as exc:  # also the pool's timeout waiting to connect
+            raise RegistryUnavailable("the fleet registry database is unreachable") from exc
+
+
+def _statuses(statuses: Status | Iterable[Status]) -> tuple[Status, ...]:
+    # A Status is a str, and iterating over one would yield its letters.
+    if isinstance(statuses, str):
+        return (Status(statuses),)
+    return tuple(dict.fromkeys(Status(status) for status in statuses))
+
+
+def _expected(expected: Status | Iterable[Status]) -> tuple[Status, ...]:
+    statuses = _statuses(expected)
+    if not statuses:
+        raise ValueError("expected must name at least one status")
+    return statuses
+
+
+def _settable(fields: dict[str, object]) -> dict[str, object]:
+    unknown = fields.keys() - SETTABLE_FIELDS
+    if unknown:
+        raise ValueError(f"an instance has no settable field {', '.join(sorted(unknown))}")
+    if fields.get("teardown_mode") not in (None, *TEARDOWN_MODES):
+        raise ValueError(f"teardown_mode must be one of {', '.join(TEARDOWN_MODES)}")
+    if "forges" in fields:
+        return {**fields, "forges": Jsonb(list(fields["forges"]))}
+    return dict(fields)
+
+
+def _lock_in(cur: psycopg.Cursor, instance_id: uuid.UUID, expected: tuple[Status, ...]) -> Status:
+    """The row's status, locked until commit, if it is one of `expected`.
+
+    A racing writer waits here for the lock and then reads the status the winner left.
+    """
+    row = cur.execute(
+        "SELECT status FROM instances WHERE id = %s FOR UPDATE", (instance_id,)
+    ).fetchone()
+    if row is None:
+        raise InstanceNotFound(f"no instance {instance_id}", instance_id=str(instance_id))
+    current = Status(row["status"])
+    if current not in expected:
+        raise TransitionConflict(
+            f"instance {instance_id} is {current.value}, not "
+            f"{' or '.join(status.value for status in expected)}",
+            instance_id=str(instance_id),
+            current=current.value,
+        )
+    return current
+
+
+def _update(cur: psycopg.Cursor, instance_id: uuid.UUID, values: dict[str, object]) -> dict:
+    assignments = [sql.SQL("updated_at = now()")]
+    if "status" in values:
+        assignments.append(sql.SQL("status_changed_at = now()"))
+    assignments += [
+        sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in values
+    ]
+    query = sql.SQL("UPDATE instances SET {} WHERE id = %(instance_id)s RETURNING {}").format(
+        sql.SQL(", ").join(assignments), _COLUMNS
+    )
+    return cur.execute(query, {**values, "instance_id": instance_id}).fetchone()
+
+
+def _append_event(
+    cur: psycopg.Cursor,
+    instance_id: uuid.UUID,
+    from_status: Status | None,
+    to_status: Status,
+    reason: str | None,
+) -> None:
+    cur.execute(
+        "INSERT INTO instance_events (instance_id, from_status, to_status, reason)"
+        " VALUES (%s, %s, %s, %s)",
+        (instance_id, from_status.value if from_status else None, to_status.value, reason),
+    )
+
+
+def _by_request_key(cur: psycopg.Cursor, tenant: str, request_key: str | None) -> Instance | None:
+    if request_key is None:
+        return None
+    row = cur.execute(
+        sql.SQL("SELECT {} FROM instances WHERE tenant = %s AND request_key = %s").format(_COLUMNS),
+        (tenant, request_key),
+    ).fetchone()
+    return _instance(row) if row else None
+
+
+def _count_live(cur: psycopg.Cursor, tenant: str) -> int:
+    row = cur.execute(
+        "SELECT count(*) AS live FROM instances WHERE tenant = %s AND status = ANY(%s)",
+        (tenant, _LIVE),
+    ).fetchone()
+    return row["live"]
+
+
+def _instance(row: dict) -> Instance:
+    return Instance(
+        **{
+            **row,
+            "status": Status(row["status"]),
+            "forges": tuple(row["forges"]),
+            **{name: row[name].astimezone(UTC) for name in _TIMESTAMPS},
+        }
+    )
+
+
+def _encode_cursor(created_at: datetime, instance_id: uuid.UUID) -> str:
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    return base64.urlsafe_b64encode(_CURSOR.pack(micros, instance_id.bytes)).decode("ascii")
+
+
+def _decode_cursor(cursor: object) -> tuple[datetime, uuid.UUID]:
+    try:
+        micros, id_bytes = _CURSOR.unpack(base64.urlsafe_b64decode(cursor))
+        position = (_EPOCH + timedelta(microseconds=micros), uuid.UUID(bytes=id_bytes))
+    except (TypeError, ValueError, OverflowError, struct.error) as exc:
+        raise InvalidCursor("the cursor is malformed; start again without one") from exc
+    # The decoder skips characters outside the alphabet: only our own exact encoding is accepted.
+    if _encode_cursor(*position) != cursor:
+        raise InvalidCursor("the cursor is malformed; start again without one")
+    return position

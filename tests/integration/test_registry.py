@@ -1,0 +1,586 @@
+"""PostgresFleetRegistry against the real Postgres (DESIGN §3): creates, compare-and-set transitions
+with their event log, keyset pagination, and Postgres being unreachable.
+
+Each test works on tenants of its own and deletes their rows (events cascade) when it ends.
+"""
+
+import base64
+import secrets
+import struct
+import threading
+import unicodedata
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.adapters.db import make_pool
+from shared.adapters.registry import PostgresFleetRegistry
+from shared.domain.errors import (
+    DomainError,
+    IllegalTransition,
+    InstanceNotFound,
+    InvalidCursor,
+    InvalidTenantName,
+    QuotaExceeded,
+    RegistryUnavailable,
+    TransitionConflict,
+)
+from shared.domain.lifecycle import IN_FLIGHT, Status
+from shared.domain.records import Event
+from tests.support.processes import free_port
+
+S = Status
+
+
+@pytest.fixture
+def registry(pg_pool):
+    return PostgresFleetRegistry(pg_pool)
+
+
+@pytest.fixture
+def new_tenant(pg_pool):
+    made: list[str] = []
+
+    def make(prefix: str = "reg") -> str:
+        made.append(f"{prefix}-{secrets.token_hex(6)}")
+        return made[-1]
+
+    yield make
+    with pg_pool.connection() as conn:
+        conn.execute("DELETE FROM instances WHERE tenant = ANY(%s)", (made,))
+
+
+@pytest.fixture
+def tenant(new_tenant):
+    return new_tenant()
+
+
+def race(workers: int, action):
+    """Run action(i) in `workers` threads released at the same moment; results or exceptions."""
+    start = threading.Barrier(workers)
+
+    def attempt(i):
+        start.wait(timeout=10)
+        try:
+            return action(i)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(attempt, range(workers)))
+
+
+def rows_of(pg_pool, tenant: str) -> int:
+    with pg_pool.connection() as conn:
+        return conn.execute(
+            "SELECT count(*) FROM instances WHERE tenant = %s", (tenant,)
+        ).fetchone()[0]
+
+
+def walk(registry, instance_id, *steps):
+    """Move an instance along `steps` (each from the status before it)."""
+    instance = registry.get(instance_id)
+    for target in steps:
+        instance = registry.transition(instance_id, instance.status, target)
+    return instance
+
+
+# --- create and get -------------------------------------------------------------------------
+
+
+def test_create_writes_a_pending_row_and_its_first_event(registry, tenant):
+    instance, created = registry.create(tenant)
+
+    assert created
+    assert instance.tenant == tenant
+    assert instance.status is S.PENDING
+    assert instance.id.version == 4
+    assert instance.vm_name == f"dark-vm-{instance.id}"
+    assert isinstance(instance.idempotency_key, uuid.UUID)
+    assert instance.idempotency_key != instance.id
+    assert instance.reason == "provision requested"
+    assert (instance.provider_id, instance.operation_id, instance.address) == (None, None, None)
+    assert instance.forges == ()
+    assert instance.created_at == instance.updated_at == instance.status_changed_at
+    assert registry.get(instance.id) == instance
+    (event,) = registry.events(instance.id)
+    assert event == Event(instance.id, event.at, None, S.PENDING, "provision requested")
+
+
+def test_unknown_ids_have_no_row_and_no_events(registry):
+    assert registry.get(uuid.uuid4()) is None
+    assert registry.events(uuid.uuid4()) == []
+
+
+def test_create_stores_the_normalised_tenant_and_refuses_an_invalid_one(
+    registry, pg_pool, new_tenant
+):
+    tenant = new_tenant("café")
+    instance, _ = registry.create(unicodedata.normalize("NFD", tenant))
+    assert instance.tenant == tenant
+
+    with pytest.raises(InvalidTenantName):
+        registry.create(f"{tenant}/..")
+    assert rows_of(pg_pool, f"{tenant}/..") == 0
+
+
+def test_timestamps_are_utc_whatever_the_session_time_zone(migrated_database_url, tenant):
+    pool = make_pool(migrated_database_url, options="-c TimeZone=Asia/Kolkata")
+    try:
+        registry = PostgresFleetRegistry(pool)
+        instance, _ = registry.create(tenant)
+        with pool.connection() as conn:
+            assert conn.execute("SHOW TimeZone").fetchone()[0] == "Asia/Kolkata"
+            conn.execute("DELETE FROM instances WHERE id = %s", (instance.id,))
+    finally:
+        pool.close()
+    for stamp in (instance.created_at, instance.updated_at, instance.status_changed_at):
+        assert stamp.tzinfo is UTC
+        assert abs(stamp - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+# --- request keys and the per-tenant cap ----------------------------------------------------
+
+
+def test_the_same_request_key_returns_the_same_row(registry, pg_pool, new_tenant):
+    tenant, other = new_tenant(), new_tenant()
+    first, created_first = registry.create(tenant, request_key="key-1")
+    again, created_again = registry.create(tenant, request_key="key-1")
+
+    assert (created_first, created_again) == (True, False)
+    assert again == first
+    assert registry.create(tenant, request_key="key-2")[0].id != first.id
+    # The key is scoped to the tenant; without a key every call is a new instance.
+    assert registry.create(other, request_key="key-1")[0].id != first.id
+    assert registry.create(tenant)[0].id != registry.create(tenant)[0].id
+    assert len(registry.events(first.id)) == 1
+
+
+@pytest.mark.parametrize("max_live", [None, 5], ids=["uncapped", "capped"])
+def test_racing_creates_with_one_request_key_make_exactly_one_row(
+    registry, pg_pool, tenant, max_live
+):
+    results = race(8, lambda _: registry.create(tenant, request_key="k", max_live=max_live))
+
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert len({instance.id for instance, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False] * 7 + [True]
+    assert rows_of(pg_pool, tenant) == 1
+    assert len(registry.events(results[0][0].id)) == 1
+
+
+def test_racing_creates_never_exceed_the_cap(registry, tenant):
+    results = race(8, lambda _: registry.create(tenant, max_live=3))
+
+    made = [r[0] for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(made) == 3
+    assert len(refused) == 5
+    assert all(isinstance(r, QuotaExceeded) for r in refused)
+    assert refused[0].details == {"tenant": tenant, "limit": 3}
+    assert registry.count_live(tenant) == 3
+
+    # A failed instance no longer counts, so there is room for one more.
+    registry.transition(made[0].id, S.PENDING, S.FAILED, "gave up")
+    registry.create(tenant, max_live=3)
+    with pytest.raises(QuotaExceeded):
+        registry.create(tenant, max_live=3)
+
+
+def test_a_repeated_request_at_the_cap_returns_its_row(registry, tenant):
+    first, _ = registry.create(tenant, request_key="k", max_live=1)
+    assert registry.create(tenant, request_key="k", max_live=1) == (first, False)
+    with pytest.raises(QuotaExceeded):
+        registry.create(tenant, request_key="other", max_live=1)
+
+
+def test_count_live_counts_rows_that_have_or_are_getting_a_vm(registry, tenant):
+    ids = [registry.create(tenant)[0].id for _ in range(7)]
+    walk(registry, ids[1], S.PROVISIONING)
+    walk(registry, ids[2], S.PROVISIONING, S.INITIALIZING, S.READY)
+    walk(registry, ids[3], S.FAILED)
+    walk(registry, ids[4], S.PROVISIONING, S.INITIALIZING, S.READY, S.LOST)
+    walk(registry, ids[5], S.TEARING_DOWN)
+    walk(registry, ids[6], S.TEARING_DOWN, S.RETIRED)
+
+    assert registry.count_live(tenant) == 3  # pending, provisioning, ready
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def test_each_transition_sets_its_fields_and_appends_exactly_one_event(registry, tenant):
+    instance, _ = registry.create(tenant)
+    provider_id = f"fhm{secrets.token_hex(8)}"
+    forges = [{"name": "github", "host": "github.com", "registered": True}]
+
+    steps = [
+        (S.PROVISIONING, "cloud create requested", {"operation_id": "op-1"}),
+        (S.INITIALIZING, "VM running", {"provider_id": provider_id, "address": "10.1.2.3"}),
+        (S.READY, "guest initialised", {"ssh_pubkey": "ssh-ed25519 AAAA", "forges": forges}),
+        (S.TEARING_DOWN, "teardown requested", {"teardown_mode": "retire"}),
+        (S.RETIRED, None, {}),
+    ]
+    previous = instance
+    for target, reason, fields in steps:
+        moved = registry.transition(instance.id, previous.status, target, reason, **fields)
+        assert moved.status is target
+        assert moved.reason == reason
+        assert moved.status_changed_at > previous.status_changed_at
+        assert moved.updated_at == moved.status_changed_at
+        assert registry.get(instance.id) == moved
+        previous = moved
+
+    assert previous.operation_id == "op-1"
+    assert previous.provider_id == provider_id
+    assert previous.address == "10.1.2.3"
+    assert previous.ssh_pubkey == "ssh-ed25519 AAAA"
+    assert previous.forges == tuple(forges)
+    assert previous.teardown_mode == "retire"
+    assert previous.created_at == instance.created_at
+
+    events = registry.events(instance.id)
+    assert [(e.from_status, e.to_status, e.reason) for e in events] == [
+        (None, S.PENDING, "provision requested"),
+        (S.PENDING, S.PROVISIONING, "cloud create requested"),
+        (S.PROVISIONING, S.INITIALIZING, "VM running"),
+        (S.INITIALIZING, S.READY, "guest initialised"),
+        (S.READY, S.TEARING_DOWN, "teardown requested"),
+        (S.TEARING_DOWN, S.RETIRED, None),
+    ]
+    assert all(e.at.tzinfo is UTC for e in events)
+    assert [e.at for e in events] == sorted(e.at for e in events)
+
+
+def test_with_several_expected_statuses_the_event_records_the_actual_one(registry, tenant):
+    instance, _ = registry.create(tenant)
+    walk(registry, instance.id, S.PROVISIONING, S.INITIALIZING)
+
+    moved = registry.transition(instance.id, IN_FLIGHT, S.TEARING_DOWN, "cancelled")
+
+    assert moved.status is S.TEARING_DOWN
+    last = registry.events(instance.id)[-1]
+    assert (last.from_status, last.to_status, last.reason) == (
+        S.INITIALIZING,
+        S.TEARING_DOWN,
+        "cancelled",
+    )
+
+
+@pytest.mark.parametrize(
+    ("expected", "target"),
+    [
+        (S.PENDING, S.READY),
+        (S.PENDING, S.PENDING),
+        (S.PENDING, S.RETIRED),
+        # The row is pending, but a move from one of the expected statuses is illegal.
+        ({S.PENDING, S.RETIRED}, S.TEARING_DOWN),
+    ],
+)
+def test_an_illegal_transition_is_refused_and_writes_nothing(registry, tenant, expected, target):
+    instance, _ = registry.create(tenant)
+
+    with pytest.raises(IllegalTransition):
+        registry.transition(instance.id, expected, target, "nope")
+
+    assert registry.get(instance.id) == instance
+    assert len(registry.events(instance.id)) == 1
+
+
+def test_a_transition_from_a_status_the_row_left_is_a_conflict(registry, tenant):
+    instance, _ = registry.create(tenant)
+    moved = walk(registry, instance.id, S.PROVISIONING)
+
+    with pytest.raises(TransitionConflict) as conflict:
+        registry.transition(instance.id, S.PENDING, S.FAILED, "too late")
+
+    assert conflict.value.details["current"] == "provisioning"
+    assert registry.get(instance.id) == moved
+    assert len(registry.events(instance.id)) == 2
+
+
+def test_writes_to_an_unknown_instance_are_not_found(registry):
+    with pytest.raises(InstanceNotFound):
+        registry.transition(uuid.uuid4(), S.PENDING, S.PROVISIONING)
+    with pytest.raises(InstanceNotFound):
+        registry.update(uuid.uuid4(), S.PENDING, address="10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"bogus": 1}, {"status": "ready"}, {"tenant": "x"}, {"teardown_mode": "nuke"}],
+    ids=["unknown", "status", "tenant", "bad-teardown-mode"],
+)
+def test_fields_outside_the_whitelist_are_refused_and_nothing_is_written(registry, tenant, fields):
+    instance, _ = registry.create(tenant)
+
+    with pytest.raises(ValueError):
+        registry.transition(instance.id, S.PENDING, S.PROVISIONING, **fields)
+    with pytest.raises(ValueError):
+        registry.update(instance.id, S.PENDING, **fields)
+
+    assert registry.get(instance.id) == instance
+    assert len(registry.events(instance.id)) == 1
+
+
+def test_an_empty_expected_set_is_a_programming_error(registry, tenant):
+    instance, _ = registry.create(tenant)
+    with pytest.raises(ValueError):
+        registry.transition(instance.id, [], S.FAILED)
+
+
+@pytest.mark.parametrize("workers", [2, 8])
+def test_of_racing_transitions_from_one_status_exactly_one_wins(registry, tenant, workers):
+    instance, _ = registry.create(tenant)
+    targets = [S.PROVISIONING, S.TEARING_DOWN, S.FAILED]
+
+    results = race(
+        workers,
+        lambda i: registry.transition(instance.id, S.PENDING, targets[i % 3], f"worker {i}"),
+    )
+
+    winners = [r for r in results if not isinstance(r, Exception)]
+    losers = [r for r in results if isinstance(r, Exception)]
+    assert len(winners) == 1
+    assert len(losers) == workers - 1
+    assert all(isinstance(r, TransitionConflict) for r in losers)
+    assert registry.get(instance.id).status is winners[0].status
+    events = registry.events(instance.id)
+    assert len(events) == 2
+    assert (events[1].from_status, events[1].to_status) == (S.PENDING, winners[0].status)
+
+
+def test_racing_updates_and_a_transition_never_lose_the_transition(registry, tenant):
+    instance, _ = registry.create(tenant)
+
+    def act(i):
+        if i == 0:
+            return registry.transition(instance.id, S.PENDING, S.TEARING_DOWN, "teardown")
+        return registry.update(instance.id, S.PENDING, operation_id=f"op-{i}")
+
+    results = race(8, act)
+
+    assert all(not isinstance(r, Exception) or isinstance(r, TransitionConflict) for r in results)
+    assert registry.get(instance.id).status is S.TEARING_DOWN
+    assert len(registry.events(instance.id)) == 2
+
+
+# --- update ---------------------------------------------------------------------------------
+
+
+def test_update_records_progress_without_moving_the_status(registry, tenant):
+    instance, _ = registry.create(tenant)
+    walk(registry, instance.id, S.PROVISIONING)
+    before = registry.get(instance.id)
+
+    updated = registry.update(instance.id, S.PROVISIONING, operation_id="op-7", address="10.0.0.9")
+    assert (updated.status, updated.operation_id, updated.address) == (
+        S.PROVISIONING,
+        "op-7",
+        "10.0.0.9",
+    )
+    assert updated.updated_at > before.updated_at
+    assert updated.status_changed_at == before.status_changed_at
+
+    touched = registry.update(instance.id, {S.PENDING, S.PROVISIONING})
+    assert touched.updated_at > updated.updated_at
+    assert (touched.operation_id, touched.address) == ("op-7", "10.0.0.9")
+
+    cleared = registry.update(instance.id, S.PROVISIONING, address=None)
+    assert cleared.address is None
+    assert len(registry.events(instance.id)) == 2
+
+
+def test_update_after_the_status_moved_on_is_a_conflict(registry, tenant):
+    instance, _ = registry.create(tenant)
+    moved = walk(registry, instance.id, S.TEARING_DOWN)
+
+    with pytest.raises(TransitionConflict):
+        registry.update(instance.id, S.PENDING, operation_id="late")
+
+    assert registry.get(instance.id) == moved
+
+
+# --- listing --------------------------------------------------------------------------------
+
+
+def test_list_filters_by_tenant_and_status_newest_first(registry, new_tenant):
+    tenant, other = new_tenant(), new_tenant()
+    mine = [registry.create(tenant)[0] for _ in range(3)]
+    theirs = [registry.create(other)[0] for _ in range(2)]
+    walk(registry, mine[1].id, S.PROVISIONING)
+
+    items, cursor = registry.list(tenant=tenant)
+    assert [i.id for i in items] == [i.id for i in reversed(mine)]
+    assert cursor is None
+
+    assert [i.id for i in registry.list(tenant=tenant, statuses=[S.PROVISIONING])[0]] == [
+        mine[1].id
+    ]
+    assert [i.id for i in registry.list(tenant=other, statuses=S.PENDING)[0]] == [
+        i.id for i in reversed(theirs)
+    ]
+    assert registry.list(tenant=tenant, statuses=[])[0] == []
+    everyone = {i.id for i in registry.list(statuses=["pending", "provisioning"], limit=500)[0]}
+    assert {i.id for i in mine + theirs} <= everyone
+
+
+def test_list_refuses_bad_arguments(registry):
+    for limit in (0, -1, 501, True, "10", 2.5):
+        with pytest.raises(ValueError):
+            registry.list(limit=limit)
+    with pytest.raises(ValueError):
+        registry.list(statuses=["running"])
+    with pytest.raises(InvalidTenantName):
+        registry.list(tenant="../etc")
+    assert len(registry.list(limit=500)[0]) <= 500
+
+
+def test_list_by_statuses_returns_every_matching_row_oldest_first(registry, tenant):
+    ids = [registry.create(tenant)[0].id for _ in range(4)]
+    walk(registry, ids[0], S.FAILED)
+    walk(registry, ids[2], S.TEARING_DOWN)
+    walk(registry, ids[3], S.FAILED)
+
+    found = [
+        i.id for i in registry.list_by_statuses({S.FAILED, S.TEARING_DOWN}) if i.tenant == tenant
+    ]
+
+    assert found == [ids[0], ids[2], ids[3]]
+    assert registry.list_by_statuses([]) == []
+
+
+def bulk_insert(
+    pg_pool, tenant: str, count: int, base: datetime
+) -> list[tuple[datetime, uuid.UUID]]:
+    """Rows straight into the table with COPY, seven to a created_at, every status represented."""
+    statuses = list(Status)
+    rows = []
+    for i in range(count):
+        instance_id = uuid.uuid4()
+        created_at = base + timedelta(milliseconds=i // 7)
+        rows.append(
+            (
+                instance_id,
+                tenant,
+                statuses[i % len(statuses)].value,
+                f"dark-vm-{instance_id}",
+                uuid.uuid4(),
+                created_at,
+                created_at,
+                created_at,
+            )
+        )
+    with (
+        pg_pool.connection() as conn,
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY instances (id, tenant, status, vm_name, idempotency_key,"
+            " created_at, updated_at, status_changed_at) FROM STDIN"
+        ) as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+    return [(row[5], row[0]) for row in rows]
+
+
+def paginate(registry, cursor=None, **filters) -> list:
+    items, cursor = registry.list(cursor=cursor, **filters)
+    pages = [items]
+    while cursor is not None:
+        items, cursor = registry.list(cursor=cursor, **filters)
+        pages.append(items)
+    assert pages[-1] or len(pages) == 1, "a cursor was handed out for an empty page"
+    return [item for page in pages for item in page]
+
+
+def test_cursor_pages_through_10000_rows_each_exactly_once_newest_first(registry, pg_pool, tenant):
+    base = datetime.now(UTC) - timedelta(days=3)
+    inserted = bulk_insert(pg_pool, tenant, 10_000, base)
+    newest_first = [instance_id for _, instance_id in sorted(inserted, reverse=True)]
+
+    listed = paginate(registry, tenant=tenant, limit=137)
+    assert [i.id for i in listed] == newest_first
+
+    wanted = {S.READY, S.FAILED}
+    by_status = paginate(registry, tenant=tenant, statuses=wanted, limit=137)
+    assert [i.id for i in by_status] == [i.id for i in listed if i.status in wanted]
+
+    # Without filters the pages also hold other tests' rows: ours appear once each, in order.
+    everything = paginate(registry, limit=500)
+    positions = [(i.created_at, i.id) for i in everything]
+    assert positions == sorted(set(positions), reverse=True)
+    assert [i.id for i in everything if i.tenant == tenant] == newest_first
+
+
+def test_rows_created_after_a_page_was_read_do_not_disturb_the_next_pages(registry, tenant):
+    first = [registry.create(tenant)[0] for _ in range(5)]
+    page, cursor = registry.list(tenant=tenant, limit=2)
+    later = [registry.create(tenant)[0] for _ in range(2)]
+
+    rest = paginate(registry, tenant=tenant, limit=2, cursor=cursor)
+
+    assert [i.id for i in page + rest] == [i.id for i in reversed(first)]
+    assert [i.id for i in registry.list(tenant=tenant)[0][:2]] == [i.id for i in reversed(later)]
+
+
+def _cursor(micros: int, instance_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(struct.pack(">q16s", micros, instance_id.bytes)).decode()
+
+
+def test_a_malformed_cursor_is_invalid(registry, tenant):
+    for _ in range(3):
+        registry.create(tenant)
+    _, good = registry.list(tenant=tenant, limit=1)
+    assert registry.list(tenant=tenant, limit=1, cursor=good)[0]
+
+    malformed = [
+        "",
+        "garbage",
+        "!!!!",
+        good[:-1],
+        good + "A",
+        good + "==",
+        good[:10] + "*" + good[11:],
+        good[:10] + "\u00e9" + good[11:],
+        base64.urlsafe_b64encode(b"0123456789").decode(),
+        _cursor(2**62, uuid.uuid4()),  # beyond any date
+        _cursor(-(2**62), uuid.uuid4()),
+        12345,
+        b"bytes",
+    ]
+    for cursor in malformed:
+        with pytest.raises(InvalidCursor) as invalid:
+            registry.list(tenant=tenant, cursor=cursor)
+        assert isinstance(invalid.value, DomainError)
+
+
+# --- Postgres unreachable -------------------------------------------------------------------
+
+
+def test_an_unreachable_database_is_registry_unavailable(tenant):
+    pool = ConnectionPool(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+        min_size=1,
+        timeout=0.3,
+        open=True,
+        kwargs={"connect_timeout": 1},
+    )
+    registry = PostgresFleetRegistry(pool)
+    calls = [
+        lambda: registry.create(tenant),
+        lambda: registry.get(uuid.uuid4()),
+        lambda: registry.list(),
+        lambda: registry.transition(uuid.uuid4(), S.PENDING, S.PROVISIONING),
+        lambda: registry.events(uuid.uuid4()),
+    ]
+    try:
+        for call in calls:
+            with pytest.raises(RegistryUnavailable) as unavailable:
+                call()
+            assert isinstance(unavailable.value, DomainError)
+    finally:
+        pool.close()

@@ -1,0 +1,180 @@
+"""The whole stack as real processes: gunicorn gateway, Celery worker, simulators, OpenBao."""
+
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from tests.support.processes import (
+    VENV_BIN,
+    OpenBao,
+    Simulator,
+    free_port,
+    spawn,
+    stop_process,
+    wait_until,
+)
+
+TERMINAL = {"ready", "failed", "retired", "lost"}
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    env: dict
+    api_url: str
+    api_token: str
+    sim: Simulator
+    bao: OpenBao
+    procs: dict = field(default_factory=dict)
+
+    # --- processes ------------------------------------------------------------------------------
+
+    def start_api(self) -> None:
+        bind = self.api_url.removeprefix("http://")
+        self.procs["api"] = spawn(
+            [
+                str(VENV_BIN / "gunicorn"),
+                "-c",
+                "services/api/gunicorn.conf.py",
+                "--bind",
+                bind,
+                "services.api.wsgi:app",
+            ],
+            env=self.env,
+            log_path=self.log_path("api"),
+        )
+        wait_until(lambda: requests.get(self.api_url + "/health", timeout=1).ok, 30, what="gateway")
+
+    def start_worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen:
+        proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "services.provisioner.worker",
+                "worker",
+                "-Q",
+                "dark.provision",
+                "--pool=prefork",
+                f"--concurrency={concurrency}",
+                f"--hostname={name}-{secrets.token_hex(3)}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=INFO",
+            ],
+            env=self.env,
+            log_path=self.log_path(name),
+        )
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the whole process group (the worker parent and its children)."""
+        import os
+        import signal
+
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.workdir.glob("*.log"))
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop_process(proc)
+        self.procs.clear()
+
+    # --- API helpers ----------------------------------------------------------------------------
+
+    def headers(self, **extra) -> dict:
+        return {"Authorization": f"Bearer {self.api_token}", **extra}
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {**self.headers(), **kwargs.pop("headers", {})}
+        return requests.request(method, self.api_url + path, headers=headers, timeout=15, **kwargs)
+
+    def provision(self, tenant: str, **headers) -> dict:
+        resp = self.api("POST", "/instances", json={"tenant": tenant}, headers=headers)
+        assert resp.status_code == 202, resp.text
+        return resp.json()["instance"]
+
+    def instance(self, tenant: str, instance_id: str) -> dict:
+        resp = self.api("GET", f"/instances/{tenant}/{instance_id}")
+        assert resp.status_code == 200, resp.text
+        return resp.json()["instance"]
+
+    def wait_status(self, tenant: str, instance_id: str, statuses, timeout: float = 60) -> dict:
+        statuses = {statuses} if isinstance(statuses, str) else set(statuses)
+        seen: list[str] = []
+
+        def reached():
+            inst = self.instance(tenant, instance_id)
+            if not seen or seen[-1] != inst["status"]:
+                seen.append(inst["status"])
+            return inst if inst["status"] in statuses else None
+
+        try:
+            return wait_until(reached, timeout, interval=0.2, what=f"{instance_id} in {statuses}")
+        except TimeoutError as exc:
+            raise AssertionError(f"statuses seen: {seen}\n{self.logs()[-4000:]}") from exc
+
+    def onboard(self, tenant: str, claude_token: str | None = None, nks_pat: str | None = None):
+        """Write the tenant's secrets straight into Vault (the onboarding service does this)."""
+        claude_token = claude_token or "sk-ant-oat01-" + secrets.token_urlsafe(32)
+        nks_pat = nks_pat or "nks-" + secrets.token_urlsafe(16)
+        from urllib.parse import quote
+
+        self.bao.client().secrets.kv.v2.create_or_update_secret(
+            path=f"tenants/{quote(tenant, safe='')}",
+            secret={
+                "claude_oauth_token": claude_token,
+                "nks_pat": nks_pat,
+                "forges": [{"name": "gh", "host": "github.com", "token": "ghp_" + "x" * 20}],
+            },
+            mount_point="secret",
+        )
+        return claude_token, nks_pat
+
+    def sim_vms_all(self) -> list[dict]:
+        return self.sim.admin("GET", "/cloud/vms")
+
+    def sim_vms(self) -> list[dict]:
+        folder = self.env["YC_FOLDER_ID"]
+        return self.sim.admin("GET", f"/cloud/vms?folder_id={folder}")
+
+
+def make_stack(
+    workdir: Path, sim: Simulator, bao: OpenBao, database_url: str, redis_url: str, **overrides
+) -> Stack:
+    token = "op-" + secrets.token_hex(16)
+    env = {
+        **sim.yc_env(),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "VAULT_ADDR": bao.addr,
+        "VAULT_TOKEN": bao.token,
+        "DARK_API_TOKENS": token,
+        "YC_FOLDER_ID": "e2e-" + secrets.token_hex(4),
+        "DARK_DEPLOYMENT": "e2e-" + secrets.token_hex(3),
+        "DARK_GUEST_BOOT_TIMEOUT": "30",
+        "DARK_LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+        **overrides,
+    }
+    return Stack(
+        workdir=workdir,
+        env=env,
+        api_url=f"http://127.0.0.1:{free_port()}",
+        api_token=token,
+        sim=sim,
+        bao=bao,
+    )
