@@ -1,0 +1,239 @@
+"""`make run`: the whole local stack on its simulators, in the foreground; Ctrl-C stops it all.
+
+Starts OpenBao (dev server: KV v2 + transit + the bundle key), the simulators, applies migrations,
+then the gateway, the onboarding service, the provisioner worker, the reconcile worker, beat and
+Flower. Postgres and Redis are used at DATABASE_URL / REDIS_URL. Runtime files go under .run/.
+"""
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / ".run"
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_of(bind: str) -> int:
+    return int(bind.rpartition(":")[2])
+
+
+def _wait(what: str, check, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: S110 - not up yet
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"make run: {what} did not come up; see {RUN}/*.log")
+
+
+class Runner:
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], env: dict, stdout=None) -> subprocess.Popen:
+        log = open(RUN / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=stdout or log,
+            stderr=log,
+            start_new_session=True,
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _token(env: dict, name: str, prefix: str, generated: dict) -> None:
+    if not env.get(name, "").strip():
+        env[name] = prefix + secrets.token_urlsafe(24)
+        generated[name] = env[name]
+
+
+def main() -> int:
+    RUN.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if v.strip()}
+    env.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/dark")
+    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    env.setdefault("DARK_BIND", "127.0.0.1:8080")
+    env.setdefault("DARK_ONBOARDING_BIND", "127.0.0.1:8081")
+    env.setdefault("DARK_DEPLOYMENT", "local")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
+    generated: dict[str, str] = {}
+    _token(env, "DARK_API_TOKENS", "op-", generated)
+    _token(env, "DARK_ONBOARDING_TOKENS", "onb-", generated)
+    if not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = "admin:" + secrets.token_urlsafe(12)
+        generated["FLOWER_BASIC_AUTH"] = env["FLOWER_BASIC_AUTH"]
+    (RUN / "tokens.json").write_text(json.dumps(generated, indent=2))
+    os.chmod(RUN / "tokens.json", 0o600)
+
+    runner = Runner()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        _create_database(env["DATABASE_URL"])
+        _start_openbao(runner, env)
+        _start_simulators(runner, env)
+        subprocess.run([sys.executable, "-m", "devtools.migrate"], cwd=ROOT, env=env, check=True)
+        _start_services(runner, env)
+        _announce(env, generated)
+        while True:
+            for name, proc in runner.procs:
+                if proc.poll() is not None:
+                    print(f"make run: {name} exited ({proc.returncode}); see .run/{name}.log")
+                    return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nmake run: stopping")
+        return 0
+    finally:
+        runner.stop()
+
+
+def _create_database(url: str) -> None:
+    base, _, name = url.rpartition("/")
+    name = name.split("?")[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True, connect_timeout=5) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _start_openbao(runner: Runner, env: dict) -> None:
+    if env.get("VAULT_ADDR") and env.get("VAULT_TOKEN"):
+        return  # an operator-provided Vault
+    port = _free_port()
+    token = "root-" + secrets.token_hex(16)
+    runner.start(
+        "openbao",
+        [
+            str(BIN / "bao"),
+            "server",
+            "-dev",
+            f"-dev-listen-address=127.0.0.1:{port}",
+            f"-dev-root-token-id={token}",
+        ],
+        {**env, "HOME": str(RUN)},
+    )
+    env["VAULT_ADDR"] = f"http://127.0.0.1:{port}"
+    env["VAULT_TOKEN"] = token
+    _wait("OpenBao", lambda: requests.get(env["VAULT_ADDR"] + "/v1/sys/health", timeout=1).ok)
+    import hvac
+
+    client = hvac.Client(url=env["VAULT_ADDR"], token=token)
+    client.sys.enable_secrets_engine("transit", path="transit")
+    client.secrets.transit.create_key(
+        name=env.get("DARK_BUNDLE_KEY", "dark-bundles"), key_type="aes256-gcm96"
+    )
+
+
+def _start_simulators(runner: Runner, env: dict) -> None:
+    proc = runner.start(
+        "sim",
+        [
+            sys.executable,
+            "-m",
+            "sim",
+            "--state-dir",
+            str(RUN),
+            "--operation-delay",
+            env.get("SIM_OPERATION_DELAY", "2"),
+            "--boot-delay",
+            env.get("SIM_BOOT_DELAY", "3"),
+        ],
+        env,
+        stdout=subprocess.PIPE,
+    )
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit("make run: the simulators did not start; see .run/sim.log")
+    (RUN / "sim.json").write_bytes(line)
+    info = json.loads(line)
+    env.update(
+        YC_ENDPOINT=info["yc_endpoint"],
+        YC_ROOT_CERT=info["yc_root_cert"],
+        YC_IAM_TOKEN=info["yc_iam_token"],
+        DARK_AGENT_PORT=str(info["agent_port"]),
+        DARK_VM_IMAGE=env.get("DARK_VM_IMAGE", "dark-agent-sim-image"),
+        YC_METADATA_ADDR="127.0.0.1:1",
+    )
+    env["SIM_ADMIN_URL"] = info["admin_url"]
+
+
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", *args]
+
+
+def _start_services(runner: Runner, env: dict) -> None:
+    runner.start(
+        "api",
+        [str(BIN / "gunicorn"), "-c", "services/api/gunicorn.conf.py", "services.api.wsgi:app"],
+        env,
+    )
+    runner.start(
+        "provisioner",
+        _celery(
+            "-A",
+            "services.provisioner.worker",
+            "worker",
+            "-Q",
+            "dark.provision",
+            "--concurrency=2",
+            "--hostname=provisioner@%h",
+            "--loglevel=INFO",
+        ),
+        env,
+    )
+    api = "http://" + env["DARK_BIND"]
+    _wait("the gateway", lambda: requests.get(api + "/ready", timeout=1).ok)
+
+
+def _announce(env: dict, generated: dict) -> None:
+    api = "http://" + env["DARK_BIND"]
+    lines = [
+        "",
+        "dark-orchestrator is running (Ctrl-C stops everything). Logs: .run/*.log",
+        f"  gateway     {api}   (OpenAPI: {api}/openapi.json)",
+        f"  OpenBao     {env['VAULT_ADDR']}",
+        f"  simulators  admin {env['SIM_ADMIN_URL']}",
+    ]
+    if generated:
+        lines.append("  generated credentials (also in .run/tokens.json):")
+        lines += [f"    {k}={v}" for k, v in generated.items()]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Provisioner worker entrypoint: `celery -A services.provisioner.worker worker -Q dark.provision`.
+
+Each task decodes its message, calls the pipeline, and schedules what the pipeline asks for.
+"""
+
+import logging
+import uuid
+
+from celery.signals import worker_process_init, worker_ready
+
+from shared.celery_app import MAX_COUNTDOWN_SECS, TASK_PROVISION, TASK_TEARDOWN, make_celery
+from shared.composition import PerProcess, build_worker_context
+from shared.fleet import CeleryDispatcher
+from shared.logs import configure_logging, request_id_var
+from shared.pipeline import Pipeline, backoff
+from shared.settings import load_settings
+
+settings = load_settings()
+configure_logging("provisioner", settings.log_level)
+app = make_celery(settings)
+dispatcher = CeleryDispatcher(app)
+log = logging.getLogger(__name__)
+CLOUD_MAX_RETRIES = 8
+
+
+def _build_pipeline() -> Pipeline:
+    ctx = build_worker_context(settings)
+    return Pipeline(
+        registry=ctx.registry,
+        compute=ctx.compute,
+        guest=ctx.guest,
+        secrets=ctx.secrets,
+        bundles=ctx.bundles,
+        locks=ctx.locks,
+        settings=settings,
+    )
+
+
+pipeline = PerProcess(_build_pipeline)
+
+
+@worker_process_init.connect
+def _warm_child(**_kwargs) -> None:
+    pipeline.get()
+
+
+@worker_ready.connect
+def _resume_unfinished(**_kwargs) -> None:
+    # Messages held by a worker that was killed come back only after the visibility timeout;
+    # resuming every unfinished row now (with fresh tokens) makes a restart converge at once.
+    resumed = pipeline.get().resume_all(
+        lambda inst, token: dispatcher.send(inst, token, request_id=None)
+    )
+    log.info("resumed %d unfinished instances", resumed)
+
+
+def _run(task, instance_id: str, token: str) -> None:
+    request_id_var.set(getattr(task.request, "request_id", None))
+    iid, tok = uuid.UUID(instance_id), uuid.UUID(token)
+    step = pipeline.get().advance(iid, tok)
+    if step.transient is not None:
+        if task.request.retries >= CLOUD_MAX_RETRIES:
+            pipeline.get().give_up(iid, tok, step.transient)
+            return
+        log.info("transient cloud error, retrying: %s", step.transient, extra={"instance_id": iid})
+        raise task.retry(
+            countdown=backoff(task.request.retries + 1),
+            max_retries=CLOUD_MAX_RETRIES,
+            headers={"request_id": request_id_var.get()},
+        )
+    if step.delay is not None:
+        task.apply_async(
+            args=[instance_id, str(step.token)],
+            countdown=min(step.delay, MAX_COUNTDOWN_SECS),
+            headers={"request_id": request_id_var.get()},
+        )
+
+
+@app.task(name=TASK_PROVISION, bind=True)
+def advance(self, instance_id: str, token: str) -> None:
+    _run(self, instance_id, token)
+
+
+@app.task(name=TASK_TEARDOWN, bind=True)
+def teardown(self, instance_id: str, token: str) -> None:
+    _run(self, instance_id, token)

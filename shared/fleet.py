@@ -1,0 +1,132 @@
+"""Fleet commands: the service layer behind the gateway's POST and DELETE.
+
+The row is committed before any task is sent; a task carries the instance id and the row's
+continuation token, never anything else (STYLE.md 5).
+"""
+
+import logging
+import uuid
+
+from kombu.exceptions import KombuError, OperationalError
+from redis.exceptions import RedisError
+
+from shared.celery_app import TASK_PROVISION, TASK_TEARDOWN
+from shared.domain.errors import (
+    DispatchUnavailable,
+    InstanceNotFound,
+    TransitionConflict,
+)
+from shared.domain.lifecycle import Status, can_tear_down
+from shared.domain.records import Instance
+from shared.domain.tenants import normalize_tenant
+from shared.ports import FleetRegistry
+
+log = logging.getLogger(__name__)
+
+_TASK_IDS = uuid.UUID("6a1c1f0e-6d61-4b1e-9d0a-7a2f8f1b9c33")
+
+
+def first_task_id(instance_id: uuid.UUID, kind: str) -> str:
+    """The id of the first provision/teardown message: a repeated request gets it again."""
+    return str(uuid.uuid5(_TASK_IDS, f"{kind}:{instance_id}"))
+
+
+class CeleryDispatcher:
+    """Sends the pipeline's messages by task name (the gateway never imports worker code)."""
+
+    def __init__(self, celery_app) -> None:
+        self._app = celery_app
+
+    def send(
+        self,
+        instance: Instance,
+        token: uuid.UUID,
+        *,
+        request_id: str | None,
+        countdown: float = 0,
+        task_id: str | None = None,
+    ) -> str:
+        name = TASK_TEARDOWN if instance.status is Status.TEARING_DOWN else TASK_PROVISION
+        try:
+            result = self._app.send_task(
+                name,
+                args=[str(instance.id), str(token)],
+                headers={"request_id": request_id} if request_id else None,
+                countdown=countdown or None,
+                task_id=task_id,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+            )
+        except (KombuError, OperationalError, RedisError, OSError) as exc:
+            raise DispatchUnavailable(
+                "the task queue is unreachable; the request is recorded and will be resumed"
+            ) from exc
+        return result.id
+
+
+class FleetService:
+    def __init__(
+        self,
+        registry: FleetRegistry,
+        dispatcher: CeleryDispatcher,
+        *,
+        max_instances_per_tenant: int,
+    ) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._max = max_instances_per_tenant
+
+    def provision(
+        self, tenant: str, *, request_key: str | None, request_id: str | None
+    ) -> tuple[Instance, str]:
+        tenant = normalize_tenant(tenant)
+        instance, created = self._registry.create(
+            tenant, request_key=request_key, max_live=self._max or None
+        )
+        task_id = first_task_id(instance.id, "provision")
+        # A repeat of a request whose message may never have been sent (the queue was down) sends it
+        # again; the continuation token makes a duplicate harmless.
+        if created or instance.status is Status.PENDING:
+            self._dispatcher.send(
+                instance, instance.wake_token, request_id=request_id, task_id=task_id
+            )
+        log.info(
+            "provision requested" if created else "provision request repeated",
+            extra={"instance_id": instance.id, "tenant": tenant},
+        )
+        return instance, task_id
+
+    def teardown(
+        self, tenant: str, instance_id: uuid.UUID, *, mode: str, request_id: str | None
+    ) -> tuple[Instance, str | None]:
+        tenant = normalize_tenant(tenant)
+        task_id = first_task_id(instance_id, "teardown")
+        for _ in range(5):
+            instance = self._registry.get(instance_id)
+            if instance is None or instance.tenant != tenant:
+                raise InstanceNotFound("no such instance for this tenant")
+            if instance.status is Status.RETIRED:
+                return instance, None
+            token = uuid.uuid4()
+            try:
+                if instance.status is Status.TEARING_DOWN:
+                    # Repeated DELETE: keep the newest mode and re-send, in case the first message
+                    # never made it; the new token retires any older message.
+                    instance = self._registry.update(
+                        instance.id, Status.TEARING_DOWN, teardown_mode=mode, wake_token=token
+                    )
+                elif can_tear_down(instance.status):
+                    instance = self._registry.transition(
+                        instance.id,
+                        instance.status,
+                        Status.TEARING_DOWN,
+                        f"teardown requested (mode={mode})",
+                        teardown_mode=mode,
+                        wake_token=token,
+                    )
+            except TransitionConflict:
+                continue  # another actor moved the row; look again
+            self._dispatcher.send(instance, token, request_id=request_id, task_id=task_id)
+            log.info("teardown requested", extra={"instance_id": instance.id, "tenant": tenant})
+            return instance, task_id
+        raise TransitionConflict("the instance kept changing; try again")

@@ -1,0 +1,378 @@
+"""The provisioning pipeline and teardown (DESIGN §4) as idempotent steps.
+
+`Pipeline.advance` is called with an instance id and a continuation token. It takes the instance's
+lock, re-reads the row, drops the message if the token is stale, and runs steps until one has to
+wait. It never sleeps: a wait becomes a `Step` with a delay, and the caller schedules the next
+message (a short countdown) carrying a fresh token, so one worker slot serves many VMs in flight.
+"""
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from shared.domain.errors import (
+    BundleBackendUnavailable,
+    CloudConflict,
+    CloudError,
+    CloudPermanent,
+    CloudTransient,
+    GuestCredentialsError,
+    GuestUnavailable,
+    GuestUnreachable,
+    GuestValidation,
+    SecretsBackendUnavailable,
+    SecretsMissing,
+    TransitionConflict,
+)
+from shared.domain.lifecycle import IN_FLIGHT, Status
+from shared.domain.records import Instance, VmSpec
+from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY = "dark-orchestrator"
+OPERATION_POLL_SECS = 1.0
+GUEST_POLL_SECS = 2.0
+LOCK_BUSY_SECS = 1.0
+BACKEND_RETRY_SECS = 5.0
+MAX_BACKOFF_SECS = 30.0
+
+
+def managed_labels(deployment: str) -> dict[str, str]:
+    return {"managed-by": MANAGED_BY, "deployment": deployment}
+
+
+def backoff(attempt: int) -> float:
+    return min(MAX_BACKOFF_SECS, 2.0 ** max(0, attempt))
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the caller does next: nothing (`delay is None`), or send `token` after `delay`."""
+
+    delay: float | None = None
+    token: uuid.UUID | None = None
+    transient: CloudError | None = None  # a cloud error to retry with backoff and a cap
+
+    @property
+    def done(self) -> bool:
+        return self.delay is None and self.transient is None
+
+
+DONE = Step()
+
+
+class _Continue(Exception):
+    """Internal: the row moved forward, run the next step now."""
+
+
+class _GuestStepFailed(Exception):
+    """Internal: a credentials call failed for good; `reason` is what the row will say."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_REJECTED = {
+    "init": "the guest rejected the tenant's credentials",
+    "claude": "claude token rejected by the guest",
+    "export": "the guest could not export the bundle",
+    "import": "the guest rejected the tenant's bundle",
+}
+
+
+def _guest_call(what: str, call, *args):
+    """Run one credentials call; permanent guest errors become a reason naming the call."""
+    try:
+        return call(*args)
+    except GuestValidation as exc:
+        raise _GuestStepFailed(f"{_REJECTED[what]}: {_guest_detail(exc)}") from None
+    except GuestCredentialsError as exc:
+        raise _GuestStepFailed(f"guest credentials error during {what}: {exc}") from None
+
+
+def _guest_detail(exc: GuestValidation) -> str:
+    # The guest's own text usually repeats "claude token rejected: ..."; keep only what it adds.
+    text = str(exc)
+    prefix = "claude token rejected: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        registry: FleetRegistry,
+        compute: Compute,
+        guest: GuestAgent,
+        secrets: TenantSecretStore,
+        bundles: BundleStore,
+        locks,
+        settings: Settings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.registry = registry
+        self.compute = compute
+        self.guest = guest
+        self.secrets = secrets
+        self.bundles = bundles
+        self.locks = locks
+        self.settings = settings
+        self.clock = clock
+
+    # --- entry points -------------------------------------------------------------------------
+
+    def advance(self, instance_id: uuid.UUID, token: uuid.UUID) -> Step:
+        with self.locks.hold(f"instance:{instance_id}") as taken:
+            if not taken:
+                # Another message for this instance is being worked on right now. Come back with
+                # the same token: if that work moves the token on, this message becomes stale.
+                return Step(delay=LOCK_BUSY_SECS, token=token)
+            instance = self.registry.get(instance_id)
+            if instance is None or instance.wake_token != token:
+                return DONE
+            for _ in range(10):
+                try:
+                    return self._step(instance)
+                except _Continue:
+                    instance = self.registry.get(instance_id)
+                    if instance is None:
+                        return DONE
+                except TransitionConflict:
+                    # Someone else (a teardown request, reconcile) moved the row: their message
+                    # carries the new token and takes over.
+                    return DONE
+            return self._wait(instance, 0)
+
+    def give_up(self, instance_id: uuid.UUID, token: uuid.UUID, error: CloudError) -> None:
+        """The transient-retry cap was reached: fail (or, for a teardown, keep trying slowly)."""
+        with self.locks.hold(f"instance:{instance_id}") as taken:
+            instance = self.registry.get(instance_id)
+            if not taken or instance is None or instance.wake_token != token:
+                return
+            if instance.status in IN_FLIGHT:
+                self._fail(instance, f"{error} (gave up after repeated attempts)")
+
+    # --- the state machine --------------------------------------------------------------------
+
+    def _step(self, instance: Instance) -> Step:
+        status = instance.status
+        if status is Status.PENDING:
+            self._move(instance, Status.PROVISIONING, f"creating VM {instance.vm_name}")
+            raise _Continue()
+        if status is Status.PROVISIONING:
+            return self._provisioning(instance)
+        if status is Status.INITIALIZING:
+            return self._initializing(instance)
+        if status is Status.TEARING_DOWN:
+            return self._tearing_down(instance)
+        return DONE
+
+    def _provisioning(self, instance: Instance) -> Step:
+        try:
+            if instance.provider_id is None and instance.operation_id is None:
+                return self._create_vm(instance)
+            if instance.operation_id is not None:
+                op = self.compute.get_operation(instance.operation_id)
+                if not op.done:
+                    return self._wait(instance, OPERATION_POLL_SECS)
+                if op.error is not None:
+                    return self._create_failed(instance, op.error)
+                if instance.provider_id is None and op.provider_id:
+                    instance = self.registry.update(
+                        instance.id, Status.PROVISIONING, provider_id=op.provider_id
+                    )
+            vm = self.compute.get_instance(instance.provider_id) if instance.provider_id else None
+        except CloudTransient as exc:
+            return Step(transient=exc)
+        except CloudError as exc:
+            return self._fail(instance, f"cloud error: {exc}")
+        if vm is None:
+            return self._fail(instance, "the VM disappeared while it was being created")
+        if vm.status != "RUNNING":
+            return self._wait(instance, OPERATION_POLL_SECS)
+        if not vm.address:
+            return self._fail(instance, "the VM has no public IPv4 address")
+        self._move(instance, Status.INITIALIZING, f"VM running at {vm.address}", address=vm.address)
+        raise _Continue()
+
+    def _create_vm(self, instance: Instance) -> Step:
+        spec = VmSpec(
+            name=instance.vm_name,
+            idempotency_key=str(instance.idempotency_key),
+            labels={**managed_labels(self.settings.deployment), "instance": str(instance.id)},
+            image_id=self.settings.vm_image or "",
+        )
+        try:
+            op = self.compute.create_instance(spec)
+        except CloudConflict:
+            # Our own earlier attempt (the name is unique per provision): adopt that VM.
+            vm = self.compute.find_by_name(instance.vm_name)
+            if vm is None:
+                return self._wait(instance, OPERATION_POLL_SECS)
+            self.registry.update(instance.id, Status.PROVISIONING, provider_id=vm.provider_id)
+            log.info("adopted existing VM", extra={"instance_id": instance.id})
+            raise _Continue() from None
+        except CloudTransient as exc:
+            return Step(transient=exc)
+        except CloudPermanent as exc:
+            return self._fail(instance, f"cloud refused to create the VM: {exc}")
+        # Persisted the moment it is known, so a crash after this line never creates twice.
+        self.registry.update(
+            instance.id,
+            Status.PROVISIONING,
+            operation_id=op.operation_id,
+            provider_id=op.provider_id,
+        )
+        raise _Continue()
+
+    def _create_failed(self, instance: Instance, error: Exception) -> Step:
+        if isinstance(error, CloudTransient):
+            # The failed operation created nothing. A retry under the same idempotency key would
+            # return that same failed operation, so the next attempt gets a fresh key.
+            self.registry.update(
+                instance.id,
+                Status.PROVISIONING,
+                operation_id=None,
+                provider_id=None,
+                idempotency_key=uuid.uuid4(),
+            )
+            return Step(transient=error)
+        return self._fail(instance, f"cloud could not create the VM: {error}")
+
+    def _initializing(self, instance: Instance) -> Step:
+        address = instance.address
+        waited = (self.clock() - instance.status_changed_at).total_seconds()
+        boot_timeout = self.settings.guest_boot_timeout
+        try:
+            self.guest.health(address)
+            try:
+                secrets = self.secrets.read(instance.tenant)
+            except SecretsMissing:
+                return self._fail(instance, "tenant not onboarded")
+            bundle = self.bundles.get(instance.tenant)
+            if bundle is None:
+                with self.locks.hold(f"tenant-init:{instance.tenant}") as taken:
+                    if not taken:
+                        return self._wait(instance, GUEST_POLL_SECS)
+                    # Checked again under the lock: a concurrent first provision may have won.
+                    bundle = self.bundles.get(instance.tenant)
+                    if bundle is None:
+                        identity = _guest_call("init", self.guest.init, address, secrets)
+                        _guest_call("claude", self.guest.claude, address, secrets)
+                        exported = _guest_call("export", self.guest.export, address)
+                        self.bundles.put(instance.tenant, exported)
+                        return self._ready(instance, identity, "init")
+            identity = _guest_call("import", self.guest.import_bundle, address, bundle)
+            _guest_call("claude", self.guest.claude, address, secrets)
+            return self._ready(instance, identity, "import")
+        except (GuestUnreachable, GuestUnavailable) as exc:
+            if waited > boot_timeout:
+                return self._fail(instance, f"guest did not come up within {int(boot_timeout)} s")
+            log.info("guest not ready: %s", exc, extra={"instance_id": instance.id})
+            return self._wait(instance, GUEST_POLL_SECS)
+        except (SecretsBackendUnavailable, BundleBackendUnavailable) as exc:
+            # Never proceed without them, and never read "unavailable" as "absent".
+            log.warning(
+                "credentials backend unavailable: %s", exc, extra={"instance_id": instance.id}
+            )
+            return self._wait(instance, BACKEND_RETRY_SECS)
+        except _GuestStepFailed as exc:
+            return self._fail(instance, exc.reason)
+
+    def _ready(self, instance: Instance, identity, how: str) -> Step:
+        self.registry.transition(
+            instance.id,
+            Status.INITIALIZING,
+            Status.READY,
+            "guest initialised" if how == "init" else "guest imported the tenant's bundle",
+            ssh_pubkey=identity.ssh_pubkey,
+            forges=[f.public_summary() for f in identity.forges],
+        )
+        log.info("instance ready (%s)", how, extra={"instance_id": instance.id})
+        return DONE
+
+    def _tearing_down(self, instance: Instance) -> Step:
+        try:
+            if instance.provider_id:
+                vm = self.compute.get_instance(instance.provider_id)
+            else:
+                vm = self.compute.find_by_name(instance.vm_name)
+            if vm is not None:
+                if vm.status != "DELETING":
+                    op = self.compute.delete_instance(vm.provider_id)
+                    self.registry.update(
+                        instance.id,
+                        Status.TEARING_DOWN,
+                        provider_id=vm.provider_id,
+                        operation_id=op.operation_id if op else instance.operation_id,
+                    )
+                return self._wait(instance, OPERATION_POLL_SECS)
+        except CloudTransient as exc:
+            return Step(transient=exc)
+        except CloudError as exc:
+            # Teardown never gives up: say why it is stuck and keep trying slowly.
+            self.registry.update(instance.id, Status.TEARING_DOWN, reason=f"delete failed: {exc}")
+            return self._wait(instance, MAX_BACKOFF_SECS)
+        if instance.teardown_mode == "retire" and self.registry.count_live(instance.tenant) == 0:
+            # Before the row is retired, so that a crash here retries the delete.
+            self.bundles.delete(instance.tenant)
+            reason = "VM deleted; tenant bundle deleted (mode=retire)"
+        else:
+            reason = "VM deleted"
+        self.registry.transition(instance.id, Status.TEARING_DOWN, Status.RETIRED, reason)
+        log.info("instance retired", extra={"instance_id": instance.id})
+        return DONE
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _move(self, instance: Instance, target: Status, reason: str, **fields) -> None:
+        self.registry.transition(instance.id, instance.status, target, reason, **fields)
+        log.info("%s → %s", instance.status, target, extra={"instance_id": instance.id})
+
+    def _wait(self, instance: Instance, delay: float) -> Step:
+        token = uuid.uuid4()
+        self.registry.update(instance.id, instance.status, wake_token=token)
+        return Step(delay=delay, token=token)
+
+    def _fail(self, instance: Instance, reason: str) -> Step:
+        self.registry.transition(instance.id, instance.status, Status.FAILED, reason)
+        log.warning("instance failed: %s", reason, extra={"instance_id": instance.id})
+        self._clean_up_vm(instance)
+        return DONE
+
+    def _clean_up_vm(self, instance: Instance) -> None:
+        """Best effort; the reconciler deletes what this misses (failed rows with a VM)."""
+        try:
+            if instance.provider_id:
+                self.compute.delete_instance(instance.provider_id)
+            else:
+                vm = self.compute.find_by_name(instance.vm_name)
+                if vm is not None:
+                    self.compute.delete_instance(vm.provider_id)
+        except CloudError as exc:
+            log.warning(
+                "could not delete the failed instance's VM: %s",
+                exc,
+                extra={"instance_id": instance.id},
+            )
+
+    def resume_all(self, send: Callable[[Instance, uuid.UUID], None]) -> int:
+        """Give every unfinished instance a fresh message (worker start-up, reconcile).
+
+        A new token makes any older message for the row stale, so this never doubles the work.
+        """
+        count = 0
+        for instance in self.registry.list_by_statuses(IN_FLIGHT | {Status.TEARING_DOWN}):
+            token = uuid.uuid4()
+            try:
+                instance = self.registry.update(instance.id, instance.status, wake_token=token)
+            except TransitionConflict:
+                continue
+            send(instance, token)
+            count += 1
+        return count
