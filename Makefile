@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test lint fmt lock clean
+.PHONY: install test lint fmt lock clean run bench
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,12 @@ lock:
 
 clean:
 	rm -rf $(VENV) .run
+
+
+# The whole local stack on its simulators, in the foreground (Ctrl-C stops it). See README.md.
+run: install
+	$(PY) -m devtools.run
+
+# Benchmarks print ratios measured side by side in one run; results go in bench/RESULTS.md.
+bench: install
+	$(PY) -m bench.provision --n 50
