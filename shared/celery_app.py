@@ -6,7 +6,10 @@ their tasks against the app it builds.
 
 from celery import Celery
 from kombu import Queue
+from kombu.exceptions import KombuError, OperationalError
+from redis.exceptions import RedisError
 
+from shared.domain.errors import DispatchUnavailable
 from shared.settings import Settings
 
 QUEUE_PROVISION = "dark.provision"
@@ -59,3 +62,55 @@ def make_celery(settings: Settings, name: str = "dark") -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def reconcile_beat_schedule(settings: Settings) -> dict:
+    """celery-beat's schedule: one reconcile every RECONCILE_INTERVAL_SECS, none at all for 0.
+
+    A tick expires after one interval: ticks that piled up while no reconcile worker ran are
+    dropped, the next tick does the same work. Run one beat; a second one only causes extra runs,
+    never concurrent ones (each run is single-flight under a Postgres lock).
+    """
+    interval = settings.reconcile_interval
+    if interval <= 0:
+        return {}
+    return {
+        "reconcile": {
+            "task": TASK_RECONCILE,
+            "schedule": float(interval),
+            "kwargs": {"trigger": "schedule"},
+            "options": {"expires": float(interval)},
+        }
+    }
+
+
+def send_reconcile(app: Celery, *, trigger: str, dry_run: bool = False) -> str:
+    """Ask for a reconcile run now (the gateway's POST /reconcile); returns the task id.
+
+    `dry_run=True` forces a dry run; it can never turn off RECONCILE_DRY_RUN.
+    """
+    try:
+        result = app.send_task(
+            TASK_RECONCILE,
+            kwargs={"trigger": trigger, "dry_run": dry_run},
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        )
+    except (KombuError, OperationalError, RedisError, OSError) as exc:
+        raise DispatchUnavailable("the task queue is unreachable; try again later") from exc
+    return result.id
+
+
+def producer_app(app: Celery) -> Celery:
+    """A copy of `app` that only sends messages.
+
+    With a result backend, `send_task` also subscribes the sender to each task's result channel:
+    a web process would collect subscriptions it never reads, and with Redis down the subscription
+    fails with a RuntimeError instead of the broker's connection error. Task state is still stored
+    by the workers and read through the full app.
+    """
+    clone = Celery(app.main)
+    clone.conf.update(dict(app.conf.changes))
+    clone.conf.broker_url = app.conf.broker_url
+    clone.conf.result_backend = None
+    return clone

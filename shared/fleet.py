@@ -10,7 +10,7 @@ import uuid
 from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
 
-from shared.celery_app import TASK_PROVISION, TASK_TEARDOWN
+from shared.celery_app import TASK_PROVISION, TASK_TEARDOWN, producer_app
 from shared.domain.errors import (
     DispatchUnavailable,
     InstanceNotFound,
@@ -35,7 +35,7 @@ class CeleryDispatcher:
     """Sends the pipeline's messages by task name (the gateway never imports worker code)."""
 
     def __init__(self, celery_app) -> None:
-        self._app = celery_app
+        self._app = producer_app(celery_app)
 
     def send(
         self,

@@ -1,0 +1,207 @@
+"""What the gateway accepts and what it shows (DESIGN §6), as marshmallow schemas.
+
+Inputs reject unknown fields. Outputs name exactly the public fields of a record, so a column
+added to Instance (a key, a path, a pubkey) never reaches a response by accident; every output
+field is dump_only because the server owns it. The OpenAPI document is generated from these.
+"""
+
+import re
+from datetime import UTC
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from shared.domain.errors import InvalidTenantName
+from shared.domain.lifecycle import Status
+from shared.domain.tenants import MAX_TENANT_LENGTH, normalize_tenant
+
+MAX_LIST_LIMIT = 200
+DEFAULT_LIST_LIMIT = 50
+TEARDOWN_MODES = ("keep", "retire")
+# Printable ASCII, so the key is stored and compared exactly as the client sent it.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
+
+
+class StrictSchema(Schema):
+    class Meta:
+        # RAISE is marshmallow's default; stated so the contract does not hang on a default.
+        unknown = RAISE
+
+
+class TenantName(fields.String):
+    """A tenant name, normalised (NFC) on load; the domain decides what is valid."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return normalize_tenant(value)
+        except InvalidTenantName as exc:
+            raise ValidationError(exc.message) from None
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO-8601 in UTC, whatever time zone the database session reported."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        return value.astimezone(UTC).isoformat()
+
+
+def _tenant_field(**kwargs) -> TenantName:
+    return TenantName(
+        metadata={
+            "description": f"1 to {MAX_TENANT_LENGTH} letters, digits, '-', '_', '.' (NFC); "
+            "not starting with '.'",
+            "example": "acme",
+        },
+        **kwargs,
+    )
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class ProvisionRequest(StrictSchema):
+    tenant = _tenant_field(required=True)
+
+
+class ProvisionHeaders(StrictSchema):
+    """Only the headers this operation reads; the view passes nothing else in."""
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Regexp(
+            _IDEMPOTENCY_KEY, error="must be 1 to 200 printable ASCII characters"
+        ),
+        metadata={"description": "same key (per tenant) → the same instance and task"},
+    )
+
+
+class ListQuery(StrictSchema):
+    tenant = _tenant_field()
+    status = fields.Enum(Status, by_value=True)
+    limit = fields.Integer(
+        load_default=DEFAULT_LIST_LIMIT, validate=validate.Range(1, MAX_LIST_LIMIT)
+    )
+    cursor = fields.String(
+        validate=validate.Length(1, 512),
+        metadata={"description": "`next_cursor` of the previous page"},
+    )
+
+
+class TeardownQuery(StrictSchema):
+    mode = fields.String(
+        load_default="keep",
+        validate=validate.OneOf(TEARDOWN_MODES),
+        metadata={
+            "description": "keep: the tenant's bundle stays; retire: it is deleted when this "
+            "was the tenant's last live instance"
+        },
+    )
+
+
+class HealRequest(StrictSchema):
+    """Heal takes no fields; a body, if sent, must be an empty object."""
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+class InstanceOut(Schema):
+    id = fields.UUID(dump_only=True)
+    tenant = fields.String(dump_only=True)
+    status = fields.Enum(Status, by_value=True, dump_only=True)
+    vm_name = fields.String(dump_only=True)
+    provider_id = fields.String(dump_only=True, allow_none=True)
+    address = fields.String(dump_only=True, allow_none=True)
+    reason = fields.String(dump_only=True, allow_none=True)
+    created_at = UtcDateTime(dump_only=True)
+    updated_at = UtcDateTime(dump_only=True)
+
+
+class EventOut(Schema):
+    at = UtcDateTime(dump_only=True)
+    from_status = fields.Enum(
+        Status, by_value=True, dump_only=True, allow_none=True, data_key="from"
+    )
+    to_status = fields.Enum(Status, by_value=True, dump_only=True, data_key="to")
+    reason = fields.String(dump_only=True, allow_none=True)
+
+
+class InstanceAccepted(Schema):
+    instance = fields.Nested(InstanceOut, dump_only=True)
+    task_id = fields.String(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "null when there is nothing to do (already retired)"},
+    )
+
+
+class InstancePage(Schema):
+    items = fields.List(fields.Nested(InstanceOut), dump_only=True)
+    next_cursor = fields.String(dump_only=True, allow_none=True)
+
+
+class EntryPoints(Schema):
+    opencode_url = fields.String(dump_only=True)
+    agent_url = fields.String(dump_only=True)
+
+
+class GuestHealthOut(Schema):
+    status = fields.String(dump_only=True)
+    version = fields.String(dump_only=True, allow_none=True)
+    uptime_secs = fields.Float(dump_only=True, allow_none=True)
+
+
+class GuestView(Schema):
+    reachable = fields.Boolean(dump_only=True)
+    health = fields.Nested(GuestHealthOut, dump_only=True, allow_none=True)
+    error = fields.String(dump_only=True, allow_none=True)
+
+
+class InstanceDetail(Schema):
+    instance = fields.Nested(InstanceOut, dump_only=True)
+    entry_points = fields.Nested(
+        EntryPoints,
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "null while the instance has no address"},
+    )
+    guest = fields.Nested(GuestView, dump_only=True)
+
+
+class EventList(Schema):
+    items = fields.List(fields.Nested(EventOut), dump_only=True)
+
+
+class HealReport(Schema):
+    reachable = fields.Boolean(dump_only=True)
+    heal = fields.Dict(dump_only=True, allow_none=True)
+    error = fields.String(dump_only=True, allow_none=True)
+
+
+class TaskState(Schema):
+    task_id = fields.String(dump_only=True)
+    state = fields.String(
+        dump_only=True,
+        metadata={"description": "Celery state; an unknown task id reads as PENDING"},
+    )
+    ready = fields.Boolean(dump_only=True)
+
+
+class Health(Schema):
+    status = fields.String(dump_only=True)
+
+
+class Readiness(Schema):
+    postgres = fields.String(dump_only=True)
+    redis = fields.String(dump_only=True)
+
+
+class ErrorBody(Schema):
+    code = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+    details = fields.Dict(dump_only=True)
+
+
+class ErrorOut(Schema):
+    error = fields.Nested(ErrorBody, dump_only=True)

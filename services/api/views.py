@@ -1,0 +1,265 @@
+"""The gateway's routes (DESIGN §6): decode the request, call one handler, encode the answer.
+
+Commands go through FleetService; reads go to the registry; the live guest view and heal go to the
+guest agent. Errors are raised and leave through services/api/errors.py.
+"""
+
+import dataclasses
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from urllib.parse import quote
+
+from celery import Celery, states
+from flask import Blueprint, current_app, g, request
+from kombu.exceptions import OperationalError
+from marshmallow import ValidationError
+from redis.exceptions import RedisError
+from werkzeug.exceptions import BadRequest, NotFound
+
+from services.api.auth import public
+from services.api.errors import ApiError
+from services.api.schemas import (
+    EventList,
+    HealReport,
+    HealRequest,
+    InstanceAccepted,
+    InstanceDetail,
+    InstancePage,
+    ListQuery,
+    ProvisionHeaders,
+    ProvisionRequest,
+    TaskState,
+    TeardownQuery,
+)
+from shared.domain.errors import GuestError, GuestUnreachable, InstanceNotFound
+from shared.domain.lifecycle import Status
+from shared.domain.records import Instance
+from shared.domain.tenants import normalize_tenant
+from shared.fleet import FleetService
+from shared.logs import redact
+from shared.ports import FleetRegistry, GuestAgent
+
+log = logging.getLogger("dark.api")
+
+bp = Blueprint("gateway", __name__)
+
+OPENCODE_PORT = 4096
+# The detail view waits this long for the guest: a slow guest must not make the API slow.
+GUEST_VIEW_TIMEOUT_SECS = 2.0
+# Celery task ids are UUIDs; anything else cannot name one of ours.
+_TASK_ID = re.compile(r"[0-9a-fA-F-]{36}\Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gateway:
+    """Everything the views use, built once by create_app."""
+
+    registry: FleetRegistry
+    fleet: FleetService
+    guest: GuestAgent
+    celery: Celery
+    agent_port: int
+    probes: dict[str, Callable[[], None]]
+    openapi: dict
+
+
+def _gateway() -> Gateway:
+    return current_app.extensions["dark"]
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@bp.post("/instances")
+def provision():
+    body = ProvisionRequest().load(_json_body())
+    headers = ProvisionHeaders().load(_present_headers("Idempotency-Key"))
+    instance, task_id = _gateway().fleet.provision(
+        body["tenant"], request_key=headers.get("idempotency_key"), request_id=g.request_id
+    )
+    return _accepted(instance, task_id)
+
+
+@bp.delete("/instances/<tenant>/<uuid:instance_id>")
+def teardown(tenant: str, instance_id: uuid.UUID):
+    query = TeardownQuery().load(_query_args())
+    # FleetService normalises the tenant and treats another tenant's instance as unknown.
+    instance, task_id = _gateway().fleet.teardown(
+        tenant, instance_id, mode=query["mode"], request_id=g.request_id
+    )
+    return _accepted(instance, task_id)
+
+
+@bp.post("/instances/<tenant>/<uuid:instance_id>/heal")
+def heal(tenant: str, instance_id: uuid.UUID):
+    if request.get_data():
+        HealRequest().load(_json_body())
+    instance = _owned_instance(tenant, instance_id)
+    if instance.status is not Status.READY or not instance.address:
+        raise ApiError(
+            409,
+            "instance_not_ready",
+            f"heal needs a ready instance with an address; this one is {instance.status.value}",
+            {"status": instance.status.value},
+        )
+    try:
+        report = _gateway().guest.heal(instance.address)
+    except GuestUnreachable as exc:
+        return HealReport().dump({"reachable": False, "heal": None, "error": redact(str(exc))})
+    except GuestError as exc:
+        return HealReport().dump({"reachable": True, "heal": None, "error": redact(str(exc))})
+    return HealReport().dump({"reachable": True, "heal": report, "error": None})
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+@bp.get("/instances")
+def list_instances():
+    query = ListQuery().load(_query_args())
+    items, next_cursor = _gateway().registry.list(
+        tenant=query.get("tenant"),
+        statuses=[query["status"]] if "status" in query else None,
+        limit=query["limit"],
+        cursor=query.get("cursor"),
+    )
+    return InstancePage().dump({"items": items, "next_cursor": next_cursor})
+
+
+@bp.get("/instances/<tenant>/<uuid:instance_id>")
+def show_instance(tenant: str, instance_id: uuid.UUID):
+    instance = _owned_instance(tenant, instance_id)
+    address = _current_address(instance)
+    entry_points = None
+    if address is not None:
+        agent_port = _gateway().agent_port
+        entry_points = {
+            "opencode_url": f"http://{_host(address)}:{OPENCODE_PORT}",
+            "agent_url": f"http://{_host(address)}:{agent_port}",
+        }
+    return InstanceDetail().dump(
+        {"instance": instance, "entry_points": entry_points, "guest": _guest_view(instance)}
+    )
+
+
+@bp.get("/instances/<tenant>/<uuid:instance_id>/events")
+def instance_events(tenant: str, instance_id: uuid.UUID):
+    instance = _owned_instance(tenant, instance_id)
+    return EventList().dump({"items": _gateway().registry.events(instance.id)})
+
+
+@bp.get("/tasks/<task_id>")
+def task_state(task_id: str):
+    if not _TASK_ID.match(task_id):
+        raise NotFound("no such task")
+    try:
+        state = _gateway().celery.AsyncResult(task_id).state
+    except (RedisError, OperationalError) as exc:
+        log.warning("task state unavailable: %s", exc)
+        raise ApiError(
+            503, "result_backend_unavailable", "task states cannot be read right now"
+        ) from None
+    # The state only: a task's result or traceback is the worker's business, not the caller's.
+    return TaskState().dump(
+        {"task_id": task_id, "state": state, "ready": state in states.READY_STATES}
+    )
+
+
+# --- open endpoints --------------------------------------------------------------------------
+
+
+@bp.get("/health")
+@public
+def health():
+    return {"status": "ok"}
+
+
+@bp.get("/ready")
+@public
+def ready():
+    checks = {}
+    for name, probe in _gateway().probes.items():
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:  # any failure of a probe means "not ready", whatever its type
+            log.warning("readiness: %s unavailable: %s", name, exc)
+            checks[name] = "unavailable"
+    failed = [name for name, result in checks.items() if result != "ok"]
+    if failed:
+        raise ApiError(503, "not_ready", f"unavailable: {', '.join(failed)}", checks)
+    return checks
+
+
+@bp.get("/openapi.json")
+@public
+def openapi():
+    return _gateway().openapi
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _json_body() -> object:
+    """The parsed JSON body: 415 unless it is declared JSON, 400 unless it parses, 413 if huge."""
+    try:
+        return request.get_json()
+    except BadRequest as exc:
+        raise ApiError(400, "malformed_json", "the request body is not valid JSON") from exc
+    except RecursionError:
+        # Deeply nested arrays are valid JSON that exhausts the decoder.
+        raise ApiError(400, "malformed_json", "the request body nests too deeply") from None
+
+
+def _query_args() -> dict[str, str]:
+    repeated = [key for key in request.args if len(request.args.getlist(key)) > 1]
+    if repeated:
+        raise ValidationError({key: ["given more than once"] for key in repeated})
+    return request.args.to_dict()
+
+
+def _present_headers(*names: str) -> dict[str, str]:
+    return {name: request.headers[name] for name in names if name in request.headers}
+
+
+def _owned_instance(tenant: str, instance_id: uuid.UUID) -> Instance:
+    """The instance if it belongs to `tenant`; another tenant's is as unknown as a missing one."""
+    tenant = normalize_tenant(tenant)
+    instance = _gateway().registry.get(instance_id)
+    if instance is None or instance.tenant != tenant:
+        raise InstanceNotFound("no such instance for this tenant")
+    return instance
+
+
+def _current_address(instance: Instance) -> str | None:
+    # A retired VM's public address may already belong to someone else's VM.
+    if instance.status is Status.RETIRED:
+        return None
+    return instance.address
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _guest_view(instance: Instance) -> dict:
+    address = _current_address(instance)
+    if address is None:
+        return {"reachable": False, "health": None, "error": "the instance has no address"}
+    try:
+        health = _gateway().guest.health(address, timeout=GUEST_VIEW_TIMEOUT_SECS)
+    except GuestUnreachable as exc:
+        return {"reachable": False, "health": None, "error": redact(str(exc))}
+    except GuestError as exc:
+        # It answered, just not with health (e.g. 503 while booting).
+        return {"reachable": True, "health": None, "error": redact(str(exc))}
+    return {"reachable": True, "health": health, "error": None}
+
+
+def _accepted(instance: Instance, task_id: str | None):
+    body = InstanceAccepted().dump({"instance": instance, "task_id": task_id})
+    # Percent-encoded: a header carries Latin-1 only, and tenant names are any letters.
+    location = f"/instances/{quote(instance.tenant, safe='')}/{instance.id}"
+    return body, 202, {"Location": location}

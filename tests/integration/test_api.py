@@ -1,0 +1,814 @@
+"""The gateway against its real peers: Postgres (the registry), Redis (the task queue), the guest
+simulator (the live guest view and heal), and gunicorn as a real process.
+
+Every call goes through `Api`, which fails the test on a 500, on a response without a request id,
+and on a response body that holds an idempotency key or a bearer token.
+"""
+
+import base64
+import json
+import logging
+import secrets
+import uuid
+from urllib.parse import quote
+
+import pytest
+import redis
+import requests
+from psycopg_pool import ConnectionPool
+
+from services.api.app import create_app
+from shared.adapters.registry import PostgresFleetRegistry
+from shared.celery_app import QUEUE_PROVISION, TASK_PROVISION, TASK_TEARDOWN, make_celery
+from shared.domain.lifecycle import Status
+from shared.logs import JsonFormatter
+from shared.settings import load_settings
+from tests.support.processes import VENV_BIN, free_port, spawn, stop_process, wait_until
+
+TOKEN = "api-test-token-" + secrets.token_hex(8)
+SECOND_TOKEN = "api-test-second-" + secrets.token_hex(8)
+WRONG_TOKEN = "api-test-wrong-" + secrets.token_hex(8)
+# Every tenant of this module starts with this, so teardown finds (and removes) all it wrote.
+PREFIX = f"apitest-{secrets.token_hex(4)}"
+MAX_LIVE = 2
+UNREACHABLE_ADDRESS = "127.9.255.254"  # outside the simulator's 127.10.0.0/15 range
+INSTANCE_FIELDS = {
+    "id",
+    "tenant",
+    "status",
+    "vm_name",
+    "provider_id",
+    "address",
+    "reason",
+    "created_at",
+    "updated_at",
+}
+
+
+def tenant_name(label: str = "t") -> str:
+    return f"{PREFIX}-{label}-{secrets.token_hex(3)}"
+
+
+def closed_port() -> int:
+    return free_port()  # bound and released at once: nothing listens there
+
+
+class Api:
+    """A Flask test client that authenticates by default and checks every response."""
+
+    def __init__(self, app, token: str | None = TOKEN) -> None:
+        self.client = app.test_client()
+        self.token = token
+
+    def __call__(self, method: str, path: str, *, auth: bool = True, **kwargs):
+        headers = dict(kwargs.pop("headers", {}))
+        if auth and self.token:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
+        resp = self.client.open(path, method=method, headers=headers, **kwargs)
+        text = resp.get_data(as_text=True)
+        assert resp.status_code != 500, text
+        assert resp.headers.get("X-Request-Id"), "every response carries a request id"
+        assert resp.is_json, text
+        for forbidden in ("idempotency_key", "request_key", TOKEN, SECOND_TOKEN, WRONG_TOKEN):
+            assert forbidden not in text
+        return resp
+
+    def get(self, path, **kwargs):
+        return self("GET", path, **kwargs)
+
+    def post(self, path, **kwargs):
+        return self("POST", path, **kwargs)
+
+    def delete(self, path, **kwargs):
+        return self("DELETE", path, **kwargs)
+
+
+def error_of(resp) -> dict:
+    body = resp.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "details"}
+    return body["error"]
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(migrated_database_url, redis_url, simulator):
+    return {
+        "DATABASE_URL": migrated_database_url,
+        "REDIS_URL": redis_url,
+        "DARK_API_TOKENS": f"{TOKEN},{SECOND_TOKEN}",
+        "DARK_MAX_INSTANCES_PER_TENANT": str(MAX_LIVE),
+        "DARK_AGENT_PORT": str(simulator.info["agent_port"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def settings(env):
+    return load_settings(env)
+
+
+@pytest.fixture(scope="module")
+def registry(pg_pool):
+    return PostgresFleetRegistry(pg_pool)
+
+
+@pytest.fixture(scope="module")
+def broker(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def app(settings, registry, pg_pool, broker):
+    celery_app = make_celery(settings)
+    yield create_app(settings, registry=registry, celery_app=celery_app)
+    celery_app.close()
+    _remove_module_data(pg_pool, broker)
+
+
+@pytest.fixture
+def api(app):
+    return Api(app)
+
+
+def _remove_module_data(pool, broker) -> None:
+    """Drop this module's queued messages (a later worker must not run them) and rows."""
+    with pool.connection() as conn:
+        ids = {
+            str(row[0])
+            for row in conn.execute(
+                "SELECT id FROM instances WHERE tenant LIKE %s", (PREFIX + "%",)
+            )
+        }
+        for raw in broker.lrange(QUEUE_PROVISION, 0, -1):
+            args = _decode(raw)[1][0]
+            if args and args[0] in ids:
+                broker.lrem(QUEUE_PROVISION, 1, raw)
+        conn.execute("DELETE FROM instances WHERE tenant LIKE %s", (PREFIX + "%",))
+
+
+def _decode(raw: bytes) -> tuple[dict, list]:
+    """A kombu Redis message: its headers and its decoded body ([args, kwargs, embed])."""
+    message = json.loads(raw)
+    return message["headers"], json.loads(base64.b64decode(message["body"]))
+
+
+def queued(broker, task_id: str) -> list[tuple[dict, list]]:
+    """The messages for `task_id` waiting in the provision queue."""
+    found = []
+    for raw in broker.lrange(QUEUE_PROVISION, 0, -1):
+        headers, body = _decode(raw)
+        if headers["id"] == task_id:
+            found.append((headers, body))
+    return found
+
+
+def count_rows(pool) -> int:
+    with pool.connection() as conn:
+        return conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+
+
+def provision(api, tenant: str, **headers) -> dict:
+    resp = api.post("/instances", json={"tenant": tenant}, headers=headers)
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    return resp.get_json()
+
+
+def make_ready(registry, tenant: str, address: str):
+    instance, _ = registry.create(tenant)
+    registry.transition(instance.id, Status.PENDING, Status.PROVISIONING, "test")
+    registry.transition(
+        instance.id, Status.PROVISIONING, Status.INITIALIZING, "test", address=address
+    )
+    return registry.transition(instance.id, Status.INITIALIZING, Status.READY, "test")
+
+
+class JsonLines(logging.Handler):
+    """Formats each record as it is emitted, while the request's context is still current."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter("api"))
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def log_lines(caplog):
+    caplog.set_level(logging.INFO)
+    handler = JsonLines()
+    logging.getLogger().addHandler(handler)
+    yield handler.lines
+    logging.getLogger().removeHandler(handler)
+
+
+# --- open endpoints and authentication -------------------------------------------------------
+
+
+def test_health_ready_and_openapi_need_no_token(api):
+    assert api.get("/health", auth=False).get_json() == {"status": "ok"}
+    resp = api.get("/ready", auth=False)
+    assert resp.status_code == 200
+    assert resp.get_json() == {"postgres": "ok", "redis": "ok"}
+    assert api.get("/openapi.json", auth=False).status_code == 200
+
+
+PROTECTED = [
+    ("GET", "/instances"),
+    ("POST", "/instances"),
+    ("GET", f"/instances/acme/{uuid.uuid4()}"),
+    ("GET", f"/instances/acme/{uuid.uuid4()}/events"),
+    ("POST", f"/instances/acme/{uuid.uuid4()}/heal"),
+    ("DELETE", f"/instances/acme/{uuid.uuid4()}"),
+    ("GET", f"/tasks/{uuid.uuid4()}"),
+    ("GET", "/no-such-route"),
+]
+BAD_CREDENTIALS = [
+    None,
+    f"Bearer {WRONG_TOKEN}",
+    "Bearer ",
+    f"Basic {base64.b64encode(TOKEN.encode()).decode()}",
+    TOKEN,
+    f"Bearer {TOKEN[:-1]}",
+    f"Bearer {TOKEN}x",
+]
+
+
+@pytest.mark.parametrize("method,path", PROTECTED)
+@pytest.mark.parametrize("authorization", BAD_CREDENTIALS)
+def test_protected_routes_answer_401_without_a_valid_token(
+    api, pg_pool, method, path, authorization
+):
+    before = count_rows(pg_pool)
+    headers = {"Authorization": authorization} if authorization else {}
+    resp = api(method, path, auth=False, headers=headers, json={"tenant": tenant_name()})
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert error_of(resp)["code"] == "unauthorized"
+    assert count_rows(pg_pool) == before
+
+
+def test_every_configured_token_is_accepted(app):
+    for token in (TOKEN, SECOND_TOKEN):
+        assert Api(app, token).get("/instances").status_code == 200
+
+
+def test_without_configured_tokens_every_protected_route_is_closed(settings, registry):
+    app = create_app(
+        load_settings({"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}),
+        registry=registry,
+    )
+    api = Api(app, token="anything-at-all-0123456789")
+    assert api.get("/instances").status_code == 401
+    assert api.get("/health").status_code == 200
+
+
+# --- request bodies ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    ['{"tenant": ', "{'tenant': 'x'}", "tenant=x", "\xff\xfe", "[" * 60_000, '{"tenant": "a",}'],
+)
+def test_malformed_json_is_400(api, pg_pool, data):
+    before = count_rows(pg_pool)
+    resp = api.post("/instances", data=data, content_type="application/json")
+    assert resp.status_code == 400
+    assert error_of(resp)["code"] == "malformed_json"
+    assert count_rows(pg_pool) == before
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_declared_json_is_415(api, content_type):
+    resp = api.post("/instances", data='{"tenant": "acme"}', content_type=content_type)
+    assert resp.status_code == 415
+    assert error_of(resp)["code"] == "unsupported_media_type"
+
+
+def test_a_body_over_64_kib_is_413(api):
+    resp = api.post("/instances", json={"tenant": "a" * 70_000})
+    assert resp.status_code == 413
+    assert error_of(resp)["code"] == "request_entity_too_large"
+
+
+@pytest.mark.parametrize("body", [[], ["acme"], "acme", 1, None, True])
+def test_json_that_is_not_an_object_is_422(api, body):
+    resp = api.post("/instances", data=json.dumps(body), content_type="application/json")
+    assert resp.status_code == 422
+    assert error_of(resp)["code"] == "validation_error"
+
+
+BAD_TENANTS = [
+    "",
+    ".hidden",
+    "a/b",
+    "../etc",
+    "a b",
+    "tab\there",
+    "new\nline",
+    "nul\x00byte",
+    "x" * 64,
+    "emoji-\U0001f600",
+    "zero\u200bwidth",
+    "rtl\u202eoverride",
+    "semi;colon",
+    "per%2Fcent",
+    "q?uery",
+    123,
+    None,
+    ["acme"],
+    {"name": "acme"},
+]
+
+
+@pytest.mark.parametrize("tenant", BAD_TENANTS, ids=repr)
+def test_bad_tenant_names_are_422_and_write_nothing(api, pg_pool, tenant):
+    before = count_rows(pg_pool)
+    resp = api.post("/instances", json={"tenant": tenant})
+    assert resp.status_code == 422
+    error = error_of(resp)
+    assert error["code"] == "validation_error"
+    assert "tenant" in error["details"]["fields"]
+    assert count_rows(pg_pool) == before
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"extra": 1},
+        {"status": "ready"},
+        {"id": str(uuid.uuid4())},
+        {"vm_name": "dark-vm-x"},
+        {"address": "10.0.0.1"},
+        {"Tenant": "acme"},
+    ],
+)
+def test_bodies_with_unknown_fields_are_422_and_write_nothing(api, pg_pool, extra):
+    before = count_rows(pg_pool)
+    resp = api.post("/instances", json={"tenant": tenant_name(), **extra})
+    assert resp.status_code == 422
+    fields = error_of(resp)["details"]["fields"]
+    assert set(fields) == set(extra) - {"tenant"}
+    assert count_rows(pg_pool) == before
+
+
+def test_a_body_without_a_tenant_is_422(api):
+    resp = api.post("/instances", json={})
+    assert resp.status_code == 422
+    assert "tenant" in error_of(resp)["details"]["fields"]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201, "caf\xe9", "bell\x07"], ids=repr)
+def test_a_malformed_idempotency_key_is_422_and_writes_nothing(api, pg_pool, key):
+    before = count_rows(pg_pool)
+    resp = api.post("/instances", json={"tenant": tenant_name()}, headers={"Idempotency-Key": key})
+    assert resp.status_code == 422
+    assert "Idempotency-Key" in error_of(resp)["details"]["fields"]
+    assert count_rows(pg_pool) == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/instances/.hidden/{id}",
+        "/instances/a%20b/{id}",
+        "/instances/%2E%2E/{id}/events",
+        "/instances/{long}/{id}",
+    ],
+)
+def test_a_bad_tenant_in_the_path_is_422(api, path):
+    resp = api.get(path.format(id=uuid.uuid4(), long="x" * 64))
+    assert resp.status_code == 422
+    assert error_of(resp)["code"] == "invalid_tenant"
+
+
+# --- provisioning ------------------------------------------------------------------------------
+
+
+def test_provision_commits_the_row_then_queues_a_message_with_ids_and_the_request_id(
+    api, registry, broker, log_lines
+):
+    tenant = tenant_name()
+    request_id = "req-" + secrets.token_hex(6)
+    resp = api.post("/instances", json={"tenant": tenant}, headers={"X-Request-Id": request_id})
+    assert resp.status_code == 202
+    assert resp.headers["X-Request-Id"] == request_id
+    body = resp.get_json()
+    instance = body["instance"]
+    assert set(instance) == INSTANCE_FIELDS
+    assert instance["tenant"] == tenant
+    assert instance["status"] == "pending"
+    assert instance["created_at"].endswith("+00:00")
+    assert resp.headers["Location"] == f"/instances/{tenant}/{instance['id']}"
+
+    row = registry.get(uuid.UUID(instance["id"]))
+    assert row is not None and row.status is Status.PENDING
+
+    [(headers, (args, kwargs, _))] = queued(broker, body["task_id"])
+    assert headers["task"] == TASK_PROVISION
+    assert headers["request_id"] == request_id
+    assert args[0] == instance["id"]
+    assert all(uuid.UUID(arg) for arg in args) and kwargs == {}
+
+    ours = [line for line in log_lines if line["logger"].startswith(("dark.api", "shared."))]
+    assert ours and all(line["request_id"] == request_id for line in ours)
+    [request_line] = [line for line in ours if line["msg"].startswith("http ")]
+    assert "method=POST route=/instances status=202" in request_line["msg"]
+
+
+def test_a_malformed_request_id_is_replaced_by_a_fresh_one(api):
+    resp = api.get("/instances", headers={"X-Request-Id": "bad id with spaces"})
+    assert resp.headers["X-Request-Id"] != "bad id with spaces"
+    assert len(resp.headers["X-Request-Id"]) == 32
+
+
+def test_the_tenant_is_stored_in_nfc_and_percent_encoded_in_the_location(api):
+    decomposed = f"{PREFIX}-Cafe\u0301-テナント"
+    composed = f"{PREFIX}-Caf\u00e9-テナント"
+    resp = api.post("/instances", json={"tenant": decomposed})
+    instance = resp.get_json()["instance"]
+    assert instance["tenant"] == composed
+    assert resp.headers["Location"] == f"/instances/{quote(composed, safe='')}/{instance['id']}"
+    assert api.get(f"/instances/{decomposed}/{instance['id']}").status_code == 200
+
+
+def test_the_same_idempotency_key_gives_the_same_instance_and_task(api, registry, broker):
+    tenant = tenant_name()
+    first = provision(api, tenant, **{"Idempotency-Key": "order-42"})
+    again = provision(api, tenant, **{"Idempotency-Key": "order-42"})
+    assert again["instance"]["id"] == first["instance"]["id"]
+    assert again["task_id"] == first["task_id"]
+    items, _ = registry.list(tenant=tenant)
+    assert [str(i.id) for i in items] == [first["instance"]["id"]]
+    assert queued(broker, first["task_id"])
+
+    other = provision(api, tenant, **{"Idempotency-Key": "order-43"})
+    assert other["instance"]["id"] != first["instance"]["id"]
+
+
+def test_the_per_tenant_cap_answers_409_and_frees_up_on_teardown(api, pg_pool):
+    tenant = tenant_name()
+    first = provision(api, tenant)
+    for _ in range(MAX_LIVE - 1):
+        provision(api, tenant)
+    before = count_rows(pg_pool)
+    resp = api.post("/instances", json={"tenant": tenant})
+    assert resp.status_code == 409
+    assert error_of(resp)["code"] == "quota_exceeded"
+    assert count_rows(pg_pool) == before
+
+    assert api.delete(f"/instances/{tenant}/{first['instance']['id']}").status_code == 202
+    provision(api, tenant)
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
+def test_list_pages_newest_first_and_filters(api, registry):
+    tenant = tenant_name()
+    created = [registry.create(tenant)[0] for _ in range(5)]
+    registry.transition(created[1].id, Status.PENDING, Status.FAILED, "test failure")
+
+    seen, cursor = [], None
+    for _ in range(5):
+        query = {"tenant": tenant, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/instances", query_string=query).get_json()
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [str(i.id) for i in reversed(created)]
+
+    failed = api.get("/instances", query_string={"tenant": tenant, "status": "failed"})
+    assert [item["id"] for item in failed.get_json()["items"]] == [str(created[1].id)]
+    assert failed.get_json()["items"][0]["reason"] == "test failure"
+
+    default = api.get("/instances", query_string={"tenant": tenant}).get_json()
+    assert len(default["items"]) == 5 and default["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ({"status": "bogus"}, "status"),
+        ({"status": ""}, "status"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "201"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"tenant": ".bad"}, "tenant"),
+        ({"sort": "asc"}, "sort"),
+        ({"cursor": ""}, "cursor"),
+    ],
+)
+def test_bad_list_queries_are_422(api, query, field):
+    resp = api.get("/instances", query_string=query)
+    assert resp.status_code == 422
+    assert field in error_of(resp)["details"]["fields"]
+
+
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "AAAA", "=" * 8, "x" * 512])
+def test_a_cursor_we_did_not_hand_out_is_422(api, cursor):
+    resp = api.get("/instances", query_string={"cursor": cursor})
+    assert resp.status_code == 422
+    assert error_of(resp)["code"] == "invalid_cursor"
+
+
+def test_a_query_parameter_given_twice_is_422(api):
+    resp = api.get("/instances?limit=1&limit=2")
+    assert resp.status_code == 422
+    assert "limit" in error_of(resp)["details"]["fields"]
+
+
+def test_detail_and_events_of_a_pending_instance(api, registry):
+    tenant = tenant_name()
+    instance = provision(api, tenant)["instance"]
+    detail = api.get(f"/instances/{tenant}/{instance['id']}").get_json()
+    assert detail["instance"] == instance
+    assert detail["entry_points"] is None
+    assert detail["guest"] == {
+        "reachable": False,
+        "health": None,
+        "error": "the instance has no address",
+    }
+
+    instance_id = uuid.UUID(instance["id"])
+    registry.transition(instance_id, Status.PENDING, Status.PROVISIONING, "cloud create requested")
+    events = api.get(f"/instances/{tenant}/{instance['id']}/events").get_json()["items"]
+    assert [(e["from"], e["to"]) for e in events] == [
+        (None, "pending"),
+        ("pending", "provisioning"),
+    ]
+    assert events[1]["reason"] == "cloud create requested"
+    assert all(set(e) == {"at", "from", "to", "reason"} for e in events)
+
+
+def test_unknown_other_tenants_and_non_uuid_instances_are_404(api):
+    owner, stranger = tenant_name("owner"), tenant_name("stranger")
+    instance_id = provision(api, owner)["instance"]["id"]
+    for path in (
+        f"/instances/{owner}/{uuid.uuid4()}",
+        f"/instances/{stranger}/{instance_id}",
+        f"/instances/{owner}/not-a-uuid",
+        f"/instances/{owner}/{instance_id[:-1]}",
+    ):
+        for method, suffix in (("GET", ""), ("GET", "/events"), ("POST", "/heal"), ("DELETE", "")):
+            resp = api(method, path + suffix)
+            assert resp.status_code == 404, (method, path + suffix)
+            assert error_of(resp)["code"] in ("instance_not_found", "not_found")
+    unknown = api.get(f"/instances/{owner}/{uuid.uuid4()}")
+    foreign = api.get(f"/instances/{stranger}/{instance_id}")
+    assert unknown.get_json() == foreign.get_json(), "another tenant's instance looks unknown"
+
+
+def test_task_state_is_the_celery_state_only(api):
+    task_id = provision(api, tenant_name())["task_id"]
+    assert api.get(f"/tasks/{task_id}").get_json() == {
+        "task_id": task_id,
+        "state": "PENDING",
+        "ready": False,
+    }
+    assert api.get("/tasks/not-a-task-id").status_code == 404
+
+
+# --- teardown ----------------------------------------------------------------------------------
+
+
+def test_teardown_validates_its_mode_and_is_idempotent(api, registry, broker):
+    tenant = tenant_name()
+    instance_id = provision(api, tenant)["instance"]["id"]
+    path = f"/instances/{tenant}/{instance_id}"
+
+    for query in ({"mode": "destroy"}, {"mode": ""}, {"force": "1"}):
+        resp = api.delete(path, query_string=query)
+        assert resp.status_code == 422
+        assert registry.get(uuid.UUID(instance_id)).status is Status.PENDING
+
+    first = api.delete(path, headers={"X-Request-Id": "teardown-1"})
+    assert first.status_code == 202
+    body = first.get_json()
+    assert body["instance"]["status"] == "tearing_down"
+    headers, (args, kwargs, _) = queued(broker, body["task_id"])[0]
+    assert headers["task"] == TASK_TEARDOWN
+    assert headers["request_id"] == "teardown-1"
+    assert args[0] == instance_id and kwargs == {}
+
+    again = api.delete(path, query_string={"mode": "retire"})
+    assert again.status_code == 202
+    assert again.get_json()["task_id"] == body["task_id"]
+    assert registry.get(uuid.UUID(instance_id)).teardown_mode == "retire"
+
+    registry.transition(uuid.UUID(instance_id), Status.TEARING_DOWN, Status.RETIRED, "VM deleted")
+    retired = api.delete(path)
+    assert retired.status_code == 202
+    assert retired.get_json()["task_id"] is None
+    assert retired.get_json()["instance"]["status"] == "retired"
+
+
+# --- the live guest view and heal --------------------------------------------------------------
+
+
+def test_the_guest_view_and_heal_reach_a_real_guest(api, registry, simulator, settings):
+    vm = simulator.admin(
+        "POST",
+        "/cloud/vms",
+        json={
+            "folder_id": f"{PREFIX}-folder",
+            "name": f"api-{secrets.token_hex(4)}",
+            "labels": {},
+            "guest": True,
+        },
+    )
+    try:
+        tenant = tenant_name()
+        instance = make_ready(registry, tenant, vm["address"])
+        path = f"/instances/{tenant}/{instance.id}"
+
+        def healthy():
+            guest = api.get(path).get_json()["guest"]
+            return guest if guest["health"] else None
+
+        guest = wait_until(healthy, 15, interval=0.1, what="the simulated guest to boot")
+        assert guest["reachable"] is True and guest["error"] is None
+        assert guest["health"]["status"] == "ok"
+        detail = api.get(path).get_json()
+        assert detail["entry_points"] == {
+            "opencode_url": f"http://{vm['address']}:4096",
+            "agent_url": f"http://{vm['address']}:{settings.agent_port}",
+        }
+
+        resp = api.post(path + "/heal")
+        assert resp.status_code == 200
+        report = resp.get_json()
+        assert report["reachable"] is True and report["error"] is None
+        assert report["heal"]["status"] == "healthy"
+    finally:
+        simulator.admin("DELETE", f"/cloud/vms/{vm['id']}")
+
+
+def test_an_unreachable_guest_is_reported_not_raised(api, registry):
+    tenant = tenant_name()
+    instance = make_ready(registry, tenant, UNREACHABLE_ADDRESS)
+    path = f"/instances/{tenant}/{instance.id}"
+
+    guest = api.get(path).get_json()["guest"]
+    assert guest["reachable"] is False and guest["health"] is None
+    assert UNREACHABLE_ADDRESS in guest["error"]
+
+    report = api.post(path + "/heal").get_json()
+    assert report["reachable"] is False and report["heal"] is None
+    assert UNREACHABLE_ADDRESS in report["error"]
+
+
+def test_heal_needs_a_ready_instance_and_accepts_only_an_empty_body(api, registry):
+    tenant = tenant_name()
+    instance_id = provision(api, tenant)["instance"]["id"]
+    path = f"/instances/{tenant}/{instance_id}/heal"
+    resp = api.post(path)
+    assert resp.status_code == 409
+    assert error_of(resp) == {
+        "code": "instance_not_ready",
+        "message": "heal needs a ready instance with an address; this one is pending",
+        "details": {"status": "pending"},
+    }
+    assert api.post(path, json={}).status_code == 409
+    assert api.post(path, json={"force": True}).status_code == 422
+    assert api.post(path, data="{", content_type="application/json").status_code == 400
+
+
+# --- dependencies down -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api_without_redis(settings, registry):
+    """A second gateway whose Redis (broker and results) is a closed port."""
+    down = load_settings(
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0",
+            "DARK_API_TOKENS": TOKEN,
+        }
+    )
+    celery_app = make_celery(down)
+    yield Api(create_app(down, registry=registry, celery_app=celery_app))
+    celery_app.close()
+
+
+def test_redis_down_makes_ready_and_task_state_503_with_retry_after(api_without_redis):
+    resp = api_without_redis.get("/ready", auth=False)
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"].isdigit()
+    assert error_of(resp)["details"] == {"postgres": "ok", "redis": "unavailable"}
+
+    resp = api_without_redis.get(f"/tasks/{uuid.uuid4()}")
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"].isdigit()
+    assert error_of(resp)["code"] == "result_backend_unavailable"
+
+
+def test_redis_down_makes_provision_503_after_committing_the_row(api_without_redis, registry):
+    tenant = tenant_name()
+    resp = api_without_redis.post("/instances", json={"tenant": tenant})
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"].isdigit()
+    assert error_of(resp)["code"] == "dispatch_unavailable"
+    items, _ = registry.list(tenant=tenant)
+    assert [i.status for i in items] == [Status.PENDING], "committed before the send"
+
+
+def test_postgres_down_is_503_with_retry_after(settings):
+    url = f"postgresql://postgres@127.0.0.1:{closed_port()}/dark"
+    down = load_settings(
+        {"DATABASE_URL": url, "REDIS_URL": settings.redis_url, "DARK_API_TOKENS": TOKEN}
+    )
+    # A pool that gives up after a second, so that the test does not wait out the default.
+    pool = ConnectionPool(
+        url, min_size=0, max_size=1, timeout=1, open=True, kwargs={"connect_timeout": 2}
+    )
+    celery_app = make_celery(down)
+    api = Api(create_app(down, registry=PostgresFleetRegistry(pool), celery_app=celery_app))
+    try:
+        resp = api.get("/ready", auth=False)
+        assert resp.status_code == 503
+        assert resp.headers["Retry-After"].isdigit()
+        assert error_of(resp)["details"] == {"postgres": "unavailable", "redis": "ok"}
+
+        resp = api.get("/instances")
+        assert resp.status_code == 503
+        assert resp.headers["Retry-After"].isdigit()
+        assert error_of(resp)["code"] == "registry_unavailable"
+    finally:
+        pool.close()
+        celery_app.close()
+
+
+# --- the error shape and the OpenAPI document ----------------------------------------------------
+
+
+def test_http_errors_use_the_one_error_shape(api):
+    resp = api.get("/no-such-route")
+    assert resp.status_code == 404
+    assert error_of(resp)["code"] == "not_found"
+
+    resp = api("PUT", "/instances", json={"tenant": "acme"})
+    assert resp.status_code == 405
+    assert error_of(resp)["code"] == "method_not_allowed"
+    assert "POST" in resp.headers["Allow"]
+
+
+def test_openapi_documents_every_route_from_the_schemas(app, api):
+    doc = api.get("/openapi.json", auth=False).get_json()
+    assert doc["openapi"].startswith("3.")
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+    routes = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<uuid:", "{").replace("<", "{").replace(">", "}")
+        routes.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
+    assert {path: set(ops) for path, ops in doc["paths"].items()} == routes
+
+    instance = doc["components"]["schemas"]["InstanceOut"]
+    assert set(instance["properties"]) == INSTANCE_FIELDS
+    assert all(prop.get("readOnly") for prop in instance["properties"].values())
+    provision_body = doc["components"]["schemas"]["ProvisionRequest"]
+    assert provision_body["required"] == ["tenant"]
+    assert provision_body["additionalProperties"] is False
+
+
+# --- gunicorn ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gunicorn_serves_the_app_with_json_logs_and_no_token_in_them(env, tmp_path):
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    proc = spawn(
+        [
+            str(VENV_BIN / "gunicorn"),
+            "-c",
+            "services/api/gunicorn.conf.py",
+            "services.api.wsgi:app",
+        ],
+        env={**env, "DARK_BIND": f"127.0.0.1:{port}"},
+        log_path=log_path,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(base + "/health", timeout=1).ok, 30, what="gunicorn")
+        auth = {"Authorization": f"Bearer {TOKEN}", "X-Request-Id": "gunicorn-smoke"}
+        listed = requests.get(base + "/instances", headers=auth, timeout=10)
+        assert listed.status_code == 200
+        assert listed.json()["items"] is not None
+        assert requests.get(base + "/instances", timeout=10).status_code == 401
+    finally:
+        stop_process(proc)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert any(line["request_id"] == "gunicorn-smoke" for line in lines)
+    assert TOKEN not in log_path.read_text()
