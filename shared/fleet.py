@@ -14,6 +14,7 @@ from shared.celery_app import TASK_PROVISION, TASK_TEARDOWN, producer_app
 from shared.domain.errors import (
     DispatchUnavailable,
     InstanceNotFound,
+    TenantNotOnboarded,
     TransitionConflict,
 )
 from shared.domain.lifecycle import Status, can_tear_down
@@ -71,15 +72,23 @@ class FleetService:
         dispatcher: CeleryDispatcher,
         *,
         max_instances_per_tenant: int,
+        tenants=None,
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._max = max_instances_per_tenant
+        self._tenants = tenants  # the tenant directory; None only where no check is wanted
 
     def provision(
         self, tenant: str, *, request_key: str | None, request_id: str | None
     ) -> tuple[Instance, str]:
         tenant = normalize_tenant(tenant)
+        if self._tenants is not None and not self._tenants.is_onboarded(tenant):
+            # Refused before any row or VM exists: there would be nothing to initialise it with.
+            raise TenantNotOnboarded(
+                f"tenant {tenant!r} is not onboarded: its secrets must be stored through the "
+                "onboarding service first"
+            )
         instance, created = self._registry.create(
             tenant, request_key=request_key, max_live=self._max or None
         )

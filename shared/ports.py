@@ -81,6 +81,13 @@ class FleetRegistry(Protocol):
         InstanceNotFound if there is no such row.
         """
 
+    def live_counts(self) -> dict[str, int]:
+        """Live instances per tenant, for every tenant that has any."""
+
+    def note(self, instance_id: uuid.UUID, reason: str) -> None:
+        """Append an event that changes no status (from = to = the current one): an action taken
+        on the instance, such as reconcile deleting its leftover VM. InstanceNotFound if no row."""
+
     def events(self, instance_id: uuid.UUID) -> list[Event]:
         """The row's lifecycle events, oldest first ([] for an unknown id)."""
 

@@ -3,7 +3,7 @@
 Nothing here does I/O at import. The collaborators can be passed in (tests hand in a registry on
 their own pool, or a Celery app on their own Redis DB); whatever is not passed is built from the
 settings. Per request: a request id (the caller's X-Request-Id when well-formed), then the token
-check, then the view; one JSON log line when the response leaves.
+(or dashboard session) check, then the view; one JSON log line when the response leaves.
 """
 
 import logging
@@ -15,13 +15,15 @@ from flask import Flask, g, request
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from services.api.auth import bearer_token_check
+from services.api.auth import install_operator_auth
 from services.api.errors import install_error_handler
 from services.api.openapi import build_openapi
+from services.api.ui import install_ui
 from services.api.views import Gateway, bp
 from shared.adapters.db import make_pool
 from shared.adapters.guest import HttpGuestAgent
 from shared.adapters.registry import PostgresFleetRegistry
+from shared.adapters.tenants import PostgresTenantDirectory
 from shared.celery_app import make_celery
 from shared.fleet import CeleryDispatcher, FleetService
 from shared.logs import new_request_id, request_id_var
@@ -42,20 +44,25 @@ def create_app(
     fleet=None,
     guest=None,
     celery_app=None,
+    tenants=None,
 ) -> Flask:
     celery_app = celery_app or make_celery(settings)
-    if registry is None:
-        registry = PostgresFleetRegistry(make_pool(settings.database_url))
+    if registry is None or tenants is None:
+        pool = make_pool(settings.database_url)
+        registry = registry or PostgresFleetRegistry(pool)
+        tenants = tenants or PostgresTenantDirectory(pool)
     if fleet is None:
         fleet = FleetService(
             registry,
             CeleryDispatcher(celery_app),
             max_instances_per_tenant=settings.max_instances_per_tenant,
+            tenants=tenants,
         )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["dark"] = Gateway(
         registry=registry,
+        tenants=tenants,
         fleet=fleet,
         guest=guest or HttpGuestAgent.from_settings(settings),
         celery=celery_app,
@@ -69,10 +76,11 @@ def create_app(
     install_error_handler(app)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
     app.before_request(_begin_request)
-    app.before_request(bearer_token_check(settings.api_tokens))
+    install_operator_auth(app, settings)
     app.after_request(_log_request)
     app.teardown_request(_end_request)
     app.register_blueprint(bp)
+    install_ui(app, settings)
     return app
 
 

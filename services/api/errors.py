@@ -21,6 +21,7 @@ from shared.domain.errors import (
     InvalidTenantName,
     QuotaExceeded,
     RegistryUnavailable,
+    TenantNotOnboarded,
     TransitionConflict,
 )
 
@@ -38,6 +39,7 @@ DOMAIN_ERRORS: tuple[tuple[type[DomainError], int, str], ...] = (
     (IllegalTransition, 409, "illegal_transition"),
     (TransitionConflict, 409, "state_conflict"),
     (QuotaExceeded, 409, "quota_exceeded"),
+    (TenantNotOnboarded, 409, "tenant_not_onboarded"),
     (RegistryUnavailable, 503, "registry_unavailable"),
     (DispatchUnavailable, 503, "dispatch_unavailable"),
 )

@@ -110,6 +110,18 @@ def build_openapi() -> dict:
         },
     )
     spec.path(
+        path="/tenants",
+        operations={
+            "get": {
+                "summary": "Tenants, whether each is onboarded, and their live VMs (no secrets)",
+                "responses": {
+                    **_ok("200", schemas.TenantList, "by name"),
+                    **_errors("401", "422", "503"),
+                },
+            }
+        },
+    )
+    spec.path(
         path="/instances/{tenant}/{instance_id}/events",
         operations={
             "get": {

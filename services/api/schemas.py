@@ -167,10 +167,32 @@ class InstanceDetail(Schema):
         metadata={"description": "null while the instance has no address"},
     )
     guest = fields.Nested(GuestView, dump_only=True)
+    ssh_pubkey = fields.String(
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "description": "the public key dark-agent registered with the tenant's forges; "
+            "null until the instance is ready"
+        },
+    )
 
 
 class EventList(Schema):
     items = fields.List(fields.Nested(EventOut), dump_only=True)
+
+
+class TenantOut(Schema):
+    name = fields.String(dump_only=True)
+    onboarded = fields.Boolean(dump_only=True)
+    onboarded_at = fields.DateTime(dump_only=True, allow_none=True)
+    updated_at = fields.DateTime(dump_only=True, allow_none=True)
+    offboarded_at = fields.DateTime(dump_only=True, allow_none=True)
+    secrets_version = fields.Integer(dump_only=True, allow_none=True)
+    live_instances = fields.Integer(dump_only=True)
+
+
+class TenantList(Schema):
+    items = fields.List(fields.Nested(TenantOut), dump_only=True)
 
 
 class HealReport(Schema):

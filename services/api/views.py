@@ -32,7 +32,9 @@ from services.api.schemas import (
     ProvisionRequest,
     TaskState,
     TeardownQuery,
+    TenantList,
 )
+from shared.adapters.tenants import PostgresTenantDirectory
 from shared.domain.errors import GuestError, GuestUnreachable, InstanceNotFound
 from shared.domain.lifecycle import Status
 from shared.domain.records import Instance
@@ -57,6 +59,7 @@ class Gateway:
     """Everything the views use, built once by create_app."""
 
     registry: FleetRegistry
+    tenants: PostgresTenantDirectory
     fleet: FleetService
     guest: GuestAgent
     celery: Celery
@@ -128,6 +131,34 @@ def list_instances():
     return InstancePage().dump({"items": items, "next_cursor": next_cursor})
 
 
+@bp.get("/tenants")
+def list_tenants():
+    """Every tenant the directory knows, whether it is onboarded, and its live VMs; no secrets.
+
+    Tenants with live instances but no directory row (onboarded before the directory existed, or
+    rows written by hand) are listed too, as not onboarded.
+    """
+    if request.args:
+        raise ValidationError({key: ["Unknown field."] for key in request.args})
+    gateway = _gateway()
+    live = gateway.registry.live_counts()
+    records = {record.name: record for record in gateway.tenants.list()}
+    items = [
+        {
+            "name": name,
+            "onboarded": record.onboarded if record else False,
+            "onboarded_at": record.onboarded_at if record else None,
+            "updated_at": record.updated_at if record else None,
+            "offboarded_at": record.offboarded_at if record else None,
+            "secrets_version": record.secrets_version if record else None,
+            "live_instances": live.get(name, 0),
+        }
+        for name in sorted(records.keys() | live.keys())
+        for record in [records.get(name)]
+    ]
+    return TenantList().dump({"items": items})
+
+
 @bp.get("/instances/<tenant>/<uuid:instance_id>")
 def show_instance(tenant: str, instance_id: uuid.UUID):
     instance = _owned_instance(tenant, instance_id)
@@ -140,7 +171,12 @@ def show_instance(tenant: str, instance_id: uuid.UUID):
             "agent_url": f"http://{_host(address)}:{agent_port}",
         }
     return InstanceDetail().dump(
-        {"instance": instance, "entry_points": entry_points, "guest": _guest_view(instance)}
+        {
+            "instance": instance,
+            "entry_points": entry_points,
+            "guest": _guest_view(instance),
+            "ssh_pubkey": instance.ssh_pubkey,
+        }
     )
 
 

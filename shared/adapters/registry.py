@@ -168,6 +168,16 @@ class PostgresFleetRegistry:
         with self._cursor() as cur:
             return _count_live(cur, tenant)
 
+    def live_counts(self) -> dict[str, int]:
+        """Live instances per tenant, for every tenant that has any (one query)."""
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT tenant, count(*) AS live FROM instances WHERE status = ANY(%s)"
+                " GROUP BY tenant",
+                (_LIVE,),
+            ).fetchall()
+        return {row["tenant"]: row["live"] for row in rows}
+
     def transition(
         self,
         instance_id: uuid.UUID,
@@ -196,6 +206,16 @@ class PostgresFleetRegistry:
             _lock_in(cur, instance_id, expected)
             row = _update(cur, instance_id, values)
         return _instance(row)
+
+    def note(self, instance_id: uuid.UUID, reason: str) -> None:
+        with self._cursor() as cur:
+            row = cur.execute(
+                "INSERT INTO instance_events (instance_id, from_status, to_status, reason)"
+                " SELECT id, status, status, %s FROM instances WHERE id = %s RETURNING id",
+                (reason, instance_id),
+            ).fetchone()
+        if row is None:
+            raise InstanceNotFound(f"no instance {instance_id}", instance_id=str(instance_id))
 
     def events(self, instance_id: uuid.UUID) -> list[Event]:
         with self._cursor() as cur:

@@ -133,6 +133,10 @@ class BundleIntegrityError(BundleBackendUnavailable):
 # --- fleet commands ---------------------------------------------------------------------------
 
 
+class TenantNotOnboarded(DomainError):
+    """The tenant has not handed over its secrets (or was offboarded): nothing to provision with."""
+
+
 class QuotaExceeded(DomainError):
     """The tenant already has as many live instances as allowed."""
 

@@ -158,8 +158,18 @@ def test_delete_while_provisioning_leaves_no_vm(stack):
 # --- failure paths -------------------------------------------------------------------------------
 
 
-def test_tenant_not_onboarded_fails_with_the_reason(stack):
+def test_tenant_never_onboarded_is_refused_by_the_gateway_and_no_vm_is_made(stack):
     tenant = tenant_name("nobody")
+    before = stack.sim.admin("GET", "/cloud/calls").get("Create", 0)
+    resp = stack.api("POST", "/instances", json={"tenant": tenant})
+    assert resp.status_code == 409
+    assert resp.json()["error"]["code"] == "tenant_not_onboarded"
+    assert stack.sim.admin("GET", "/cloud/calls").get("Create", 0) == before
+
+
+def test_secrets_gone_from_vault_fails_the_provision_with_the_reason(stack):
+    tenant = tenant_name("nobody")
+    stack.onboard(tenant, vault=False)
     inst = stack.provision(tenant)
     failed = stack.wait_status(tenant, inst["id"], "failed")
     assert failed["reason"] == "tenant not onboarded"

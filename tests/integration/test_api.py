@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from services.api.app import create_app
 from shared.adapters.registry import PostgresFleetRegistry
+from shared.adapters.tenants import PostgresTenantDirectory
 from shared.celery_app import QUEUE_PROVISION, TASK_PROVISION, TASK_TEARDOWN, make_celery
 from shared.domain.lifecycle import Status
 from shared.logs import JsonFormatter
@@ -45,8 +46,16 @@ INSTANCE_FIELDS = {
 }
 
 
-def tenant_name(label: str = "t") -> str:
-    return f"{PREFIX}-{label}-{secrets.token_hex(3)}"
+# The module's tenant directory; tenant_name() onboards the names it hands out (the onboarding
+# service does that in production), so that provisioning is allowed for them.
+_directory: list[PostgresTenantDirectory] = []
+
+
+def tenant_name(label: str = "t", *, onboarded: bool = True) -> str:
+    name = f"{PREFIX}-{label}-{secrets.token_hex(3)}"
+    if onboarded:
+        _directory[0].record_onboarded(name, 1)
+    return name
 
 
 def closed_port() -> int:
@@ -112,6 +121,14 @@ def settings(env):
 @pytest.fixture(scope="module")
 def registry(pg_pool):
     return PostgresFleetRegistry(pg_pool)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def directory(pg_pool):
+    _directory[:] = [PostgresTenantDirectory(pg_pool)]
+    yield _directory[0]
+    with pg_pool.connection() as conn:
+        conn.execute("DELETE FROM tenants WHERE name LIKE %s", (PREFIX + "%",))
 
 
 @pytest.fixture(scope="module")
@@ -427,9 +444,10 @@ def test_a_malformed_request_id_is_replaced_by_a_fresh_one(api):
     assert len(resp.headers["X-Request-Id"]) == 32
 
 
-def test_the_tenant_is_stored_in_nfc_and_percent_encoded_in_the_location(api):
+def test_the_tenant_is_stored_in_nfc_and_percent_encoded_in_the_location(api, directory):
     decomposed = f"{PREFIX}-Cafe\u0301-テナント"
     composed = f"{PREFIX}-Caf\u00e9-テナント"
+    directory.record_onboarded(composed, 1)
     resp = api.post("/instances", json={"tenant": decomposed})
     instance = resp.get_json()["instance"]
     assert instance["tenant"] == composed
@@ -812,3 +830,38 @@ def test_gunicorn_serves_the_app_with_json_logs_and_no_token_in_them(env, tmp_pa
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert any(line["request_id"] == "gunicorn-smoke" for line in lines)
     assert TOKEN not in log_path.read_text()
+
+
+def test_a_tenant_that_is_not_onboarded_is_refused_with_409_and_nothing_written(api, pg_pool):
+    tenant = tenant_name("never", onboarded=False)
+    before = count_rows(pg_pool)
+    resp = api.post("/instances", json={"tenant": tenant})
+    assert resp.status_code == 409
+    assert error_of(resp)["code"] == "tenant_not_onboarded"
+    assert "not onboarded" in error_of(resp)["message"]
+    assert count_rows(pg_pool) == before
+
+
+def test_tenants_lists_onboarding_state_and_live_vms_without_secrets(api, directory):
+    onboarded = tenant_name("listed")
+    provision(api, onboarded)
+    offboarded = tenant_name("gone")
+    directory.record_offboarded(offboarded)
+    resp = api.get("/tenants")
+    assert resp.status_code == 200
+    items = {item["name"]: item for item in resp.get_json()["items"]}
+    assert items[onboarded]["onboarded"] is True
+    assert items[onboarded]["live_instances"] == 1
+    assert items[onboarded]["secrets_version"] == 1
+    assert items[offboarded]["onboarded"] is False
+    assert items[offboarded]["live_instances"] == 0
+    assert set(items[onboarded]) == {
+        "name",
+        "onboarded",
+        "onboarded_at",
+        "updated_at",
+        "offboarded_at",
+        "secrets_version",
+        "live_instances",
+    }
+    assert api.get("/tenants?secret=1").status_code == 422

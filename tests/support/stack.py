@@ -1,11 +1,15 @@
 """The whole stack as real processes: gunicorn gateway, Celery worker, simulators, OpenBao."""
 
+import contextlib
 import secrets
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import requests
 
 from tests.support.processes import (
@@ -30,6 +34,7 @@ class Stack:
     sim: Simulator
     bao: OpenBao
     procs: dict = field(default_factory=dict)
+    nodenames: dict = field(default_factory=dict)  # Celery node name of each worker, by name
 
     # --- processes ------------------------------------------------------------------------------
 
@@ -49,20 +54,53 @@ class Stack:
         )
         wait_until(lambda: requests.get(self.api_url + "/health", timeout=1).ok, 30, what="gateway")
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen:
+    def start_worker(
+        self, name: str = "worker", concurrency: int = 2, queue: str = "dark.provision"
+    ) -> subprocess.Popen:
+        """A provisioner worker; on another `queue` it idles until told to consume (Celery's
+        `add_consumer`), having done its start-up resume already."""
+        return self._start_celery_worker(name, "services.provisioner.worker", queue, concurrency)
+
+    def start_reconciler(self, name: str = "reconciler", concurrency: int = 2) -> subprocess.Popen:
+        module = "services.reconciler.worker"
+        return self._start_celery_worker(name, module, "dark.reconcile", concurrency)
+
+    def start_beat(self, name: str = "beat", **env_overrides: str) -> subprocess.Popen:
+        """A celery-beat of the reconciler, with its own schedule file in the stack's workdir."""
         proc = spawn(
             [
                 sys.executable,
                 "-m",
                 "celery",
                 "-A",
-                "services.provisioner.worker",
+                "services.reconciler.worker",
+                "beat",
+                f"--schedule={self.workdir / name}-schedule",
+                "--loglevel=INFO",
+            ],
+            env={**self.env, **env_overrides},
+            log_path=self.log_path(name),
+        )
+        self.procs[name] = proc
+        return proc
+
+    def _start_celery_worker(
+        self, name: str, module: str, queue: str, concurrency: int
+    ) -> subprocess.Popen:
+        nodename = f"{name}-{secrets.token_hex(3)}@{socket.gethostname()}"
+        proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                module,
                 "worker",
                 "-Q",
-                "dark.provision",
+                queue,
                 "--pool=prefork",
                 f"--concurrency={concurrency}",
-                f"--hostname={name}-{secrets.token_hex(3)}@%h",
+                f"--hostname={nodename}",
                 "--without-gossip",
                 "--without-mingle",
                 "--loglevel=INFO",
@@ -71,7 +109,36 @@ class Stack:
             log_path=self.log_path(name),
         )
         self.procs[name] = proc
+        self.nodenames[name] = nodename
         return proc
+
+    def start_flower(self, basic_auth: str, name: str = "flower") -> str:
+        """Flower on a free loopback port, as `make run` starts it (credentials in its
+        environment, never FLOWER_UNAUTHENTICATED_API); returns its URL once it answers."""
+        port = free_port()
+        env = {**self.env, "FLOWER_BASIC_AUTH": basic_auth}
+        env.pop("FLOWER_UNAUTHENTICATED_API", None)
+        self.procs[name] = spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "services.provisioner.worker",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={port}",
+            ],
+            env=env,
+            log_path=self.log_path(name),
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(url + "/healthcheck", timeout=1).ok, 30, what="Flower")
+        return url
+
+    def terminate(self, name: str) -> None:
+        """Stop one process gracefully (SIGTERM to its group)."""
+        stop_process(self.procs.pop(name))
 
     def kill(self, name: str) -> None:
         """SIGKILL the whole process group (the worker parent and its children)."""
@@ -127,21 +194,41 @@ class Stack:
         except TimeoutError as exc:
             raise AssertionError(f"statuses seen: {seen}\n{self.logs()[-4000:]}") from exc
 
-    def onboard(self, tenant: str, claude_token: str | None = None, nks_pat: str | None = None):
-        """Write the tenant's secrets straight into Vault (the onboarding service does this)."""
+    def onboard(
+        self,
+        tenant: str,
+        claude_token: str | None = None,
+        nks_pat: str | None = None,
+        *,
+        vault: bool = True,
+    ):
+        """Onboard as the onboarding service does: secrets into Vault, the tenant into the
+        directory. `vault=False` records the tenant without secrets (offboarded behind our back).
+        """
         claude_token = claude_token or "sk-ant-oat01-" + secrets.token_urlsafe(32)
         nks_pat = nks_pat or "nks-" + secrets.token_urlsafe(16)
-        from urllib.parse import quote
+        version = 1
+        if vault:
+            from urllib.parse import quote
 
-        self.bao.client().secrets.kv.v2.create_or_update_secret(
-            path=f"tenants/{quote(tenant, safe='')}",
-            secret={
-                "claude_oauth_token": claude_token,
-                "nks_pat": nks_pat,
-                "forges": [{"name": "gh", "host": "github.com", "token": "ghp_" + "x" * 20}],
-            },
-            mount_point="secret",
-        )
+            written = self.bao.client().secrets.kv.v2.create_or_update_secret(
+                path=f"tenants/{quote(tenant, safe='')}",
+                secret={
+                    "claude_oauth_token": claude_token,
+                    "nks_pat": nks_pat,
+                    "forges": [{"name": "gh", "host": "github.com", "token": "ghp_" + "x" * 20}],
+                },
+                mount_point="secret",
+            )
+            version = written["data"]["version"]
+        with psycopg.connect(self.env["DATABASE_URL"]) as conn:
+            conn.execute(
+                "INSERT INTO tenants (name, onboarded_at, updated_at, secrets_version)"
+                " VALUES (%s, now(), now(), %s) ON CONFLICT (name) DO UPDATE"
+                " SET onboarded_at = now(), updated_at = now(), offboarded_at = NULL,"
+                " secrets_version = EXCLUDED.secrets_version",
+                (tenant, version),
+            )
         return claude_token, nks_pat
 
     def sim_vms_all(self) -> list[dict]:
@@ -178,3 +265,21 @@ def make_stack(
         sim=sim,
         bao=bao,
     )
+
+
+@contextlib.contextmanager
+def private_database(admin_dsn: str) -> Iterator[str]:
+    """A migrated database of the caller's own, dropped afterwards: for tests of reconcile, which
+    acts on every row of the registry it is given."""
+    from shared.adapters.db import migrate
+
+    name = f"dark_test_{secrets.token_hex(6)}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,95 @@
+"""The onboarding service's composition root (STYLE.md 3): `create_app(settings)` builds everything.
+
+Nothing here does I/O at import. Collaborators can be passed in (tests hand in adapters on their own
+pool or their own OpenBao); whatever is not passed is built from the settings. Per request: a
+request id, then the token check (DARK_ONBOARDING_TOKENS only: a gateway token is refused), then
+the view; one JSON log line when the response leaves, and security headers on every response.
+"""
+
+import logging
+
+from flask import Flask
+from werkzeug.routing import PathConverter
+
+from services.onboarding.openapi import build_openapi
+from services.onboarding.views import OnboardingService, bp
+from shared.adapters.db import make_pool
+from shared.adapters.registry import PostgresFleetRegistry
+from shared.adapters.tenants import PostgresTenantDirectory
+from shared.adapters.vault import HvacTenantSecrets, vault_client
+from shared.domain.errors import (
+    InvalidTenantName,
+    RegistryUnavailable,
+    SecretsBackendUnavailable,
+    SecretsConflict,
+    SecretsMissing,
+)
+from shared.domain.onboarding import SecretsVersionMismatch, TenantHasLiveInstances
+from shared.onboarding import Onboarding
+from shared.settings import Settings
+from shared.web import (
+    bearer_token_check,
+    install_error_handler,
+    install_request_hooks,
+    install_security_headers,
+)
+
+log = logging.getLogger("dark.onboarding")
+
+MAX_BODY_BYTES = 64 * 1024
+
+# Most specific class first: the first match wins.
+DOMAIN_ERRORS = (
+    (InvalidTenantName, 422, "invalid_tenant"),
+    (SecretsVersionMismatch, 412, "version_mismatch"),
+    (SecretsConflict, 409, "concurrent_update"),
+    (TenantHasLiveInstances, 409, "tenant_has_live_instances"),
+    (SecretsMissing, 404, "not_onboarded"),
+    (SecretsBackendUnavailable, 503, "secrets_backend_unavailable"),
+    (RegistryUnavailable, 503, "registry_unavailable"),
+)
+
+
+class AnyTenantText(PathConverter):
+    """The tenant path segment, matching anything (even '/', control characters or nothing).
+
+    Routing would answer 404 for those; matching them lets the tenant-name rules (DESIGN §6)
+    answer 422 with the reason.
+    """
+
+    regex = r"[\s\S]*?"
+    # Werkzeug infers "matches within one path part" from the regex lacking a '/'; this one
+    # spans parts.
+    part_isolating = False
+
+
+def create_app(settings: Settings, *, secrets=None, tenants=None, fleet_counts=None) -> Flask:
+    if secrets is None:
+        secrets = HvacTenantSecrets(vault_client(settings), kv_mount=settings.vault_kv_mount)
+    if tenants is None or fleet_counts is None:
+        pool = make_pool(settings.database_url)
+        tenants = tenants if tenants is not None else PostgresTenantDirectory(pool)
+        fleet_counts = fleet_counts if fleet_counts is not None else PostgresFleetRegistry(pool)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # `/tenants//secrets` must reach the view (an empty name is a 422), not redirect elsewhere.
+    app.url_map.merge_slashes = False
+    app.url_map.converters["tenant"] = AnyTenantText
+    app.extensions["dark_onboarding"] = OnboardingService(
+        onboarding=Onboarding(secrets, tenants, fleet_counts), openapi=build_openapi()
+    )
+    install_error_handler(app, DOMAIN_ERRORS, log)
+    # Order matters: the request id first, so that a 401 is logged and answered with it.
+    install_request_hooks(app, log)
+    app.before_request(
+        bearer_token_check(
+            settings.onboarding_tokens,
+            realm="dark-onboarding",
+            # The page's own script and style; the page itself is a @public view.
+            open_endpoints=frozenset({"static"}),
+        )
+    )
+    install_security_headers(app)
+    app.register_blueprint(bp)
+    return app

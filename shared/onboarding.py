@@ -1,0 +1,93 @@
+"""Onboarding handlers: store, show and remove a tenant's secrets (DESIGN §6, §7).
+
+Vault is the source of truth for the secrets and their version; the tenant directory in Postgres
+follows it, and is written after each Vault change. When the directory write fails after Vault
+changed, the caller gets RegistryUnavailable (a 503) and retrying the same request converges both.
+"""
+
+import logging
+
+from shared.domain.errors import RegistryUnavailable, SecretsConflict, SecretsMissing
+from shared.domain.onboarding import SecretsVersionMismatch, TenantHasLiveInstances
+from shared.domain.secrets import SecretsPresence, TenantSecrets
+from shared.domain.tenants import normalize_tenant
+
+log = logging.getLogger("dark.onboarding")
+
+
+class Onboarding:
+    """`secrets` is a TenantSecretStore, `tenants` a PostgresTenantDirectory, and `fleet` anything
+    with `count_live(tenant)` (the fleet registry)."""
+
+    def __init__(self, secrets, tenants, fleet) -> None:
+        self._secrets = secrets
+        self._tenants = tenants
+        self._fleet = fleet
+
+    def store(
+        self, tenant: str, secrets: TenantSecrets, *, expected_version: int | None = None
+    ) -> int:
+        """Replace the tenant's secrets; returns the new version.
+
+        Never a blind overwrite: the write is a KV check-and-set against `expected_version` (the
+        caller's If-Match) or, without one, against the version read just before writing, 0 when
+        there is none. So of two racing writers one fails with SecretsConflict instead of silently
+        replacing what the other just wrote; with `expected_version`, a stale caller gets
+        SecretsVersionMismatch.
+        """
+        tenant = normalize_tenant(tenant)
+        if expected_version is None:
+            current = self._secrets.presence(tenant)
+            cas = current.version if current is not None else 0
+        else:
+            cas = expected_version
+        try:
+            version = self._secrets.write(tenant, secrets, cas=cas)
+        except SecretsConflict:
+            if expected_version is not None:
+                raise SecretsVersionMismatch(
+                    f"the tenant's secrets are not at version {expected_version}; read the "
+                    "current version and retry",
+                    tenant=tenant,
+                ) from None
+            raise SecretsConflict(
+                "the tenant's secrets were changed concurrently; retry", tenant=tenant
+            ) from None
+        try:
+            self._tenants.record_onboarded(tenant, version)
+        except RegistryUnavailable:
+            raise RegistryUnavailable(
+                f"the secrets were stored as version {version}, but the tenant directory could "
+                "not record it; retry the request",
+                tenant=tenant,
+            ) from None
+        log.info("tenant secrets stored as version %d", version, extra={"tenant": tenant})
+        return version
+
+    def status(self, tenant: str) -> SecretsPresence:
+        """Which fields are set, the version and when; SecretsMissing when not onboarded."""
+        tenant = normalize_tenant(tenant)
+        presence = self._secrets.presence(tenant)
+        if presence is None:
+            raise SecretsMissing("tenant not onboarded", tenant=tenant)
+        return presence
+
+    def offboard(self, tenant: str, *, force: bool = False) -> None:
+        """Remove the tenant's secrets; refused while it has live instances unless `force`.
+
+        The directory is marked first, so that a failure in between leaves the tenant refused by
+        the gateway (with its secrets still in Vault, removed by a retry) rather than accepted with
+        its secrets gone. Offboarding a tenant that is not onboarded succeeds (idempotent).
+        """
+        tenant = normalize_tenant(tenant)
+        live = self._fleet.count_live(tenant)
+        if live and not force:
+            raise TenantHasLiveInstances(
+                f"tenant {tenant} has {live} live instance(s); tear them down first, or offboard "
+                "with force=true",
+                tenant=tenant,
+                live_instances=live,
+            )
+        self._tenants.record_offboarded(tenant)
+        self._secrets.delete(tenant)
+        log.info("tenant offboarded (live instances: %d)", live, extra={"tenant": tenant})
