@@ -43,3 +43,4 @@ run: install
 # Benchmarks print ratios measured side by side in one run; results go in bench/RESULTS.md.
 bench: install
 	$(PY) -m bench.provision --n 50
+	$(PY) -m bench.reconcile

@@ -17,6 +17,8 @@ from pathlib import Path
 import psycopg
 import requests
 
+from shared.celery_app import QUEUE_PROVISION, QUEUE_RECONCILE
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / ".run"
 BIN = Path(sys.executable).parent
@@ -81,6 +83,17 @@ def _token(env: dict, name: str, prefix: str, generated: dict) -> None:
         generated[name] = env[name]
 
 
+def flower_env(env: dict, generated: dict) -> None:
+    """Flower's settings in `env`: always basic auth (generated when unset), on loopback."""
+    if not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = "admin:" + secrets.token_urlsafe(12)
+        generated["FLOWER_BASIC_AUTH"] = env["FLOWER_BASIC_AUTH"]
+    # Flower applies every FLOWER_* variable: an inherited one must not open its API.
+    env.pop("FLOWER_UNAUTHENTICATED_API", None)
+    env.setdefault("FLOWER_PORT", "5555")
+    env.setdefault("DARK_FLOWER_URL", _flower_url(env))  # the dashboard links to it
+
+
 def main() -> int:
     RUN.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if v.strip()}
@@ -94,9 +107,7 @@ def main() -> int:
     generated: dict[str, str] = {}
     _token(env, "DARK_API_TOKENS", "op-", generated)
     _token(env, "DARK_ONBOARDING_TOKENS", "onb-", generated)
-    if not env.get("FLOWER_BASIC_AUTH"):
-        env["FLOWER_BASIC_AUTH"] = "admin:" + secrets.token_urlsafe(12)
-        generated["FLOWER_BASIC_AUTH"] = env["FLOWER_BASIC_AUTH"]
+    flower_env(env, generated)
     (RUN / "tokens.json").write_text(json.dumps(generated, indent=2))
     os.chmod(RUN / "tokens.json", 0o600)
 
@@ -196,28 +207,70 @@ def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", *args]
 
 
-def _start_services(runner: Runner, env: dict) -> None:
-    runner.start(
-        "api",
-        [str(BIN / "gunicorn"), "-c", "services/api/gunicorn.conf.py", "services.api.wsgi:app"],
-        env,
-    )
-    runner.start(
-        "provisioner",
-        _celery(
+def _gunicorn(service: str) -> list[str]:
+    conf = f"services/{service}/gunicorn.conf.py"
+    return [str(BIN / "gunicorn"), "-c", conf, f"services.{service}.wsgi:app"]
+
+
+def service_commands(env: dict) -> dict[str, list[str]]:
+    """The processes `make run` starts after migrations, by name (also the name of each log).
+
+    A test checks that every queue of shared.celery_app is consumed here, that there is one beat,
+    and that Flower listens on loopback with FLOWER_BASIC_AUTH in its environment: Flower reads it
+    from there, which keeps the password out of the process list.
+    """
+    return {
+        "api": _gunicorn("api"),
+        "onboarding": _gunicorn("onboarding"),
+        "provisioner": _celery(
             "-A",
             "services.provisioner.worker",
             "worker",
             "-Q",
-            "dark.provision",
+            QUEUE_PROVISION,
             "--concurrency=2",
             "--hostname=provisioner@%h",
             "--loglevel=INFO",
         ),
-        env,
-    )
+        "reconciler": _celery(
+            "-A",
+            "services.reconciler.worker",
+            "worker",
+            "-Q",
+            QUEUE_RECONCILE,
+            "--concurrency=1",
+            "--hostname=reconciler@%h",
+            "--loglevel=INFO",
+        ),
+        "beat": _celery(
+            "-A",
+            "services.reconciler.worker",
+            "beat",
+            f"--schedule={RUN / 'celerybeat-schedule'}",
+            "--loglevel=INFO",
+        ),
+        "flower": _celery(
+            "-A",
+            "services.provisioner.worker",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={env['FLOWER_PORT']}",
+        ),
+    }
+
+
+def _start_services(runner: Runner, env: dict) -> None:
+    for name, argv in service_commands(env).items():
+        runner.start(name, argv, env)
     api = "http://" + env["DARK_BIND"]
+    onboarding = "http://" + env["DARK_ONBOARDING_BIND"]
     _wait("the gateway", lambda: requests.get(api + "/ready", timeout=1).ok)
+    _wait("onboarding", lambda: requests.get(onboarding + "/health", timeout=1).ok)
+    _wait("Flower", lambda: requests.get(_flower_url(env) + "/healthcheck", timeout=1).ok)
+
+
+def _flower_url(env: dict) -> str:
+    return f"http://127.0.0.1:{env['FLOWER_PORT']}"
 
 
 def _announce(env: dict, generated: dict) -> None:
@@ -226,6 +279,8 @@ def _announce(env: dict, generated: dict) -> None:
         "",
         "dark-orchestrator is running (Ctrl-C stops everything). Logs: .run/*.log",
         f"  gateway     {api}   (OpenAPI: {api}/openapi.json)",
+        f"  onboarding  http://{env['DARK_ONBOARDING_BIND']}",
+        f"  Flower      {_flower_url(env)}   (basic auth: FLOWER_BASIC_AUTH)",
         f"  OpenBao     {env['VAULT_ADDR']}",
         f"  simulators  admin {env['SIM_ADMIN_URL']}",
     ]

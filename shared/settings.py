@@ -51,6 +51,20 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _session_secret(raw: str) -> str:
+    secret = raw.strip()
+    if len(secret) < 32:
+        raise ValueError("must be at least 32 characters")
+    return secret
+
+
+def _url(raw: str) -> str:
+    url = raw.strip()
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return url
+
+
 def _bind(raw: str) -> str:
     host, sep, port = raw.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -110,6 +124,12 @@ class Settings:
     onboarding_bind: str = env("DARK_ONBOARDING_BIND", "127.0.0.1:8081", _bind)
     onboarding_tokens: frozenset = env("DARK_ONBOARDING_TOKENS", frozenset(), _tokens, secret=True)
     max_instances_per_tenant: int = env("DARK_MAX_INSTANCES_PER_TENANT", 5, _nonneg_int)
+    session_secret: str | None = env(
+        "DARK_SESSION_SECRET",
+        parse=_session_secret,
+        doc="signs the dashboard's session cookie; unset in development = derived from the tokens",
+        secret=True,
+    )
 
     reconcile_interval: int = env("RECONCILE_INTERVAL_SECS", 60, _nonneg_int)
     reconcile_orphan_grace: int = env("RECONCILE_ORPHAN_GRACE_SECS", 600, _nonneg_int)
@@ -122,6 +142,7 @@ class Settings:
     )
 
     flower_basic_auth: str | None = env("FLOWER_BASIC_AUTH", doc="user:password", secret=True)
+    flower_url: str | None = env("DARK_FLOWER_URL", parse=_url, doc="the dashboard links to it")
     log_level: str = env("DARK_LOG_LEVEL", "INFO")
 
     @property
@@ -156,6 +177,8 @@ def _check(s: Settings) -> None:
             raise SettingsError("DARK_ONBOARDING_TOKENS: required in production")
         if not s.vm_image:
             raise SettingsError("DARK_VM_IMAGE: required in production")
+        if not s.session_secret:
+            raise SettingsError("DARK_SESSION_SECRET: required in production (signs UI sessions)")
         if not s.flower_basic_auth:
             raise SettingsError("FLOWER_BASIC_AUTH: required in production (Flower is never open)")
         if not (s.yc_iam_token or s.yc_sa_key_file):

@@ -23,8 +23,9 @@ from services.api.views import Gateway, bp
 from shared.adapters.db import make_pool
 from shared.adapters.guest import HttpGuestAgent
 from shared.adapters.registry import PostgresFleetRegistry
+from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
-from shared.celery_app import make_celery
+from shared.celery_app import make_celery, producer_app
 from shared.fleet import CeleryDispatcher, FleetService
 from shared.logs import new_request_id, request_id_var
 from shared.settings import Settings
@@ -47,10 +48,9 @@ def create_app(
     tenants=None,
 ) -> Flask:
     celery_app = celery_app or make_celery(settings)
-    if registry is None or tenants is None:
-        pool = make_pool(settings.database_url)
-        registry = registry or PostgresFleetRegistry(pool)
-        tenants = tenants or PostgresTenantDirectory(pool)
+    pool = make_pool(settings.database_url)
+    registry = registry or PostgresFleetRegistry(pool)
+    tenants = tenants or PostgresTenantDirectory(pool)
     if fleet is None:
         fleet = FleetService(
             registry,
@@ -63,9 +63,11 @@ def create_app(
     app.extensions["dark"] = Gateway(
         registry=registry,
         tenants=tenants,
+        runs=PostgresReconcileRuns(pool),
         fleet=fleet,
         guest=guest or HttpGuestAgent.from_settings(settings),
         celery=celery_app,
+        producer=producer_app(celery_app),
         agent_port=settings.agent_port,
         probes={
             "postgres": _postgres_probe(settings.database_url),

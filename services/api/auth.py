@@ -1,18 +1,44 @@
-"""Bearer-token authentication for the gateway (DESIGN §6).
+"""Operator authentication for the gateway (DESIGN §6): a bearer token, or a dashboard session.
 
-Every route needs `Authorization: Bearer <token>` unless its view is marked `@public`. With no
-tokens configured every protected route answers 401: an empty DARK_API_TOKENS never means "open".
+API clients send `Authorization: Bearer <token>` with one of DARK_API_TOKENS. The dashboard
+(services/api/ui.py) signs in once with such a token; its script then calls the same JSON API with
+the session cookie instead. Every route needs one of the two unless its view is marked `@public`.
+With no tokens configured every protected route answers 401: an empty DARK_API_TOKENS never means
+"open", and nobody can sign in.
+
+The session is Flask's signed cookie: HttpOnly, SameSite=Strict, Secure in production, and valid
+for SESSION_LIFETIME from sign-in (it is not re-signed per request, so an open dashboard does not
+extend it). It holds no token: only an HMAC of the token under the session key, which names the
+token without revealing it (the cookie is signed, not encrypted) and ends the session when that
+token is removed from DARK_API_TOKENS; and a CSRF token. A cookie is an ambient credential, so a
+state-changing request that relies on the session must repeat the CSRF token in `X-CSRF-Token`;
+a browser never sends a bearer token on its own, so a bearer request needs none.
+
+The session key is DARK_SESSION_SECRET, required in production. In development it defaults to an
+HMAC of the configured tokens: every gunicorn worker, and the next restart, derives the same key
+(a random key per process would sign a user out whenever the other worker answers), and changing
+the tokens signs everybody out.
 """
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Callable
+from datetime import timedelta
 
-from flask import current_app, request
+from flask import Flask, current_app, request, session
+from werkzeug.routing import RequestRedirect
 
 from services.api.errors import ApiError
+from shared.settings import Settings
 
 _CHALLENGE = 'Bearer realm="dark-orchestrator"'
+# A working day: the dashboard stays open all day, and asks for the token again the next.
+SESSION_LIFETIME = timedelta(hours=12)
+SESSION_COOKIE = "dark_session"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEVELOPMENT_KEY_LABEL = b"dark-orchestrator development session key"
 
 
 def public(view: Callable) -> Callable:
@@ -21,36 +47,104 @@ def public(view: Callable) -> Callable:
     return view
 
 
-def bearer_token_check(tokens: frozenset[str]) -> Callable[[], None]:
-    """A before_request hook that lets a request through only with one of `tokens`."""
-    # Compare fixed-length digests so that neither the content nor the length of a configured
-    # token shows in the time a comparison takes.
-    digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
+class OperatorTokens:
+    """The configured tokens, compared in constant time, and the session identifiers they map to."""
 
-    def check() -> None:
-        view = current_app.view_functions.get(request.endpoint)
-        if view is not None and getattr(view, "public", False):
-            return
-        supplied = _bearer(request.headers.get("Authorization", ""))
-        if supplied is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "a bearer token is required",
-                headers={"WWW-Authenticate": _CHALLENGE},
-            )
-        supplied_digest = hashlib.sha256(supplied.encode()).digest()
+    def __init__(self, tokens: frozenset[str], session_key: bytes) -> None:
+        self._session_key = session_key
+        # Fixed-length digests, so that neither the content nor the length of a configured token
+        # shows in the time a comparison takes.
+        self._digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
+        self._session_ids = [self.session_id(token) for token in tokens]
+
+    def valid(self, supplied: str) -> bool:
+        digest = hashlib.sha256(supplied.encode()).digest()
         # Compare against every token, without stopping at the first match.
-        matches = [hmac.compare_digest(supplied_digest, digest) for digest in digests]
-        if not any(matches):
+        return any([hmac.compare_digest(digest, known) for known in self._digests])
+
+    def session_id(self, token: str) -> str:
+        return hmac.new(self._session_key, token.encode(), hashlib.sha256).hexdigest()
+
+    def valid_session_id(self, supplied: object) -> bool:
+        if not isinstance(supplied, str):
+            return False
+        return any([hmac.compare_digest(supplied, known) for known in self._session_ids])
+
+
+def session_key(settings: Settings) -> bytes:
+    if settings.session_secret:
+        return settings.session_secret.encode()
+    material = "\n".join(sorted(settings.api_tokens)).encode()
+    return hmac.new(_DEVELOPMENT_KEY_LABEL, material, hashlib.sha256).digest()
+
+
+def install_operator_auth(app: Flask, settings: Settings) -> None:
+    """Session cookie settings, and a before_request hook admitting a bearer token or a session.
+
+    Install it after the request-id hook, so that a 401 is logged and answered with the id.
+    """
+    key = session_key(settings)
+    app.secret_key = key
+    app.config.update(
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.production,
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        SESSION_REFRESH_EACH_REQUEST=False,
+    )
+    app.extensions["dark_operator_tokens"] = OperatorTokens(settings.api_tokens, key)
+    app.before_request(_check)
+
+
+def _tokens() -> OperatorTokens:
+    return current_app.extensions["dark_operator_tokens"]
+
+
+def _check() -> None:
+    # A redirect to the canonical URL (`/ui` → `/ui/`) reveals nothing; the target is checked.
+    if isinstance(request.routing_exception, RequestRedirect):
+        return
+    view = current_app.view_functions.get(request.endpoint)
+    if view is not None and getattr(view, "public", False):
+        return
+    header = request.headers.get("Authorization")
+    if header is not None:
+        _check_bearer(header)
+        return
+    if not signed_in():
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a bearer token (or a dashboard session) is required",
+            headers={"WWW-Authenticate": _CHALLENGE},
+        )
+    if request.method not in _SAFE_METHODS:
+        supplied = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(supplied.encode(), csrf_token().encode()):
             raise ApiError(
-                401,
-                "unauthorized",
-                "the bearer token is not valid",
-                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+                403,
+                "csrf_failed",
+                f"a request with the dashboard session must carry its {CSRF_HEADER} header",
             )
 
-    return check
+
+def _check_bearer(header: str) -> None:
+    supplied = _bearer(header)
+    if supplied is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a bearer token is required",
+            headers={"WWW-Authenticate": _CHALLENGE},
+        )
+    if not _tokens().valid(supplied):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the bearer token is not valid",
+            headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+        )
 
 
 def _bearer(header: str) -> str | None:
@@ -59,3 +153,31 @@ def _bearer(header: str) -> str | None:
     if scheme.lower() != "bearer" or not token:
         return None
     return token
+
+
+# --- the dashboard's session -----------------------------------------------------------------
+
+
+def sign_in(token: str) -> bool:
+    """Start a session for `token` if it is one of the operator tokens; False if it is not."""
+    tokens = _tokens()
+    if not token or not tokens.valid(token):
+        return False
+    # A fresh session, so that nothing from before sign-in (a planted cookie) carries over.
+    session.clear()
+    session.permanent = True
+    session["operator"] = tokens.session_id(token)
+    session["csrf"] = secrets.token_urlsafe(32)
+    return True
+
+
+def sign_out() -> None:
+    session.clear()
+
+
+def signed_in() -> bool:
+    return _tokens().valid_session_id(session.get("operator")) and bool(session.get("csrf"))
+
+
+def csrf_token() -> str:
+    return session.get("csrf", "")

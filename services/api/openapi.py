@@ -110,6 +110,32 @@ def build_openapi() -> dict:
         },
     )
     spec.path(
+        path="/reconcile",
+        operations={
+            "post": {
+                "summary": "Run a reconcile now (one at a time; a concurrent one records nothing)",
+                "requestBody": {"required": False, "content": _json(schemas.ReconcileRequest)},
+                "responses": {
+                    **_ok("202", schemas.ReconcileAccepted, "queued"),
+                    **_errors("400", "401", "415", "422", "503"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/reconcile/runs",
+        operations={
+            "get": {
+                "summary": "The latest reconcile runs, newest first, with their actions",
+                "parameters": [{"in": "query", "schema": schemas.ReconcileRunsQuery}],
+                "responses": {
+                    **_ok("200", schemas.ReconcileRunList, "newest first"),
+                    **_errors("401", "422", "503"),
+                },
+            }
+        },
+    )
+    spec.path(
         path="/tenants",
         operations={
             "get": {

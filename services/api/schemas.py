@@ -195,6 +195,43 @@ class TenantList(Schema):
     items = fields.List(fields.Nested(TenantOut), dump_only=True)
 
 
+class ReconcileAction(Schema):
+    kind = fields.String(dump_only=True)
+    instance_id = fields.String(dump_only=True, allow_none=True)
+    vm_id = fields.String(dump_only=True, allow_none=True)
+    vm_name = fields.String(dump_only=True, allow_none=True)
+    tenant = fields.String(dump_only=True, allow_none=True)
+    detail = fields.String(dump_only=True, allow_none=True)
+    result = fields.String(dump_only=True, allow_none=True)
+
+
+class ReconcileRunOut(Schema):
+    id = fields.Integer(dump_only=True)
+    started_at = fields.DateTime(dump_only=True)
+    finished_at = fields.DateTime(dump_only=True, allow_none=True)
+    dry_run = fields.Boolean(dump_only=True)
+    trigger = fields.String(dump_only=True)
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), dump_only=True)
+    actions = fields.List(fields.Nested(ReconcileAction), dump_only=True)
+    errors = fields.List(fields.Raw(), dump_only=True)
+
+
+class ReconcileRunList(Schema):
+    items = fields.List(fields.Nested(ReconcileRunOut), dump_only=True)
+
+
+class ReconcileRunsQuery(StrictSchema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class ReconcileRequest(StrictSchema):
+    dry_run = fields.Boolean(load_default=False)
+
+
+class ReconcileAccepted(Schema):
+    task_id = fields.String(dump_only=True)
+
+
 class HealReport(Schema):
     reachable = fields.Boolean(dump_only=True)
     heal = fields.Dict(dump_only=True, allow_none=True)

@@ -30,11 +30,17 @@ from services.api.schemas import (
     ListQuery,
     ProvisionHeaders,
     ProvisionRequest,
+    ReconcileAccepted,
+    ReconcileRequest,
+    ReconcileRunList,
+    ReconcileRunsQuery,
     TaskState,
     TeardownQuery,
     TenantList,
 )
+from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
+from shared.celery_app import send_reconcile
 from shared.domain.errors import GuestError, GuestUnreachable, InstanceNotFound
 from shared.domain.lifecycle import Status
 from shared.domain.records import Instance
@@ -60,9 +66,11 @@ class Gateway:
 
     registry: FleetRegistry
     tenants: PostgresTenantDirectory
+    runs: PostgresReconcileRuns
     fleet: FleetService
     guest: GuestAgent
     celery: Celery
+    producer: Celery  # sends only (see shared.celery_app.producer_app)
     agent_port: int
     probes: dict[str, Callable[[], None]]
     openapi: dict
@@ -116,7 +124,23 @@ def heal(tenant: str, instance_id: uuid.UUID):
     return HealReport().dump({"reachable": True, "heal": report, "error": None})
 
 
+@bp.post("/reconcile")
+def trigger_reconcile():
+    """Ask for a reconcile run now. Runs stay one at a time: a run that finds another one going
+    records nothing, so a burst of requests cannot overlap runs."""
+    body = ReconcileRequest().load(_json_body()) if request.get_data() else {"dry_run": False}
+    task_id = send_reconcile(_gateway().producer, trigger="api", dry_run=body["dry_run"])
+    log.info("reconcile requested (dry_run=%s)", body["dry_run"])
+    return ReconcileAccepted().dump({"task_id": task_id}), 202
+
+
 # --- reads -----------------------------------------------------------------------------------
+
+
+@bp.get("/reconcile/runs")
+def reconcile_runs():
+    query = ReconcileRunsQuery().load(_query_args())
+    return ReconcileRunList().dump({"items": _gateway().runs.latest(query["limit"])})
 
 
 @bp.get("/instances")

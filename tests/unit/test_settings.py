@@ -9,6 +9,7 @@ PROD = {
     "DARK_VM_IMAGE": "fd8image",
     "FLOWER_BASIC_AUTH": "ops:" + "c" * 20,
     "YC_SA_KEY_FILE": "/etc/dark/sa.json",
+    "DARK_SESSION_SECRET": "d" * 32,
 }
 
 
@@ -38,7 +39,13 @@ def test_production_starts_with_everything_it_needs():
 
 @pytest.mark.parametrize(
     "missing",
-    ["DARK_API_TOKENS", "DARK_ONBOARDING_TOKENS", "DARK_VM_IMAGE", "FLOWER_BASIC_AUTH"],
+    [
+        "DARK_API_TOKENS",
+        "DARK_ONBOARDING_TOKENS",
+        "DARK_VM_IMAGE",
+        "FLOWER_BASIC_AUTH",
+        "DARK_SESSION_SECRET",
+    ],
 )
 def test_production_refuses_to_start_without(missing):
     with pytest.raises(SettingsError, match=missing):
@@ -56,6 +63,7 @@ def test_tokens_and_vault_token_never_print():
     assert "hvs.very-secret-value" not in text
     assert "a" * 32 not in text
     assert "c" * 20 not in text
+    assert "d" * 32 not in text
 
 
 def test_env_example_lists_every_setting_and_nothing_else():

@@ -1,0 +1,136 @@
+"""The operator dashboard (`/ui/`): the fleet, tenants and reconcile runs, and a page per VM.
+
+The pages are shells: their scripts (static/ui/) read and act through the gateway's own JSON API,
+with the session that signing in here starts (services/api/auth.py). So the dashboard can do
+exactly what the API allows, and shows exactly what the API shows: never a secret or a bundle.
+The pages run only their own scripts and styles, and build the DOM from text, never from HTML.
+"""
+
+import dataclasses
+import hmac
+import logging
+import re
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
+
+from services.api.auth import CSRF_HEADER, csrf_token, public, sign_in, sign_out, signed_in
+from shared.domain.lifecycle import Status
+from shared.settings import Settings
+
+log = logging.getLogger("dark.api")
+
+bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
+
+STATIC_DIR = Path(__file__).parent / "static" / "ui"
+# Only the page's own files: no inline script or style, no other origin, no framing, and forms
+# post only here. connect-src 'self' keeps the script's calls on the gateway.
+PAGE_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+# Where sign-in may send the browser back to: a dashboard path, never another site.
+_LOCAL_NEXT = re.compile(r"/ui/[A-Za-z0-9._~%/?&=+-]*\Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class UiConfig:
+    flower_url: str | None
+
+
+def install_ui(app: Flask, settings: Settings) -> None:
+    app.extensions["dark_ui"] = UiConfig(flower_url=settings.flower_url)
+    app.register_blueprint(bp)
+
+
+@bp.after_request
+def _page_headers(response):
+    headers = response.headers
+    headers["Content-Security-Policy"] = PAGE_CONTENT_SECURITY_POLICY
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["X-Frame-Options"] = "DENY"
+    # Pages carry the CSRF token: never stored. Static files: revalidated, so an update shows.
+    headers["Cache-Control"] = "no-cache" if request.endpoint == "ui.static" else "no-store"
+    return response
+
+
+@bp.get("/")
+@public
+def dashboard():
+    if not signed_in():
+        return _sign_in_page()
+    return _page(
+        "ui/dashboard.html",
+        statuses=[status.value for status in Status],
+    )
+
+
+@bp.get("/instances/<tenant>/<uuid:instance_id>")
+@public
+def instance_page(tenant: str, instance_id: uuid.UUID):
+    if not signed_in():
+        # Percent-encoded, so that a tenant name in any script survives the round trip.
+        return redirect(url_for("ui.dashboard", next=quote(request.path)), 303)
+    return _page("ui/instance.html", tenant=tenant, instance_id=str(instance_id))
+
+
+@bp.post("/sign-in")
+@public
+def sign_in_form():
+    next_path = _local_next(request.form.get("next", ""))
+    if not sign_in(request.form.get("token", "").strip()):
+        log.warning("ui sign-in refused: not an operator token")
+        return _sign_in_page(error="That token is not valid.", next_path=next_path, status=401)
+    log.info("ui sign-in")
+    return redirect(next_path or url_for("ui.dashboard"), 303)
+
+
+@bp.post("/sign-out")
+@public
+def sign_out_form():
+    # Signing someone out is harmless, but only this dashboard's own form may do it.
+    supplied = request.form.get("csrf_token", "")
+    if signed_in() and hmac.compare_digest(supplied.encode(), csrf_token().encode()):
+        sign_out()
+    return redirect(url_for("ui.dashboard"), 303)
+
+
+@bp.get("/static/<path:filename>")
+@public
+def static(filename: str):
+    # send_from_directory refuses paths that leave the directory (404).
+    return send_from_directory(STATIC_DIR, filename)
+
+
+def _page(template: str, **context):
+    return render_template(
+        template,
+        csrf_token=csrf_token(),
+        csrf_header=CSRF_HEADER,
+        flower_url=current_app.extensions["dark_ui"].flower_url,
+        **context,
+    )
+
+
+def _sign_in_page(error: str | None = None, next_path: str | None = None, status: int = 200):
+    next_path = next_path if next_path is not None else _local_next(request.args.get("next", ""))
+    html = render_template("ui/sign_in.html", error=error, next_path=next_path)
+    return html, status
+
+
+def _local_next(candidate: str) -> str | None:
+    if _LOCAL_NEXT.match(candidate) and "//" not in candidate:
+        return candidate
+    return None

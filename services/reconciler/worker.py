@@ -1,0 +1,84 @@
+"""Reconciler entrypoint (DESIGN §5).
+
+    celery -A services.reconciler.worker worker -Q dark.reconcile   # runs the reconcile task
+    celery -A services.reconciler.worker beat                       # ticks every interval
+
+Beat has a schedule only when RECONCILE_INTERVAL_SECS > 0. Run one beat: a second one only adds
+runs (each run is single-flight under a Postgres advisory lock, however many beats and workers
+there are), never concurrent ones.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from celery.signals import worker_process_init
+
+from shared.celery_app import TASK_RECONCILE, make_celery, reconcile_beat_schedule
+from shared.composition import PerProcess
+from shared.fleet import CeleryDispatcher
+from shared.logs import configure_logging
+from shared.reconcile import reconcile_once
+from shared.settings import load_settings
+
+settings = load_settings()
+configure_logging("reconciler", settings.log_level)
+app = make_celery(settings)
+app.conf.beat_schedule = reconcile_beat_schedule(settings)
+dispatcher = CeleryDispatcher(app)
+
+
+@dataclass(frozen=True)
+class _Peers:
+    registry: object
+    compute: object
+    runs: object
+    locks: object
+    tenants: object
+
+
+def _connect() -> _Peers:
+    # Imported here: beat loads this module too and needs neither Postgres nor the YC SDK.
+    from shared.adapters.db import make_pool
+    from shared.adapters.locks import PostgresLocks
+    from shared.adapters.registry import PostgresFleetRegistry
+    from shared.adapters.runs import PostgresReconcileRuns
+    from shared.adapters.tenants import PostgresTenantDirectory
+    from shared.adapters.yc import YcCompute
+
+    # One connection holds the run's lock, one an instance's lock, the rest serve queries.
+    pool = make_pool(settings.database_url, max_size=4)
+    compute = YcCompute.from_settings(settings)
+    compute.warm()
+    return _Peers(
+        registry=PostgresFleetRegistry(pool),
+        compute=compute,
+        runs=PostgresReconcileRuns(pool),
+        locks=PostgresLocks(pool),
+        tenants=PostgresTenantDirectory(pool),
+    )
+
+
+peers = PerProcess(_connect)
+
+
+@worker_process_init.connect
+def _warm_child(**_kwargs) -> None:
+    peers.get()
+
+
+@app.task(name=TASK_RECONCILE)
+def run(trigger: str = "schedule", dry_run: bool = False) -> dict | None:
+    p = peers.get()
+    summary = reconcile_once(
+        p.registry,
+        p.compute,
+        p.runs,
+        p.locks,
+        settings,
+        now=datetime.now(UTC),
+        dry_run=settings.reconcile_dry_run or dry_run,  # a caller can only make it safer
+        trigger=trigger,
+        dispatch=dispatcher,
+        tenants=p.tenants,
+    )
+    return None if summary is None else {"run_id": summary.run_id, "counts": summary.counts}

@@ -1,0 +1,67 @@
+"""Reconcile run records on Postgres (table `reconcile_runs`, migrations/0001).
+
+Both timestamps come from the database clock, read while the caller holds the reconcile lock: one
+clock for every run, so stored runs can be compared with each other (they never overlap).
+"""
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from shared.domain.errors import RegistryUnavailable
+
+MAX_LATEST = 100
+_LATEST = (
+    "SELECT id, started_at, finished_at, dry_run, trigger, counts, actions, errors"
+    " FROM reconcile_runs ORDER BY started_at DESC, id DESC LIMIT %s"
+)
+
+
+class PostgresReconcileRuns:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def start(self, *, dry_run: bool, trigger: str) -> int:
+        """Record that a run starts now; returns its id."""
+        with self._cursor() as cur:
+            row = cur.execute(
+                "INSERT INTO reconcile_runs (started_at, dry_run, trigger)"
+                " VALUES (clock_timestamp(), %s, %s) RETURNING id",
+                (dry_run, trigger),
+            ).fetchone()
+        return row["id"]
+
+    def finish(self, run_id: int, *, counts: dict, actions: list, errors: list) -> None:
+        """Record that the run finished now, with what it did (JSON-ready values only)."""
+        with self._cursor() as cur:
+            cur.execute(
+                "UPDATE reconcile_runs SET finished_at = clock_timestamp(),"
+                " counts = %s, actions = %s, errors = %s WHERE id = %s",
+                (Jsonb(counts), Jsonb(actions), Jsonb(errors), run_id),
+            )
+
+    def latest(self, limit: int = 20) -> list[dict]:
+        """The newest runs first, as plain dicts (timestamps are UTC datetimes; an unfinished
+        run — still going, or its process died — has `finished_at` None)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LATEST:
+            raise ValueError(f"limit must be an integer from 1 to {MAX_LATEST}")
+        with self._cursor() as cur:
+            rows = cur.execute(_LATEST, (limit,)).fetchall()
+        for row in rows:
+            row["started_at"] = row["started_at"].astimezone(UTC)
+            if row["finished_at"] is not None:
+                row["finished_at"] = row["finished_at"].astimezone(UTC)
+        return rows
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor]:
+        try:
+            with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                yield cur
+        except psycopg.OperationalError as exc:  # also the pool's timeout waiting to connect
+            raise RegistryUnavailable("the registry database is unreachable") from exc

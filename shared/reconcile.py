@@ -1,0 +1,314 @@
+"""Reconcile (DESIGN §5): converge the cloud toward the registry, and record what was done.
+
+A pass reads the cloud once (`list_managed`, paged by the adapter) and the registry once (every row
+that is not retired); `decide`, a pure function, joins the two snapshots by provider id and by VM
+name and returns the actions; `reconcile_once` carries them out, or in a dry run only reports them.
+The work is O(VMs + rows): nothing is looked up per VM.
+
+The races, and what closes each:
+- The cloud is listed *before* the rows are read. A row is written before its VM is created, so
+  every listed VM's row is in the snapshot: a VM mid-create is never taken for an orphan. The grace
+  period is the second guard.
+- A `ready` row is judged lost only if it was ready before the pass began (`now`): the listing pages
+  by id and can miss a VM created while it runs, never one that existed throughout.
+- Retired rows are not read: they are history and grow without bound. A VM still named after one
+  (a create that completed after its teardown found nothing to delete) is then an orphan, deleted
+  once older than the grace period, which such a VM soon is.
+- Stuck means time in the status (`status_changed_at`), not `updated_at`: the pipeline touches the
+  row at every poll, so a chain spinning on a guest that never boots would never look stuck.
+- A teardown is interrupted when its row has not been touched (`updated_at`) for
+  TEARDOWN_STALL_SECS. Resuming rotates the row's continuation token, which makes any surviving
+  message of the old chain stale, so resuming a teardown that was alive after all costs one
+  redundant (idempotent) delete call and never a second chain.
+- Each change to a row is made under the instance's lock (the one the pipeline's steps hold) and
+  compare-and-set on its status; a row that moved on since the snapshot is skipped, not an error.
+"""
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from shared.domain.errors import DomainError, TransitionConflict
+from shared.domain.lifecycle import IN_FLIGHT, Status
+from shared.domain.records import CloudVm, Instance
+from shared.fleet import FleetService
+from shared.pipeline import MAX_BACKOFF_SECS, managed_labels
+from shared.ports import Compute, FleetRegistry
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RECONCILE_LOCK = "reconcile"
+# A live teardown chain touches its row at least every MAX_BACKOFF_SECS (its longest wait between
+# attempts); twice that without a touch means no chain is left.
+TEARDOWN_STALL_SECS = 2 * MAX_BACKOFF_SECS
+
+ORPHAN = "orphan"
+LEFTOVER_VM = "leftover_vm"
+STUCK = "stuck"
+LOST = "lost"
+RESPAWN = "respawn"
+RESUME_TEARDOWN = "resume_teardown"
+KINDS = (ORPHAN, LEFTOVER_VM, STUCK, LOST, RESPAWN, RESUME_TEARDOWN)
+
+LOST_REASON = "VM vanished from the cloud"
+# Every status but retired: the rows that can still own a VM or a chain of work.
+OPEN_STATUSES = frozenset(Status) - {Status.RETIRED}
+_DELETING = "DELETING"  # a VM already on its way out is left alone
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    detail: str
+    instance: Instance | None = None
+    vm: CloudVm | None = None
+
+    def record(self) -> dict:
+        """The action as the run record stores it (JSON-ready)."""
+        inst, vm = self.instance, self.vm
+        return {
+            "kind": self.kind,
+            "instance_id": str(inst.id) if inst else None,
+            "tenant": inst.tenant if inst else None,
+            "vm_id": vm.provider_id if vm else None,
+            "vm_name": vm.name if vm else inst.vm_name if inst else None,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run stored: `counts` are the actions decided, per kind, plus the sizes of the two
+    snapshots; each action's `result` says what came of it; `errors` lists what failed."""
+
+    run_id: int
+    dry_run: bool
+    counts: dict
+    actions: list[dict]
+    errors: list[dict]
+
+
+# --- decisions (pure) -----------------------------------------------------------------------------
+
+
+def decide(
+    vms: Iterable[CloudVm], rows: Iterable[Instance], settings: Settings, now: datetime
+) -> list[Action]:
+    """The actions that converge the cloud (`vms`) and the registry (`rows`, none retired)."""
+    labels = managed_labels(settings.deployment)
+    # The adapter lists only our VMs; this check is the decision's own, because deleting a VM that
+    # is not ours is the one mistake reconcile must never make.
+    ours = [vm for vm in vms if all(vm.labels.get(k) == v for k, v in labels.items())]
+    rows = list(rows)
+    by_id = {vm.provider_id: vm for vm in ours}
+    by_name = {vm.name: vm for vm in ours}
+    row_ids = {row.provider_id for row in rows if row.provider_id}
+    row_names = {row.vm_name for row in rows}
+
+    actions = []
+    for vm in ours:
+        if vm.provider_id in row_ids or vm.name in row_names or vm.status == _DELETING:
+            continue
+        # A VM whose age is unknown is never old enough: deleting it is the irreversible choice.
+        age = (now - vm.created_at).total_seconds() if vm.created_at else None
+        if age is not None and age > settings.reconcile_orphan_grace:
+            actions.append(Action(ORPHAN, f"no instance row; created {int(age)} s ago", vm=vm))
+    for row in rows:
+        vm = (by_id.get(row.provider_id) if row.provider_id else None) or by_name.get(row.vm_name)
+        actions.extend(_decide_row(row, vm, settings, now))
+    return actions
+
+
+def _decide_row(
+    row: Instance, vm: CloudVm | None, settings: Settings, now: datetime
+) -> list[Action]:
+    live_vm = vm if vm is not None and vm.status != _DELETING else None
+    if row.status in IN_FLIGHT:
+        in_status = (now - row.status_changed_at).total_seconds()
+        if in_status > settings.reconcile_stuck:
+            detail = f"stuck in {row.status.value} for {int(in_status)} s"
+            return [Action(STUCK, detail, row, live_vm)]
+    elif row.status is Status.READY:
+        if vm is None and row.status_changed_at < now:
+            lost = Action(LOST, LOST_REASON, row)
+            if settings.reconcile_respawn_lost:
+                return [lost, Action(RESPAWN, f"a fresh instance for tenant {row.tenant}", row)]
+            return [lost]
+    elif row.status is Status.TEARING_DOWN:
+        idle = (now - row.updated_at).total_seconds()
+        if idle > TEARDOWN_STALL_SECS:
+            return [Action(RESUME_TEARDOWN, f"no progress for {int(idle)} s", row, vm)]
+    elif row.status in (Status.FAILED, Status.LOST) and live_vm is not None:
+        detail = f"the instance is {row.status.value} but its VM is still in the cloud"
+        return [Action(LEFTOVER_VM, detail, row, live_vm)]
+    return []
+
+
+# --- a run ----------------------------------------------------------------------------------------
+
+
+def reconcile_once(
+    registry: FleetRegistry,
+    compute: Compute,
+    runs,
+    locks,
+    settings: Settings,
+    *,
+    now: datetime,
+    dry_run: bool,
+    trigger: str,
+    dispatch,
+    tenants=None,
+) -> RunSummary | None:
+    """One reconcile pass, recorded in `runs`; None (and nothing recorded) when another pass holds
+    the reconcile lock. `dispatch` sends pipeline messages (CeleryDispatcher's `send`); `tenants`,
+    the tenant directory, keeps a respawn from provisioning for a tenant that was offboarded."""
+    with locks.hold(RECONCILE_LOCK) as taken:
+        if not taken:
+            log.info("another reconcile is running; this one does nothing")
+            return None
+        run_id = runs.start(dry_run=dry_run, trigger=trigger)
+        counts = dict.fromkeys(KINDS, 0)
+        records: list[dict] = []
+        errors: list[dict] = []
+        try:
+            actions = _snapshot_and_decide(registry, compute, settings, now, counts, errors)
+            executor = _Executor(
+                registry=registry,
+                compute=compute,
+                locks=locks,
+                dispatch=dispatch,
+                fleet=FleetService(
+                    registry,
+                    dispatch,
+                    max_instances_per_tenant=settings.max_instances_per_tenant,
+                    tenants=tenants,
+                ),
+                request_id=f"reconcile-{run_id}",
+            )
+            for action in actions:
+                counts[action.kind] += 1
+                records.append(executor.carry_out(action, dry_run, errors))
+        except Exception as exc:
+            # Recorded, then raised: the run is finished in the record either way.
+            errors.append({"kind": "run", "error": f"the run stopped: {exc!r}"})
+            raise
+        finally:
+            runs.finish(run_id, counts=counts, actions=records, errors=errors)
+    log.info(
+        "reconcile run %d finished (%s): %s, %d errors",
+        run_id,
+        "dry run" if dry_run else "applied",
+        ", ".join(f"{k}={v}" for k, v in counts.items() if v),
+        len(errors),
+    )
+    return RunSummary(run_id, dry_run, counts, records, errors)
+
+
+def _snapshot_and_decide(
+    registry: FleetRegistry,
+    compute: Compute,
+    settings: Settings,
+    now: datetime,
+    counts: dict,
+    errors: list,
+) -> list[Action]:
+    try:
+        # The cloud first, then the rows: see the module docstring. A listing that failed halfway
+        # would make every unlisted VM look vanished, so it is all or nothing.
+        vms = list(compute.list_managed(managed_labels(settings.deployment)))
+        rows = registry.list_by_statuses(OPEN_STATUSES)
+    except DomainError as exc:
+        errors.append({"kind": "snapshot", "error": str(exc)})
+        return []
+    counts["vms_listed"] = len(vms)
+    counts["rows_checked"] = len(rows)
+    return decide(vms, rows, settings, now)
+
+
+@dataclass
+class _Executor:
+    registry: FleetRegistry
+    compute: Compute
+    locks: object
+    dispatch: object
+    fleet: FleetService
+    request_id: str
+    marked_lost: set = field(default_factory=set)
+
+    def carry_out(self, action: Action, dry_run: bool, errors: list) -> dict:
+        record = action.record()
+        if dry_run:
+            record["result"] = "dry run: nothing done"
+            return record
+        try:
+            record["result"] = self._act(action)
+        except TransitionConflict as exc:
+            record["result"] = f"skipped: {exc}"
+        except DomainError as exc:
+            # One failed action never stops the others; the next run looks again.
+            record["result"] = "error"
+            errors.append({**action.record(), "error": str(exc)})
+            log.warning("reconcile %s failed: %s", action.kind, exc)
+        return record
+
+    def _act(self, action: Action) -> str:
+        if action.instance is None:
+            return self._delete_vm(action.vm)
+        with self.locks.hold(f"instance:{action.instance.id}") as taken:
+            if not taken:
+                return "skipped: a pipeline step holds the instance; the next run looks again"
+            handlers = {
+                STUCK: self._stuck,
+                LEFTOVER_VM: self._leftover_vm,
+                LOST: self._lost,
+                RESPAWN: self._respawn,
+                RESUME_TEARDOWN: self._resume_teardown,
+            }
+            return handlers[action.kind](action)
+
+    def _stuck(self, action: Action) -> str:
+        inst = action.instance
+        self.registry.transition(inst.id, inst.status, Status.FAILED, action.detail)
+        if action.vm is None:
+            return "failed"
+        return "failed; " + self._delete_instance_vm(action)
+
+    def _leftover_vm(self, action: Action) -> str:
+        return self._delete_instance_vm(action)
+
+    def _lost(self, action: Action) -> str:
+        self.registry.transition(action.instance.id, Status.READY, Status.LOST, LOST_REASON)
+        self.marked_lost.add(action.instance.id)
+        return "marked lost"
+
+    def _respawn(self, action: Action) -> str:
+        lost = action.instance
+        if lost.id not in self.marked_lost:
+            return "skipped: the instance was not marked lost"
+        # Keyed by the lost instance: asking twice for its replacement gives the same instance.
+        fresh, _ = self.fleet.provision(
+            lost.tenant, request_key=f"respawn:{lost.id}", request_id=self.request_id
+        )
+        self.registry.note(lost.id, f"reconcile provisioned instance {fresh.id} to replace it")
+        return f"provisioned instance {fresh.id}"
+
+    def _resume_teardown(self, action: Action) -> str:
+        token = uuid.uuid4()
+        inst = self.registry.update(action.instance.id, Status.TEARING_DOWN, wake_token=token)
+        self.dispatch.send(inst, token, request_id=self.request_id)
+        self.registry.note(inst.id, f"reconcile resumed the teardown ({action.detail})")
+        return "teardown resumed"
+
+    def _delete_instance_vm(self, action: Action) -> str:
+        outcome = self._delete_vm(action.vm)
+        self.registry.note(action.instance.id, f"reconcile: {outcome}")
+        return outcome
+
+    def _delete_vm(self, vm: CloudVm) -> str:
+        if self.compute.delete_instance(vm.provider_id) is None:
+            return f"VM {vm.provider_id} already gone"
+        return f"deleting VM {vm.provider_id}"
