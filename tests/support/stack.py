@@ -54,6 +54,25 @@ class Stack:
         )
         wait_until(lambda: requests.get(self.api_url + "/health", timeout=1).ok, 30, what="gateway")
 
+    def start_onboarding(self, token: str) -> str:
+        """The onboarding service under gunicorn with its own token; returns its base URL."""
+        port = free_port()
+        self.procs["onboarding"] = spawn(
+            [
+                str(VENV_BIN / "gunicorn"),
+                "-c",
+                "services/onboarding/gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "services.onboarding.wsgi:app",
+            ],
+            env={**self.env, "DARK_ONBOARDING_TOKENS": token},
+            log_path=self.log_path("onboarding"),
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(url + "/health", timeout=1).ok, 30, what="onboarding")
+        return url
+
     def start_worker(
         self, name: str = "worker", concurrency: int = 2, queue: str = "dark.provision"
     ) -> subprocess.Popen:
