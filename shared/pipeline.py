@@ -148,14 +148,19 @@ class Pipeline:
                     return DONE
             return self._wait(instance, 0)
 
-    def give_up(self, instance_id: uuid.UUID, token: uuid.UUID, error: CloudError) -> None:
-        """The transient-retry cap was reached: fail (or, for a teardown, keep trying slowly)."""
+    def give_up(self, instance_id: uuid.UUID, token: uuid.UUID, error: CloudError) -> Step:
+        """The transient-retry cap was reached: a provision fails; a teardown keeps trying slowly
+        (it must end with the VM gone, so it never gives up)."""
         with self.locks.hold(f"instance:{instance_id}") as taken:
             instance = self.registry.get(instance_id)
             if not taken or instance is None or instance.wake_token != token:
-                return
+                return DONE
             if instance.status in IN_FLIGHT:
-                self._fail(instance, f"{error} (gave up after repeated attempts)")
+                return self._fail(instance, f"{error} (gave up after repeated attempts)")
+            if instance.status is Status.TEARING_DOWN:
+                self.registry.update(instance.id, Status.TEARING_DOWN, reason=f"delete: {error}")
+                return self._wait(instance, MAX_BACKOFF_SECS)
+            return DONE
 
     # --- the state machine --------------------------------------------------------------------
 
@@ -361,18 +366,19 @@ class Pipeline:
                 extra={"instance_id": instance.id},
             )
 
-    def resume_all(self, send: Callable[[Instance, uuid.UUID], None]) -> int:
-        """Give every unfinished instance a fresh message (worker start-up, reconcile).
 
-        A new token makes any older message for the row stale, so this never doubles the work.
-        """
-        count = 0
-        for instance in self.registry.list_by_statuses(IN_FLIGHT | {Status.TEARING_DOWN}):
-            token = uuid.uuid4()
-            try:
-                instance = self.registry.update(instance.id, instance.status, wake_token=token)
-            except TransitionConflict:
-                continue
-            send(instance, token)
-            count += 1
-        return count
+def resume_unfinished(registry: FleetRegistry, send: Callable[[Instance, uuid.UUID], None]) -> int:
+    """Give every unfinished instance a fresh message (a provisioner worker starting up).
+
+    A new token makes any older message for the row stale, so this never doubles the work.
+    """
+    count = 0
+    for instance in registry.list_by_statuses(IN_FLIGHT | {Status.TEARING_DOWN}):
+        token = uuid.uuid4()
+        try:
+            instance = registry.update(instance.id, instance.status, wake_token=token)
+        except TransitionConflict:
+            continue
+        send(instance, token)
+        count += 1
+    return count

@@ -16,10 +16,11 @@ The races, and what closes each:
   once older than the grace period, which such a VM soon is.
 - Stuck means time in the status (`status_changed_at`), not `updated_at`: the pipeline touches the
   row at every poll, so a chain spinning on a guest that never boots would never look stuck.
-- A teardown is interrupted when its row has not been touched (`updated_at`) for
-  TEARDOWN_STALL_SECS. Resuming rotates the row's continuation token, which makes any surviving
-  message of the old chain stale, so resuming a teardown that was alive after all costs one
-  redundant (idempotent) delete call and never a second chain.
+- Work is interrupted when an unfinished row (in flight or tearing down) has not been touched
+  (`updated_at`) for STALL_SECS: its chain of messages is gone (a worker killed while Redis held
+  its message, Postgres or Redis down at the moment a continuation was sent). Resuming rotates the
+  row's continuation token, which makes any surviving message of the old chain stale, so resuming
+  work that was alive after all costs one redundant idempotent step and never a second chain.
 - Each change to a row is made under the instance's lock (the one the pipeline's steps hold) and
   compare-and-set on its status; a row that moved on since the snapshot is skipped, not an error.
 """
@@ -41,17 +42,18 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 RECONCILE_LOCK = "reconcile"
-# A live teardown chain touches its row at least every MAX_BACKOFF_SECS (its longest wait between
-# attempts); twice that without a touch means no chain is left.
-TEARDOWN_STALL_SECS = 2 * MAX_BACKOFF_SECS
+# A live chain touches its row at least every MAX_BACKOFF_SECS (its longest wait between attempts);
+# twice that without a touch means no chain is left.
+STALL_SECS = 2 * MAX_BACKOFF_SECS
 
 ORPHAN = "orphan"
 LEFTOVER_VM = "leftover_vm"
 STUCK = "stuck"
 LOST = "lost"
 RESPAWN = "respawn"
+RESUME = "resume"
 RESUME_TEARDOWN = "resume_teardown"
-KINDS = (ORPHAN, LEFTOVER_VM, STUCK, LOST, RESPAWN, RESUME_TEARDOWN)
+KINDS = (ORPHAN, LEFTOVER_VM, STUCK, LOST, RESPAWN, RESUME, RESUME_TEARDOWN)
 
 LOST_REASON = "VM vanished from the cloud"
 # Every status but retired: the rows that can still own a VM or a chain of work.
@@ -131,6 +133,9 @@ def _decide_row(
         if in_status > settings.reconcile_stuck:
             detail = f"stuck in {row.status.value} for {int(in_status)} s"
             return [Action(STUCK, detail, row, live_vm)]
+        idle = (now - row.updated_at).total_seconds()
+        if idle > STALL_SECS:
+            return [Action(RESUME, f"no progress for {int(idle)} s", row, vm)]
     elif row.status is Status.READY:
         if vm is None and row.status_changed_at < now:
             lost = Action(LOST, LOST_REASON, row)
@@ -139,7 +144,7 @@ def _decide_row(
             return [lost]
     elif row.status is Status.TEARING_DOWN:
         idle = (now - row.updated_at).total_seconds()
-        if idle > TEARDOWN_STALL_SECS:
+        if idle > STALL_SECS:
             return [Action(RESUME_TEARDOWN, f"no progress for {int(idle)} s", row, vm)]
     elif row.status in (Status.FAILED, Status.LOST) and live_vm is not None:
         detail = f"the instance is {row.status.value} but its VM is still in the cloud"
@@ -266,7 +271,8 @@ class _Executor:
                 LEFTOVER_VM: self._leftover_vm,
                 LOST: self._lost,
                 RESPAWN: self._respawn,
-                RESUME_TEARDOWN: self._resume_teardown,
+                RESUME: self._resume,
+                RESUME_TEARDOWN: self._resume,
             }
             return handlers[action.kind](action)
 
@@ -296,12 +302,13 @@ class _Executor:
         self.registry.note(lost.id, f"reconcile provisioned instance {fresh.id} to replace it")
         return f"provisioned instance {fresh.id}"
 
-    def _resume_teardown(self, action: Action) -> str:
+    def _resume(self, action: Action) -> str:
         token = uuid.uuid4()
-        inst = self.registry.update(action.instance.id, Status.TEARING_DOWN, wake_token=token)
+        inst = self.registry.update(action.instance.id, action.instance.status, wake_token=token)
         self.dispatch.send(inst, token, request_id=self.request_id)
-        self.registry.note(inst.id, f"reconcile resumed the teardown ({action.detail})")
-        return "teardown resumed"
+        what = "teardown" if inst.status is Status.TEARING_DOWN else inst.status.value
+        self.registry.note(inst.id, f"reconcile resumed the {what} ({action.detail})")
+        return f"{what} resumed"
 
     def _delete_instance_vm(self, action: Action) -> str:
         outcome = self._delete_vm(action.vm)

@@ -8,11 +8,14 @@ import uuid
 
 from celery.signals import worker_process_init, worker_ready
 
+from shared.adapters.db import make_pool
+from shared.adapters.registry import PostgresFleetRegistry
 from shared.celery_app import MAX_COUNTDOWN_SECS, TASK_PROVISION, TASK_TEARDOWN, make_celery
 from shared.composition import PerProcess, build_worker_context
+from shared.domain.errors import RegistryUnavailable
 from shared.fleet import CeleryDispatcher
 from shared.logs import configure_logging, request_id_var
-from shared.pipeline import Pipeline, backoff
+from shared.pipeline import Pipeline, backoff, resume_unfinished
 from shared.settings import load_settings
 
 settings = load_settings()
@@ -48,20 +51,33 @@ def _warm_child(**_kwargs) -> None:
 def _resume_unfinished(**_kwargs) -> None:
     # Messages held by a worker that was killed come back only after the visibility timeout;
     # resuming every unfinished row now (with fresh tokens) makes a restart converge at once.
-    resumed = pipeline.get().resume_all(
-        lambda inst, token: dispatcher.send(inst, token, request_id=None)
-    )
+    # This runs in the parent process: only a short-lived Postgres pool, never the cloud SDK
+    # (gRPC objects must not exist in a process that forks replacement children).
+    with make_pool(settings.database_url, max_size=1) as pool:
+        resumed = resume_unfinished(
+            PostgresFleetRegistry(pool),
+            lambda inst, token: dispatcher.send(inst, token, request_id=None),
+        )
     log.info("resumed %d unfinished instances", resumed)
 
 
 def _run(task, instance_id: str, token: str) -> None:
     request_id_var.set(getattr(task.request, "request_id", None))
     iid, tok = uuid.UUID(instance_id), uuid.UUID(token)
-    step = pipeline.get().advance(iid, tok)
+    try:
+        step = pipeline.get().advance(iid, tok)
+        if step.transient is not None and task.request.retries >= CLOUD_MAX_RETRIES:
+            step = pipeline.get().give_up(iid, tok, step.transient)
+    except RegistryUnavailable as exc:
+        # Postgres is down: nothing was decided. Come back with the same token, for as long as
+        # it takes (the message is the only thing that remembers this work until reconcile does).
+        log.warning("registry unavailable, retrying: %s", exc, extra={"instance_id": iid})
+        raise task.retry(
+            countdown=backoff(task.request.retries + 1),
+            max_retries=None,
+            headers={"request_id": request_id_var.get()},
+        ) from None
     if step.transient is not None:
-        if task.request.retries >= CLOUD_MAX_RETRIES:
-            pipeline.get().give_up(iid, tok, step.transient)
-            return
         log.info("transient cloud error, retrying: %s", step.transient, extra={"instance_id": iid})
         raise task.retry(
             countdown=backoff(task.request.retries + 1),

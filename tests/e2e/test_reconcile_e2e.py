@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from shared.celery_app import make_celery, send_reconcile
-from shared.reconcile import LOST_REASON, TEARDOWN_STALL_SECS
+from shared.reconcile import LOST_REASON, STALL_SECS
 from shared.settings import load_settings
 from tests.conftest import PG_ADMIN_DSN
 from tests.support.processes import wait_until
@@ -212,7 +212,7 @@ def test_a_teardown_whose_worker_was_killed_is_resumed_by_reconcile(stack, celer
                 r.startswith("reconcile resumed the teardown")
                 for r in reasons(stack, tenant, inst["id"])
             ),
-            TEARDOWN_STALL_SECS + 30,
+            STALL_SECS + 30,
             interval=0.5,
             what="reconcile to resume the teardown",
         )

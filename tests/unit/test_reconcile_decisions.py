@@ -16,9 +16,10 @@ from shared.reconcile import (
     LOST_REASON,
     ORPHAN,
     RESPAWN,
+    RESUME,
     RESUME_TEARDOWN,
+    STALL_SECS,
     STUCK,
-    TEARDOWN_STALL_SECS,
     decide,
     reconcile_once,
 )
@@ -131,7 +132,7 @@ def test_in_flight_rows_past_the_stuck_timeout_fail_with_their_vm(status):
 
 def test_stuck_is_time_in_the_status_even_while_the_pipeline_keeps_polling():
     polled = make_row("initializing", in_status=STUCK_SECS + 1, idle=1)
-    at_limit = make_row("initializing", in_status=STUCK_SECS)
+    at_limit = make_row("initializing", in_status=STUCK_SECS, idle=1)
     assert kinds(decide([], [polled, at_limit], settings(), NOW)) == [(STUCK, polled.id, None)]
 
 
@@ -145,10 +146,19 @@ def test_a_stuck_row_whose_vm_is_already_deleting_fails_without_a_second_delete(
 
 
 def test_a_teardown_without_progress_is_resumed_and_a_live_one_is_not():
-    stalled = make_row("tearing_down", in_status=3600, idle=TEARDOWN_STALL_SECS + 1)
-    live = make_row("tearing_down", in_status=3600, idle=TEARDOWN_STALL_SECS)
+    stalled = make_row("tearing_down", in_status=3600, idle=STALL_SECS + 1)
+    live = make_row("tearing_down", in_status=3600, idle=STALL_SECS)
     actions = decide([], [stalled, live], settings(), NOW)
     assert kinds(actions) == [(RESUME_TEARDOWN, stalled.id, None)]
+
+
+@pytest.mark.parametrize("status", ["pending", "provisioning", "initializing"])
+def test_in_flight_work_without_progress_is_resumed_and_live_work_is_not(status):
+    stalled = make_row(status, in_status=STALL_SECS + 10, idle=STALL_SECS + 1)
+    live = make_row(status, in_status=STALL_SECS + 10, idle=STALL_SECS)
+    actions = decide([], [stalled, live], settings(), NOW)
+    assert kinds(actions) == [(RESUME, stalled.id, None)]
+    assert actions[0].detail == f"no progress for {int(STALL_SECS) + 1} s"
 
 
 @pytest.mark.parametrize("status", ["failed", "lost"])
@@ -330,7 +340,7 @@ def mixed_world() -> tuple[World, dict]:
         "stuck": make_row("provisioning", vm=stuck_vm, in_status=STUCK_SECS + 1),
         "failed": make_row("failed", vm=failed_vm),
         "lost": make_row("ready", tenant="drifty"),
-        "teardown": make_row("tearing_down", idle=TEARDOWN_STALL_SECS + 1),
+        "teardown": make_row("tearing_down", idle=STALL_SECS + 1),
         "ready": make_row("ready", vm=ready_vm),
     }
     vms = [orphan, young, foreign, stuck_vm, failed_vm, ready_vm]
@@ -361,6 +371,7 @@ def test_a_dry_run_changes_nothing_and_reports_exactly_what_the_real_run_then_do
         "stuck": 1,
         "lost": 1,
         "respawn": 1,
+        "resume": 0,
         "resume_teardown": 1,
         "vms_listed": 6,
         "rows_checked": 5,
@@ -442,7 +453,7 @@ def test_a_second_concurrent_run_does_nothing_and_records_nothing():
 
 
 def test_an_instance_a_pipeline_step_holds_is_skipped_until_the_next_run():
-    row = make_row("tearing_down", idle=TEARDOWN_STALL_SECS + 1)
+    row = make_row("tearing_down", idle=STALL_SECS + 1)
     w = world([], [row])
     w.locks.held.add(f"instance:{row.id}")
     (record,) = w.reconcile().actions
