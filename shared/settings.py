@@ -131,6 +131,13 @@ class Settings:
         secret=True,
     )
 
+    metrics_loopback_open: bool = env(
+        "DARK_METRICS_LOOPBACK_OPEN",
+        True,
+        _bool,
+        doc="/metrics without a token from loopback; off behind a reverse proxy on the same host",
+    )
+
     reconcile_interval: int = env("RECONCILE_INTERVAL_SECS", 60, _nonneg_int)
     reconcile_orphan_grace: int = env("RECONCILE_ORPHAN_GRACE_SECS", 600, _nonneg_int)
     reconcile_stuck: int = env("RECONCILE_STUCK_SECS", 1800, _nonneg_int)

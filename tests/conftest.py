@@ -9,9 +9,9 @@ import secrets
 
 import psycopg
 import pytest
-import redis
 
 from tests.support.processes import start_openbao, start_simulator
+from tests.support.stack import claimed_redis_db
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -36,15 +36,9 @@ def database_url():
 
 @pytest.fixture(scope="session")
 def redis_url():
-    """A Redis DB number of our own (1–15, the first empty one), flushed at the end."""
-    for db in range(15, 0, -1):
-        client = redis.Redis.from_url(f"{REDIS_BASE}/{db}")
-        # Claim the DB atomically so that two concurrent sessions never share one.
-        if client.set("dark-test:claimed", "1", nx=True, ex=6 * 3600):
-            yield f"{REDIS_BASE}/{db}"
-            client.flushdb()
-            return
-    pytest.fail("no free Redis DB number between 1 and 15")
+    """A Redis DB number of our own, flushed at the end."""
+    with claimed_redis_db(REDIS_BASE) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

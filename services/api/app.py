@@ -3,7 +3,8 @@
 Nothing here does I/O at import. The collaborators can be passed in (tests hand in a registry on
 their own pool, or a Celery app on their own Redis DB); whatever is not passed is built from the
 settings. Per request: a request id (the caller's X-Request-Id when well-formed), then the token
-(or dashboard session) check, then the view; one JSON log line when the response leaves.
+(or dashboard session) check, then the view; when the response leaves, one JSON log line and the
+request's metrics (services/api/metrics.py).
 """
 
 import logging
@@ -17,10 +18,12 @@ from redis.retry import Retry
 
 from services.api.auth import install_operator_auth
 from services.api.errors import install_error_handler
+from services.api.metrics import install_metrics, record_request
 from services.api.openapi import build_openapi
 from services.api.ui import install_ui
 from services.api.views import Gateway, bp
 from shared.adapters.db import make_pool
+from shared.adapters.fleet_stats import PostgresFleetStats
 from shared.adapters.guest import HttpGuestAgent
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.runs import PostgresReconcileRuns
@@ -82,6 +85,7 @@ def create_app(
     app.after_request(_log_request)
     app.teardown_request(_end_request)
     app.register_blueprint(bp)
+    install_metrics(app, settings, PostgresFleetStats(pool))
     install_ui(app, settings)
     return app
 
@@ -96,13 +100,15 @@ def _log_request(response):
     response.headers["X-Request-Id"] = g.request_id
     # The route template, not the path: one line per request, with no headers, query or body.
     route = request.url_rule.rule if request.url_rule else "-"
+    seconds = time.perf_counter() - g.started
     log.info(
         "http method=%s route=%s status=%d duration_ms=%.1f",
         request.method,
         route,
         response.status_code,
-        (time.perf_counter() - g.started) * 1000,
+        seconds * 1000,
     )
+    record_request(request.method, route, response.status_code, seconds)
     return response
 
 

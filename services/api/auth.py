@@ -42,7 +42,8 @@ _DEVELOPMENT_KEY_LABEL = b"dark-orchestrator development session key"
 
 
 def public(view: Callable) -> Callable:
-    """Mark a view as reachable without a token (liveness, readiness, the OpenAPI document)."""
+    """Mark a view as reachable without a token (liveness, readiness, the OpenAPI document), or
+    as deciding access itself (/metrics: loopback, or `require_bearer`)."""
     view.public = True
     return view
 
@@ -127,6 +128,12 @@ def _check() -> None:
                 "csrf_failed",
                 f"a request with the dashboard session must carry its {CSRF_HEADER} header",
             )
+
+
+def require_bearer() -> None:
+    """Admit the request only with a valid operator bearer token, whatever the session: for a
+    `@public` view with an access rule of its own (/metrics)."""
+    _check_bearer(request.headers.get("Authorization", ""))
 
 
 def _check_bearer(header: str) -> None:

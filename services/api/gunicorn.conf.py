@@ -4,6 +4,10 @@ The bind address comes from DARK_BIND through the same settings loader as everyt
 bad value fails at start with the variable's name.
 """
 
+import os
+import shutil
+import tempfile
+
 from shared.settings import load_settings
 
 bind = [load_settings().api_bind]
@@ -41,3 +45,31 @@ logconfig_dict = {
         "gunicorn.access": {"level": "INFO", "handlers": ["discard"], "propagate": False},
     },
 }
+
+
+# --- /metrics across workers (services/api/metrics.py) ------------------------------------------
+# prometheus_client keeps each worker's samples in files under PROMETHEUS_MULTIPROC_DIR, and a
+# scrape, whichever worker answers it, adds them all up. The library decides on that mode when it
+# is first imported, so the variable is set here in the master, before any worker imports it, and
+# this module imports prometheus_client only inside a hook. An operator-set directory is used as it
+# is (empty it before each start: counts left there would be added to the new ones); otherwise each
+# start gets a fresh private one, removed at exit.
+_private_metrics_dirs: list[str] = []
+
+
+def on_starting(_server) -> None:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = tempfile.mkdtemp(prefix="dark-api-metrics-")
+        _private_metrics_dirs.append(path)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def child_exit(_server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(_server) -> None:
+    for path in _private_metrics_dirs:
+        shutil.rmtree(path, ignore_errors=True)

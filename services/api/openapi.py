@@ -208,6 +208,24 @@ def build_openapi() -> dict:
         },
     )
     spec.path(
+        path="/metrics",
+        operations={
+            "get": {
+                "summary": "Prometheus metrics: HTTP requests, instances, transitions, reconcile",
+                "description": "Text exposition format (OpenMetrics when the Accept header asks "
+                "for it). No token is needed from loopback while DARK_METRICS_LOOPBACK_OPEN is "
+                "on; from anywhere else, an operator bearer token.",
+                "responses": {
+                    "200": {
+                        "description": "the metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors("401"),
+                },
+            }
+        },
+    )
+    spec.path(
         path="/openapi.json",
         operations={
             "get": {

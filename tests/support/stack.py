@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import redis
 import requests
 
 from tests.support.processes import (
@@ -302,3 +303,19 @@ def private_database(admin_dsn: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def claimed_redis_db(base_url: str) -> Iterator[str]:
+    """A Redis DB number of the caller's own (the first unclaimed of 1 to 15), flushed after."""
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{base_url}/{db}")
+        # Claim the DB atomically so that two concurrent sessions never share one.
+        if client.set("dark-test:claimed", "1", nx=True, ex=6 * 3600):
+            try:
+                yield f"{base_url}/{db}"
+            finally:
+                client.flushdb()
+                client.close()
+            return
+    raise RuntimeError("no free Redis DB number between 1 and 15")
