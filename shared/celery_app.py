@@ -5,6 +5,7 @@ their tasks against the app it builds.
 """
 
 from celery import Celery
+from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
@@ -55,6 +56,7 @@ def make_celery(settings: Settings, name: str = "dark") -> Celery:
         broker_connection_retry_on_startup=True,
         result_expires=24 * 3600,
         task_track_started=True,
+        worker_consumer=f"{__name__}:BrokerLossSafeConsumer",
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -62,6 +64,28 @@ def make_celery(settings: Settings, name: str = "dark") -> Celery:
         enable_utc=True,
     )
     return app
+
+
+class BrokerLossSafeConsumer(Consumer):
+    """Celery's consumer, made to survive losing the Redis broker (a Redis restart).
+
+    Celery 5.7 with kombu 5.7: when the broker connection breaks, the consumer closes it twice,
+    `collect()` then `close()`. The first close of the task channel fails on the dead socket, and
+    `collect()` then detaches the transport from the connection; the second close tries to push
+    the channel's unacknowledged messages (countdowns it holds, tasks running) back to their queue,
+    which needs a Redis client built from that detached transport: AttributeError, not a
+    connection error, so the worker exits ("Unrecoverable error") instead of reconnecting.
+
+    Nothing could be pushed back anyway: the broker is unreachable. So the restore is skipped
+    (kombu's own switch, `do_restore`). Those messages stay safe in Redis's unacked set, given
+    back after the visibility timeout; the provisioner resumes its rows as soon as it reconnects.
+    """
+
+    def on_connection_error_after_connected(self, exc):
+        channel = getattr(self.task_consumer, "channel", None)
+        if channel is not None:
+            channel.do_restore = False
+        super().on_connection_error_after_connected(exc)
 
 
 def reconcile_beat_schedule(settings: Settings) -> dict:

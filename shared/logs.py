@@ -72,6 +72,29 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, ensure_ascii=False, default=str))
 
 
+def gunicorn_logconfig(service: str) -> dict:
+    """Gunicorn's `logconfig_dict`: its own lines in the same JSON shape as the app's, and no
+    access log (the app writes one line per request itself, never with headers)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "shared.logs.JsonFormatter", "service": service}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+            "discard": {"class": "logging.NullHandler"},
+        },
+        "root": {"level": "INFO", "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["discard"], "propagate": False},
+        },
+    }
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Replace the root handlers with one JSON line handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)

@@ -27,6 +27,12 @@ from shared.logs import new_request_id, request_id_var
 RETRY_AFTER_SECS = 5
 # JSON answers are never rendered, framed or cached; a page sets its own policy before this.
 API_CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+# A page runs only its own scripts and styles and talks only to its origin: no inline code, no
+# other origin, no framing, and forms post only here.
+PAGE_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 DomainErrorTable = Iterable[tuple[type[DomainError], int, str]]
 
@@ -200,9 +206,43 @@ def _not_json(_constant: str) -> None:
 
 
 def public(view: Callable) -> Callable:
-    """Mark a view as reachable without a token (liveness, the OpenAPI document, a page)."""
+    """Mark a view as reachable without a token (liveness, the OpenAPI document, a page), or as
+    deciding access itself."""
     view.public = True
     return view
+
+
+class BearerTokens:
+    """The tokens configured for one realm, compared in constant time."""
+
+    def __init__(self, tokens: frozenset[str], *, realm: str) -> None:
+        self.challenge = f'Bearer realm="{realm}"'
+        # Fixed-length digests, so that neither the content nor the length of a configured token
+        # shows in the time a comparison takes.
+        self._digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
+
+    def valid(self, supplied: str) -> bool:
+        digest = hashlib.sha256(supplied.encode()).digest()
+        # Compare against every token, without stopping at the first match.
+        return any([hmac.compare_digest(digest, known) for known in self._digests])
+
+    def require(self, authorization: str) -> None:
+        """Pass only if the Authorization header value carries one of the tokens; else a 401."""
+        supplied = _bearer(authorization)
+        if supplied is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a bearer token is required",
+                headers={"WWW-Authenticate": self.challenge},
+            )
+        if not self.valid(supplied):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the bearer token is not valid",
+                headers={"WWW-Authenticate": f'{self.challenge}, error="invalid_token"'},
+            )
 
 
 def bearer_token_check(
@@ -213,37 +253,19 @@ def bearer_token_check(
     Views marked `@public` and the endpoints in `open_endpoints` (e.g. Flask's "static") need no
     token. With no tokens configured every other route answers 401: empty never means open.
     """
-    challenge = f'Bearer realm="{realm}"'
-    # Compare fixed-length digests so that neither the content nor the length of a configured
-    # token shows in the time a comparison takes.
-    digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
+    bearer_tokens = BearerTokens(tokens, realm=realm)
 
     def check() -> None:
-        if request.endpoint in open_endpoints:
+        if request.endpoint in open_endpoints or is_public_endpoint():
             return
-        view = current_app.view_functions.get(request.endpoint)
-        if view is not None and getattr(view, "public", False):
-            return
-        supplied = _bearer(request.headers.get("Authorization", ""))
-        if supplied is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "a bearer token is required",
-                headers={"WWW-Authenticate": challenge},
-            )
-        supplied_digest = hashlib.sha256(supplied.encode()).digest()
-        # Compare against every token, without stopping at the first match.
-        matches = [hmac.compare_digest(supplied_digest, digest) for digest in digests]
-        if not any(matches):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "the bearer token is not valid",
-                headers={"WWW-Authenticate": f'{challenge}, error="invalid_token"'},
-            )
+        bearer_tokens.require(request.headers.get("Authorization", ""))
 
     return check
+
+
+def is_public_endpoint() -> bool:
+    view = current_app.view_functions.get(request.endpoint)
+    return view is not None and getattr(view, "public", False)
 
 
 def _bearer(header: str) -> str | None:
@@ -257,10 +279,15 @@ def _bearer(header: str) -> str | None:
 # --- request ids, the request log line, security headers ---------------------------------------
 
 
-def install_request_hooks(app: Flask, log: logging.Logger) -> None:
+def install_request_hooks(
+    app: Flask,
+    log: logging.Logger,
+    observe: Callable[[str, str, int, float], None] | None = None,
+) -> None:
     """A request id for every request (the caller's X-Request-Id when well-formed), echoed in the
     response, and one log line per request: method, route template, status, duration, request id.
-    Never a header, the query, or the body.
+    Never a header, the query, or the body. `observe`, if given, is handed the same method, route,
+    status and duration (in seconds) of every request: for metrics.
 
     Install it before any other before_request hook, so that a 401 is logged with its request id.
     """
@@ -272,16 +299,20 @@ def install_request_hooks(app: Flask, log: logging.Logger) -> None:
 
     def finish(response):
         response.headers["X-Request-Id"] = g.request_id
+        # The route template, not the path: it names no tenant, and keeps metric series few.
         route = request.url_rule.rule if request.url_rule else "-"
+        seconds = time.perf_counter() - g.started
         log.info(
             "http method=%s route=%s status=%d duration_ms=%.1f",
             request.method,
             route,
             response.status_code,
-            (time.perf_counter() - g.started) * 1000,
+            seconds * 1000,
             # Explicit, so that the line keeps its id wherever the record is formatted.
             extra={"request_id": g.request_id},
         )
+        if observe is not None:
+            observe(request.method, route, response.status_code, seconds)
         return response
 
     def end(_exc: BaseException | None) -> None:
@@ -323,8 +354,13 @@ class ErrorOut(Schema):
     error = fields.Nested(ErrorBody, dump_only=True)
 
 
+class Health(Schema):
+    status = fields.String(dump_only=True)
+
+
 def new_openapi_spec(title: str, description: str, errors: dict[str, str]) -> APISpec:
-    """An OpenAPI 3 spec with bearer security and one `Error<status>` response per entry."""
+    """An OpenAPI 3 spec with bearer security, one `Error<status>` response per entry, and the
+    open paths every service serves: /health (liveness) and /openapi.json (the document)."""
     spec = APISpec(
         title=title,
         version="1",
@@ -341,6 +377,26 @@ def new_openapi_spec(title: str, description: str, errors: dict[str, str]) -> AP
         if status == "401":
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
         spec.components.response(f"Error{status}", response)
+    spec.path(
+        path="/health",
+        operations={
+            "get": {
+                "summary": "Liveness: the process answers",
+                "security": [],
+                "responses": ok_response("200", Health, "alive"),
+            }
+        },
+    )
+    spec.path(
+        path="/openapi.json",
+        operations={
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "OpenAPI 3"}},
+            }
+        },
+    )
     return spec
 
 

@@ -3,21 +3,20 @@
 Nothing here does I/O at import. The collaborators can be passed in (tests hand in a registry on
 their own pool, or a Celery app on their own Redis DB); whatever is not passed is built from the
 settings. Per request: a request id (the caller's X-Request-Id when well-formed), then the token
-(or dashboard session) check, then the view; when the response leaves, one JSON log line and the
-request's metrics (services/api/metrics.py).
+(or dashboard session) check, then the view; when the response leaves, one JSON log line, the
+request's metrics (services/api/metrics.py), and security headers. Every failure leaves in
+shared/web.py's one error shape.
 """
 
 import logging
-import time
 
 import psycopg
 import redis
-from flask import Flask, g, request
+from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services.api.auth import install_operator_auth
-from services.api.errors import install_error_handler
 from services.api.metrics import install_metrics, record_request
 from services.api.openapi import build_openapi
 from services.api.ui import install_ui
@@ -29,9 +28,20 @@ from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
 from shared.celery_app import make_celery, producer_app
+from shared.domain.errors import (
+    DispatchUnavailable,
+    IllegalTransition,
+    InstanceNotFound,
+    InvalidCursor,
+    InvalidTenantName,
+    QuotaExceeded,
+    RegistryUnavailable,
+    TenantNotOnboarded,
+    TransitionConflict,
+)
 from shared.fleet import CeleryDispatcher, FleetService
-from shared.logs import new_request_id, request_id_var
 from shared.settings import Settings
+from shared.web import install_error_handler, install_request_hooks, install_security_headers
 
 log = logging.getLogger("dark.api")
 
@@ -39,6 +49,19 @@ MAX_BODY_BYTES = 64 * 1024
 # /ready answers within a few seconds even when a dependency black-holes packets. libpq does not
 # honour a connect timeout under 2 s.
 PROBE_TIMEOUT_SECS = 2
+
+# Most specific class first: the first match wins.
+DOMAIN_ERRORS = (
+    (InvalidTenantName, 422, "invalid_tenant"),
+    (InvalidCursor, 422, "invalid_cursor"),
+    (InstanceNotFound, 404, "instance_not_found"),
+    (IllegalTransition, 409, "illegal_transition"),
+    (TransitionConflict, 409, "state_conflict"),
+    (QuotaExceeded, 409, "quota_exceeded"),
+    (TenantNotOnboarded, 409, "tenant_not_onboarded"),
+    (RegistryUnavailable, 503, "registry_unavailable"),
+    (DispatchUnavailable, 503, "dispatch_unavailable"),
+)
 
 
 def create_app(
@@ -78,44 +101,16 @@ def create_app(
         },
         openapi=build_openapi(),
     )
-    install_error_handler(app)
+    install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
-    app.before_request(_begin_request)
+    install_request_hooks(app, log, observe=record_request)
     install_operator_auth(app, settings)
-    app.after_request(_log_request)
-    app.teardown_request(_end_request)
+    # On every response; the dashboard's pages keep the policy they set (services/api/ui.py).
+    install_security_headers(app)
     app.register_blueprint(bp)
     install_metrics(app, settings, PostgresFleetStats(pool))
     install_ui(app, settings)
     return app
-
-
-def _begin_request() -> None:
-    g.started = time.perf_counter()
-    g.request_id = new_request_id(request.headers.get("X-Request-Id"))
-    g.request_id_token = request_id_var.set(g.request_id)
-
-
-def _log_request(response):
-    response.headers["X-Request-Id"] = g.request_id
-    # The route template, not the path: one line per request, with no headers, query or body.
-    route = request.url_rule.rule if request.url_rule else "-"
-    seconds = time.perf_counter() - g.started
-    log.info(
-        "http method=%s route=%s status=%d duration_ms=%.1f",
-        request.method,
-        route,
-        response.status_code,
-        seconds * 1000,
-    )
-    record_request(request.method, route, response.status_code, seconds)
-    return response
-
-
-def _end_request(_exc: BaseException | None) -> None:
-    token = g.pop("request_id_token", None)
-    if token is not None:
-        request_id_var.reset(token)
 
 
 def _postgres_probe(database_url: str):

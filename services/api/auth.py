@@ -23,16 +23,14 @@ the tokens signs everybody out.
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
 from datetime import timedelta
 
 from flask import Flask, current_app, request, session
 from werkzeug.routing import RequestRedirect
 
-from services.api.errors import ApiError
 from shared.settings import Settings
+from shared.web import ApiError, BearerTokens, is_public_endpoint
 
-_CHALLENGE = 'Bearer realm="dark-orchestrator"'
 # A working day: the dashboard stays open all day, and asks for the token again the next.
 SESSION_LIFETIME = timedelta(hours=12)
 SESSION_COOKIE = "dark_session"
@@ -41,27 +39,13 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEVELOPMENT_KEY_LABEL = b"dark-orchestrator development session key"
 
 
-def public(view: Callable) -> Callable:
-    """Mark a view as reachable without a token (liveness, readiness, the OpenAPI document), or
-    as deciding access itself (/metrics: loopback, or `require_bearer`)."""
-    view.public = True
-    return view
-
-
-class OperatorTokens:
-    """The configured tokens, compared in constant time, and the session identifiers they map to."""
+class OperatorTokens(BearerTokens):
+    """The configured tokens, and the session identifiers they map to."""
 
     def __init__(self, tokens: frozenset[str], session_key: bytes) -> None:
+        super().__init__(tokens, realm="dark-orchestrator")
         self._session_key = session_key
-        # Fixed-length digests, so that neither the content nor the length of a configured token
-        # shows in the time a comparison takes.
-        self._digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
         self._session_ids = [self.session_id(token) for token in tokens]
-
-    def valid(self, supplied: str) -> bool:
-        digest = hashlib.sha256(supplied.encode()).digest()
-        # Compare against every token, without stopping at the first match.
-        return any([hmac.compare_digest(digest, known) for known in self._digests])
 
     def session_id(self, token: str) -> str:
         return hmac.new(self._session_key, token.encode(), hashlib.sha256).hexdigest()
@@ -104,21 +88,18 @@ def _tokens() -> OperatorTokens:
 
 def _check() -> None:
     # A redirect to the canonical URL (`/ui` → `/ui/`) reveals nothing; the target is checked.
-    if isinstance(request.routing_exception, RequestRedirect):
-        return
-    view = current_app.view_functions.get(request.endpoint)
-    if view is not None and getattr(view, "public", False):
+    if isinstance(request.routing_exception, RequestRedirect) or is_public_endpoint():
         return
     header = request.headers.get("Authorization")
     if header is not None:
-        _check_bearer(header)
+        _tokens().require(header)
         return
     if not signed_in():
         raise ApiError(
             401,
             "unauthorized",
             "a bearer token (or a dashboard session) is required",
-            headers={"WWW-Authenticate": _CHALLENGE},
+            headers={"WWW-Authenticate": _tokens().challenge},
         )
     if request.method not in _SAFE_METHODS:
         supplied = request.headers.get(CSRF_HEADER, "")
@@ -133,33 +114,7 @@ def _check() -> None:
 def require_bearer() -> None:
     """Admit the request only with a valid operator bearer token, whatever the session: for a
     `@public` view with an access rule of its own (/metrics)."""
-    _check_bearer(request.headers.get("Authorization", ""))
-
-
-def _check_bearer(header: str) -> None:
-    supplied = _bearer(header)
-    if supplied is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "a bearer token is required",
-            headers={"WWW-Authenticate": _CHALLENGE},
-        )
-    if not _tokens().valid(supplied):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "the bearer token is not valid",
-            headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
-        )
-
-
-def _bearer(header: str) -> str | None:
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
+    _tokens().require(request.headers.get("Authorization", ""))
 
 
 # --- the dashboard's session -----------------------------------------------------------------

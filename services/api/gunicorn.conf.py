@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 
+from shared.logs import gunicorn_logconfig
 from shared.settings import load_settings
 
 bind = [load_settings().api_bind]
@@ -27,24 +28,7 @@ control_socket_disable = True
 # one line per request itself (method, route, status, duration, request id) and never headers, so
 # the Authorization header cannot reach a log.
 accesslog = None
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "shared.logs.JsonFormatter", "service": "api"}},
-    "handlers": {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "formatter": "json",
-            "stream": "ext://sys.stderr",
-        },
-        "discard": {"class": "logging.NullHandler"},
-    },
-    "root": {"level": "INFO", "handlers": ["stderr"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["discard"], "propagate": False},
-    },
-}
+logconfig_dict = gunicorn_logconfig("api")
 
 
 # --- /metrics across workers (services/api/metrics.py) ------------------------------------------

@@ -1,8 +1,9 @@
 """`GET /metrics`: the gateway's Prometheus endpoint.
 
 Two sources:
-- HTTP requests, counted by app.py's after_request hook: by method, route (the URL rule, never the
-  path, so that the series stay few) and status, with a latency histogram by method and route.
+- HTTP requests, counted by the request hooks' after_request (shared/web.py, which app.py hands
+  `record_request`): by method, route (the URL rule, never the path, so that the series stay few)
+  and status, with a latency histogram by method and route.
   Gunicorn runs several worker processes, and a scrape is answered by one of them; so under
   gunicorn (gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR) every worker writes its samples to
   files there and a scrape reads them all. Without the variable (the Flask test client) the
@@ -33,12 +34,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from services.api.auth import public, require_bearer
+from services.api.auth import require_bearer
 from shared.adapters.fleet_stats import STATUS_DURATION_BUCKETS, FleetStats, PostgresFleetStats
 from shared.domain.errors import RegistryUnavailable
 from shared.domain.lifecycle import Status
 from shared.reconcile import KINDS
 from shared.settings import Settings
+from shared.web import public
 
 log = logging.getLogger("dark.api")
 

@@ -1,30 +1,26 @@
 """What the gateway accepts and what it shows (DESIGN §6), as marshmallow schemas.
 
-Inputs reject unknown fields. Outputs name exactly the public fields of a record, so a column
-added to Instance (a key, a path, a pubkey) never reaches a response by accident; every output
-field is dump_only because the server owns it. The OpenAPI document is generated from these.
+Inputs reject unknown fields (shared/web.py's StrictSchema). Outputs name exactly the public
+fields of a record, so a column added to Instance (a key, a path, a pubkey) never reaches a
+response by accident; every output field is dump_only because the server owns it. The OpenAPI
+document is generated from these.
 """
 
 import re
 from datetime import UTC
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from shared.domain.errors import InvalidTenantName
 from shared.domain.lifecycle import Status
 from shared.domain.tenants import MAX_TENANT_LENGTH, normalize_tenant
+from shared.web import StrictSchema
 
 MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 50
 TEARDOWN_MODES = ("keep", "retire")
 # Printable ASCII, so the key is stored and compared exactly as the client sent it.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
-
-
-class StrictSchema(Schema):
-    class Meta:
-        # RAISE is marshmallow's default; stated so the contract does not hang on a default.
-        unknown = RAISE
 
 
 class TenantName(fields.String):
@@ -101,6 +97,10 @@ class TeardownQuery(StrictSchema):
 
 class HealRequest(StrictSchema):
     """Heal takes no fields; a body, if sent, must be an empty object."""
+
+
+class TenantsQuery(StrictSchema):
+    """The tenant list takes no parameters."""
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -247,20 +247,6 @@ class TaskState(Schema):
     ready = fields.Boolean(dump_only=True)
 
 
-class Health(Schema):
-    status = fields.String(dump_only=True)
-
-
 class Readiness(Schema):
     postgres = fields.String(dump_only=True)
     redis = fields.String(dump_only=True)
-
-
-class ErrorBody(Schema):
-    code = fields.String(dump_only=True)
-    message = fields.String(dump_only=True)
-    details = fields.Dict(dump_only=True)
-
-
-class ErrorOut(Schema):
-    error = fields.Nested(ErrorBody, dump_only=True)

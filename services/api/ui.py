@@ -25,21 +25,16 @@ from flask import (
     url_for,
 )
 
-from services.api.auth import CSRF_HEADER, csrf_token, public, sign_in, sign_out, signed_in
+from services.api.auth import CSRF_HEADER, csrf_token, sign_in, sign_out, signed_in
 from shared.domain.lifecycle import Status
 from shared.settings import Settings
+from shared.web import PAGE_CONTENT_SECURITY_POLICY, public
 
 log = logging.getLogger("dark.api")
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
 
 STATIC_DIR = Path(__file__).parent / "static" / "ui"
-# Only the page's own files: no inline script or style, no other origin, no framing, and forms
-# post only here. connect-src 'self' keeps the script's calls on the gateway.
-PAGE_CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
 # Where sign-in may send the browser back to: a dashboard path, never another site.
 _LOCAL_NEXT = re.compile(r"/ui/[A-Za-z0-9._~%/?&=+-]*\Z")
 
@@ -56,13 +51,12 @@ def install_ui(app: Flask, settings: Settings) -> None:
 
 @bp.after_request
 def _page_headers(response):
-    headers = response.headers
-    headers["Content-Security-Policy"] = PAGE_CONTENT_SECURITY_POLICY
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["Referrer-Policy"] = "no-referrer"
-    headers["X-Frame-Options"] = "DENY"
-    # Pages carry the CSRF token: never stored. Static files: revalidated, so an update shows.
-    headers["Cache-Control"] = "no-cache" if request.endpoint == "ui.static" else "no-store"
+    # The app's security headers (shared/web.py) add nosniff, no referrer and no framing, and keep
+    # what is set here. connect-src 'self' keeps the page script's calls on the gateway.
+    response.headers["Content-Security-Policy"] = PAGE_CONTENT_SECURITY_POLICY
+    # Pages carry the CSRF token: the app's no-store. Static files: revalidated, so updates show.
+    if request.endpoint == "ui.static":
+        response.headers["Cache-Control"] = "no-cache"
     return response
 
 

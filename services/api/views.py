@@ -1,7 +1,7 @@
 """The gateway's routes (DESIGN §6): decode the request, call one handler, encode the answer.
 
 Commands go through FleetService; reads go to the registry; the live guest view and heal go to the
-guest agent. Errors are raised and leave through services/api/errors.py.
+guest agent. Errors are raised and leave through shared/web.py's handler.
 """
 
 import dataclasses
@@ -14,12 +14,9 @@ from urllib.parse import quote
 from celery import Celery, states
 from flask import Blueprint, current_app, g, request
 from kombu.exceptions import OperationalError
-from marshmallow import ValidationError
 from redis.exceptions import RedisError
-from werkzeug.exceptions import BadRequest, NotFound
+from werkzeug.exceptions import NotFound
 
-from services.api.auth import public
-from services.api.errors import ApiError
 from services.api.schemas import (
     EventList,
     HealReport,
@@ -37,6 +34,7 @@ from services.api.schemas import (
     TaskState,
     TeardownQuery,
     TenantList,
+    TenantsQuery,
 )
 from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
@@ -48,6 +46,7 @@ from shared.domain.tenants import normalize_tenant
 from shared.fleet import FleetService
 from shared.logs import redact
 from shared.ports import FleetRegistry, GuestAgent
+from shared.web import ApiError, json_body, present_headers, public, query_args
 
 log = logging.getLogger("dark.api")
 
@@ -85,8 +84,8 @@ def _gateway() -> Gateway:
 
 @bp.post("/instances")
 def provision():
-    body = ProvisionRequest().load(_json_body())
-    headers = ProvisionHeaders().load(_present_headers("Idempotency-Key"))
+    body = ProvisionRequest().load(json_body())
+    headers = ProvisionHeaders().load(present_headers("Idempotency-Key"))
     instance, task_id = _gateway().fleet.provision(
         body["tenant"], request_key=headers.get("idempotency_key"), request_id=g.request_id
     )
@@ -95,7 +94,7 @@ def provision():
 
 @bp.delete("/instances/<tenant>/<uuid:instance_id>")
 def teardown(tenant: str, instance_id: uuid.UUID):
-    query = TeardownQuery().load(_query_args())
+    query = TeardownQuery().load(query_args())
     # FleetService normalises the tenant and treats another tenant's instance as unknown.
     instance, task_id = _gateway().fleet.teardown(
         tenant, instance_id, mode=query["mode"], request_id=g.request_id
@@ -106,7 +105,7 @@ def teardown(tenant: str, instance_id: uuid.UUID):
 @bp.post("/instances/<tenant>/<uuid:instance_id>/heal")
 def heal(tenant: str, instance_id: uuid.UUID):
     if request.get_data():
-        HealRequest().load(_json_body())
+        HealRequest().load(json_body())
     instance = _owned_instance(tenant, instance_id)
     if instance.status is not Status.READY or not instance.address:
         raise ApiError(
@@ -128,7 +127,7 @@ def heal(tenant: str, instance_id: uuid.UUID):
 def trigger_reconcile():
     """Ask for a reconcile run now. Runs stay one at a time: a run that finds another one going
     records nothing, so a burst of requests cannot overlap runs."""
-    body = ReconcileRequest().load(_json_body()) if request.get_data() else {"dry_run": False}
+    body = ReconcileRequest().load(json_body()) if request.get_data() else {"dry_run": False}
     task_id = send_reconcile(_gateway().producer, trigger="api", dry_run=body["dry_run"])
     log.info("reconcile requested (dry_run=%s)", body["dry_run"])
     return ReconcileAccepted().dump({"task_id": task_id}), 202
@@ -139,13 +138,13 @@ def trigger_reconcile():
 
 @bp.get("/reconcile/runs")
 def reconcile_runs():
-    query = ReconcileRunsQuery().load(_query_args())
+    query = ReconcileRunsQuery().load(query_args())
     return ReconcileRunList().dump({"items": _gateway().runs.latest(query["limit"])})
 
 
 @bp.get("/instances")
 def list_instances():
-    query = ListQuery().load(_query_args())
+    query = ListQuery().load(query_args())
     items, next_cursor = _gateway().registry.list(
         tenant=query.get("tenant"),
         statuses=[query["status"]] if "status" in query else None,
@@ -162,8 +161,7 @@ def list_tenants():
     Tenants with live instances but no directory row (onboarded before the directory existed, or
     rows written by hand) are listed too, as not onboarded.
     """
-    if request.args:
-        raise ValidationError({key: ["Unknown field."] for key in request.args})
+    TenantsQuery().load(query_args())
     gateway = _gateway()
     live = gateway.registry.live_counts()
     records = {record.name: record for record in gateway.tenants.list()}
@@ -260,28 +258,6 @@ def openapi():
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _json_body() -> object:
-    """The parsed JSON body: 415 unless it is declared JSON, 400 unless it parses, 413 if huge."""
-    try:
-        return request.get_json()
-    except BadRequest as exc:
-        raise ApiError(400, "malformed_json", "the request body is not valid JSON") from exc
-    except RecursionError:
-        # Deeply nested arrays are valid JSON that exhausts the decoder.
-        raise ApiError(400, "malformed_json", "the request body nests too deeply") from None
-
-
-def _query_args() -> dict[str, str]:
-    repeated = [key for key in request.args if len(request.args.getlist(key)) > 1]
-    if repeated:
-        raise ValidationError({key: ["given more than once"] for key in repeated})
-    return request.args.to_dict()
-
-
-def _present_headers(*names: str) -> dict[str, str]:
-    return {name: request.headers[name] for name in names if name in request.headers}
 
 
 def _owned_instance(tenant: str, instance_id: uuid.UUID) -> Instance:

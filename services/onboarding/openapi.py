@@ -4,7 +4,7 @@ A test checks that every Flask route is listed here.
 """
 
 from services.onboarding import schemas
-from shared.web import error_refs, json_content, new_openapi_spec, ok_response
+from shared.web import error_refs, json_content, new_openapi_spec
 
 _ERRORS = {
     "400": "the body is not valid JSON (or repeats a key, or holds NaN)",
@@ -81,26 +81,6 @@ def build_openapi() -> dict:
                 "summary": "The onboarding page (HTML); its API calls use the token typed in",
                 "security": [],
                 "responses": {"200": {"description": "text/html"}},
-            }
-        },
-    )
-    spec.path(
-        path="/health",
-        operations={
-            "get": {
-                "summary": "Liveness: the process answers",
-                "security": [],
-                "responses": ok_response("200", schemas.Health, "alive"),
-            }
-        },
-    )
-    spec.path(
-        path="/openapi.json",
-        operations={
-            "get": {
-                "summary": "This document",
-                "security": [],
-                "responses": {"200": {"description": "OpenAPI 3"}},
             }
         },
     )

@@ -192,7 +192,3 @@ class SecretsStatus(Schema):
     updated_at = fields.String(
         dump_only=True, metadata={"description": "ISO-8601 UTC, when this version was stored"}
     )
-
-
-class Health(Schema):
-    status = fields.String(dump_only=True)

@@ -20,17 +20,12 @@ from services.onboarding.schemas import (
 )
 from shared.domain.tenants import normalize_tenant
 from shared.onboarding import Onboarding
-from shared.web import json_body, present_headers, public, query_args
+from shared.web import PAGE_CONTENT_SECURITY_POLICY, json_body, present_headers, public, query_args
 
 bp = Blueprint("onboarding", __name__)
 
 # Forge rows on the page; the API takes up to MAX_FORGES.
 PAGE_FORGE_ROWS = 3
-# The page runs only its own script and talks only to this origin; no inline code, no framing.
-PAGE_CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
 
 
 @dataclasses.dataclass(frozen=True)

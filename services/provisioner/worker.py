@@ -6,13 +6,14 @@ Each task decodes its message, calls the pipeline, and schedules what the pipeli
 import logging
 import uuid
 
-from celery.signals import worker_process_init, worker_ready
+from celery import bootsteps
+from celery.signals import worker_process_init
 
 from shared.adapters.db import make_pool
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.celery_app import MAX_COUNTDOWN_SECS, TASK_PROVISION, TASK_TEARDOWN, make_celery
 from shared.composition import PerProcess, build_worker_context
-from shared.domain.errors import RegistryUnavailable
+from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
 from shared.fleet import CeleryDispatcher
 from shared.logs import configure_logging, request_id_var
 from shared.pipeline import Pipeline, backoff, resume_unfinished
@@ -47,18 +48,35 @@ def _warm_child(**_kwargs) -> None:
     pipeline.get()
 
 
-@worker_ready.connect
-def _resume_unfinished(**_kwargs) -> None:
-    # Messages held by a worker that was killed come back only after the visibility timeout;
-    # resuming every unfinished row now (with fresh tokens) makes a restart converge at once.
-    # This runs in the parent process: only a short-lived Postgres pool, never the cloud SDK
-    # (gRPC objects must not exist in a process that forks replacement children).
-    with make_pool(settings.database_url, max_size=1) as pool:
-        resumed = resume_unfinished(
-            PostgresFleetRegistry(pool),
-            lambda inst, token: dispatcher.send(inst, token, request_id=None),
-        )
-    log.info("resumed %d unfinished instances", resumed)
+class ResumeOnConnect(bootsteps.StartStopStep):
+    """Resume every unfinished row each time the worker connects to the broker: at start-up, and
+    after a lost broker connection (a Redis restart) is re-established.
+
+    Messages held by a worker that was killed come back only after the visibility timeout, and so
+    do the countdowns a worker held when its broker connection broke (Celery drops them from
+    memory; Redis keeps them unacked). Resuming every unfinished row now (with fresh tokens, which
+    make those old messages stale) converges at once. Runs in the parent process: only a
+    short-lived Postgres pool, never the cloud SDK (gRPC objects must not exist in a process that
+    forks replacement children).
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c) -> None:
+        try:
+            with make_pool(settings.database_url, max_size=1) as pool:
+                resumed = resume_unfinished(
+                    PostgresFleetRegistry(pool),
+                    lambda inst, token: dispatcher.send(inst, token, request_id=None),
+                )
+        except (RegistryUnavailable, DispatchUnavailable) as exc:
+            # Never fatal to the worker: reconcile resumes rows whose chain is gone.
+            log.warning("could not resume unfinished instances: %s", exc)
+            return
+        log.info("resumed %d unfinished instances", resumed)
+
+
+app.steps["consumer"].add(ResumeOnConnect)
 
 
 def _run(task, instance_id: str, token: str) -> None:

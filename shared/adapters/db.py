@@ -1,13 +1,18 @@
-"""Postgres connections and schema migrations.
+"""Postgres connections, the one way adapters use them, and schema migrations.
 
 Migrations are the numbered `.sql` files in migrations/, applied in order under an advisory lock so
 that several processes starting at once apply each exactly once.
 """
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+from psycopg.rows import RowFactory, dict_row
 from psycopg_pool import ConnectionPool
+
+from shared.domain.errors import RegistryUnavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _MIGRATION_LOCK = 0x6461726B  # "dark": one advisory-lock key for the whole schema
@@ -30,6 +35,27 @@ def make_pool(
         open=True,
         kwargs={"connect_timeout": 5, **kwargs},
     )
+
+
+@contextlib.contextmanager
+def pooled_cursor(
+    pool: ConnectionPool,
+    unavailable: str,
+    *,
+    row_factory: RowFactory = dict_row,
+    timeout: float | None = None,
+) -> Iterator[psycopg.Cursor]:
+    """A cursor in a transaction of its own: committed at the end, rolled back on an error.
+
+    Postgres not answering (down, the pool's wait for a connection timing out, a statement
+    timeout) leaves as RegistryUnavailable(`unavailable`): the domain never sees psycopg.
+    `timeout` overrides the pool's wait for a connection.
+    """
+    try:
+        with pool.connection(timeout=timeout) as conn, conn.cursor(row_factory=row_factory) as cur:
+            yield cur
+    except psycopg.OperationalError as exc:  # PoolTimeout and QueryCanceled are ones too
+        raise RegistryUnavailable(unavailable) from exc
 
 
 def migrate(database_url: str) -> list[str]:

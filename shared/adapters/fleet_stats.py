@@ -9,11 +9,11 @@ slow database makes a scrape report the database down, never makes it hang.
 
 from dataclasses import dataclass
 
-import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from shared.domain.errors import RegistryUnavailable
+from shared.adapters.db import pooled_cursor
 
 # From a simulated pipeline step (under a second) to a VM kept for a week: upper bounds in seconds.
 STATUS_DURATION_BUCKETS = (
@@ -92,21 +92,23 @@ class PostgresFleetStats:
 
     def snapshot(self) -> FleetStats:
         """The figures now; RegistryUnavailable when Postgres does not answer in time."""
-        try:
-            with self._pool.connection(timeout=QUERY_TIMEOUT_SECS) as conn:
-                # SET LOCAL: the pooled connection goes back with its own timeout.
-                conn.execute(
-                    sql.SQL("SET LOCAL statement_timeout = {}").format(
-                        sql.Literal(QUERY_TIMEOUT_SECS * 1000)
-                    )
+        with pooled_cursor(
+            self._pool,
+            "the registry database did not answer",
+            row_factory=tuple_row,
+            timeout=QUERY_TIMEOUT_SECS,
+        ) as cur:
+            # SET LOCAL: the pooled connection goes back with its own timeout.
+            cur.execute(
+                sql.SQL("SET LOCAL statement_timeout = {}").format(
+                    sql.Literal(QUERY_TIMEOUT_SECS * 1000)
                 )
-                instances = conn.execute(_INSTANCES_BY_STATUS).fetchall()
-                transitions = conn.execute(_TRANSITIONS).fetchall()
-                durations = conn.execute(_STATUS_DURATIONS).fetchall()
-                actions = conn.execute(_RECONCILE_ACTIONS).fetchall()
-                runs = conn.execute(_RECONCILE_RUNS).fetchall()
-        except psycopg.OperationalError as exc:  # also the pool's timeout and statement_timeout
-            raise RegistryUnavailable("the registry database did not answer") from exc
+            )
+            instances = cur.execute(_INSTANCES_BY_STATUS).fetchall()
+            transitions = cur.execute(_TRANSITIONS).fetchall()
+            durations = cur.execute(_STATUS_DURATIONS).fetchall()
+            actions = cur.execute(_RECONCILE_ACTIONS).fetchall()
+            runs = cur.execute(_RECONCILE_RUNS).fetchall()
         return FleetStats(
             instances_by_status=dict(instances),
             transitions={(src, dst): n for src, dst, n in transitions},

@@ -13,20 +13,19 @@ import contextlib
 import dataclasses
 import struct
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from shared.adapters.db import pooled_cursor
 from shared.domain.errors import (
     InstanceNotFound,
     InvalidCursor,
     QuotaExceeded,
-    RegistryUnavailable,
     TransitionConflict,
 )
 from shared.domain.lifecycle import LIVE, Status, check_transition
@@ -235,14 +234,8 @@ class PostgresFleetRegistry:
             for row in rows
         ]
 
-    @contextlib.contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor]:
-        """A cursor in a transaction of its own: committed at the end, rolled back on an error."""
-        try:
-            with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                yield cur
-        except psycopg.OperationalError as exc:  # also the pool's timeout waiting to connect
-            raise RegistryUnavailable("the fleet registry database is unreachable") from exc
+    def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
+        return pooled_cursor(self._pool, "the fleet registry database is unreachable")
 
 
 def _statuses(statuses: Status | Iterable[Status]) -> tuple[Status, ...]:

@@ -5,15 +5,13 @@ clock for every run, so stored runs can be compared with each other (they never 
 """
 
 import contextlib
-from collections.abc import Iterator
 from datetime import UTC
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from shared.domain.errors import RegistryUnavailable
+from shared.adapters.db import pooled_cursor
 
 MAX_LATEST = 100
 _LATEST = (
@@ -58,10 +56,5 @@ class PostgresReconcileRuns:
                 row["finished_at"] = row["finished_at"].astimezone(UTC)
         return rows
 
-    @contextlib.contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor]:
-        try:
-            with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                yield cur
-        except psycopg.OperationalError as exc:  # also the pool's timeout waiting to connect
-            raise RegistryUnavailable("the registry database is unreachable") from exc
+    def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
+        return pooled_cursor(self._pool, "the registry database is unreachable")

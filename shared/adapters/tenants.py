@@ -9,15 +9,13 @@ for tenants that are not onboarded.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from datetime import UTC
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from shared.domain.errors import RegistryUnavailable
+from shared.adapters.db import pooled_cursor
 from shared.domain.onboarding import TenantRecord
 from shared.domain.tenants import normalize_tenant
 
@@ -94,14 +92,8 @@ class PostgresTenantDirectory:
         record = self.get(tenant)
         return record is not None and record.onboarded
 
-    @contextlib.contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor]:
-        """A cursor in a transaction of its own: committed at the end, rolled back on an error."""
-        try:
-            with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                yield cur
-        except psycopg.OperationalError as exc:  # also the pool's timeout waiting to connect
-            raise RegistryUnavailable("the tenant directory database is unreachable") from exc
+    def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
+        return pooled_cursor(self._pool, "the tenant directory database is unreachable")
 
 
 def _record(row: dict) -> TenantRecord:

@@ -1,5 +1,6 @@
 import pytest
 
+from tests.support.browser import browser  # noqa: F401 (a fixture, for the page tests)
 from tests.support.processes import start_simulator
 from tests.support.stack import make_stack
 

@@ -7,29 +7,17 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
+from tests.support.browser import ARTIFACTS, needs_chromium
 from tests.support.onboarding import SUBMITTED, TOKEN, canary, forget_tenants
-from tests.support.processes import ROOT, VENV_BIN, free_port, spawn, stop_process, wait_until
+from tests.support.processes import VENV_BIN, free_port, spawn, stop_process, wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = ROOT / "test-artifacts"
 PREFIX = f"onbpage-{secrets.token_hex(4)}"
 EXPECTED_HTTP_ERROR = "Failed to load resource: the server responded with a status of 4"
 SECRET_INPUTS = ["#claude_oauth_token", "#nks_pat", "#forge-0-token", "#forge-1-token"]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)"
-)
+pytestmark = needs_chromium
 
 
 def tenant_name(label: str) -> str:
@@ -66,16 +54,6 @@ def service(tmp_path_factory, openbao, migrated_database_url, pg_pool):
     finally:
         stop_process(proc)
         forget_tenants(openbao.client(), pg_pool, PREFIX)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -142,7 +120,6 @@ def test_saving_shows_the_status_and_clears_the_secret_inputs(page, service):
         assert page.get_attribute(selector, "type") == "password"
         assert page.get_attribute(selector, "autocomplete") in ("off", "new-password")
     assert all(not text for text in page.locator(".error").all_text_contents())
-    ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "onboarding.png"), full_page=True)
 
     # The page told the truth: the service has version 1 of what was typed in.

@@ -8,31 +8,16 @@ import contextlib
 import re
 import secrets
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN
-from tests.support.processes import ROOT
+from tests.support.browser import ARTIFACTS, needs_chromium
 from tests.support.stack import make_stack, private_database
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = ROOT / "test-artifacts"
 READY_TIMEOUT_MS = 60_000
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install)"),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 # Records every status the row of `id` shows, so the test can tell a live update from a reload.
 WATCH_ROW = """(id) => {
@@ -47,19 +32,6 @@ WATCH_ROW = """(id) => {
   });
   record();
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
