@@ -2,39 +2,36 @@
 
 It speaks dark-agent 0.19.0's guest API as far as it is known (DESIGN §6), quirks included (the init
 answer has no `nks_configured`), and injects the faults the control plane must survive. A VM that is
-gone or refusing has no listener at all, so clients see a real connection refused.
+gone or refusing has no listener at all, so clients see a real connection refused. This module keeps
+the guests' state and faults; the listeners themselves are in sim.agent_http.
 
 Request bodies carry tenant secrets: they are never logged, and no secret is kept beyond what the
 guest itself would hold (its SSH identity); tokens are checked and dropped.
 """
 
 import base64
-import contextlib
+import functools
 import json
 import logging
-import socket
-import socketserver
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Blueprint, request
 
+from sim.agent_http import AGENT_VERSION, GuestServer, Reply, start_listener, stop_listener
+
 log = logging.getLogger(__name__)
 
-AGENT_VERSION = "0.19.0"
 CLAUDE_TOKEN_PREFIX = "sk-ant-oat01-"
 BUNDLE_FORMAT = "dark-agent-bundle/1"
 FAULT_MODES = ("unavailable", "refuse", "garbage", "oversize", "error500", "hang")
 CALLS = ("init", "claude", "export", "import", "health", "heal")
 MAX_HANG_SECS = 30.0  # longer than any sane client timeout, short enough to not pile up threads
-MAX_REQUEST_BYTES = 1 << 20
-OVERSIZE_BYTES = 8 << 20
 _ENDPOINTS = {
     ("GET", "/health"): "health",
     ("GET", "/heal"): "heal",
@@ -141,7 +138,7 @@ class _Guest:
     vm_id: str
     address: str
     boot_at: float  # time.monotonic()
-    server: "_GuestServer | None" = None
+    server: GuestServer | None = None
     identity: _Identity | None = None
     initialised: bool = False
     imported: bool = False
@@ -157,13 +154,6 @@ class _Guest:
             "claude_configured": self.claude_configured,
             "ssh_pubkey": self.identity.ssh_pubkey if self.identity else None,
         }
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: object = None
-    oversize: bool = False
 
 
 class GuestFleet:
@@ -224,23 +214,13 @@ class GuestFleet:
                         log.exception("guest %s: cannot listen on %s", guest.vm_id, guest.address)
 
     def _start_listener(self, guest: _Guest) -> None:
-        server = _GuestServer((guest.address, self._port), _GuestHandler)
-        server.fleet, server.vm_id = self, guest.vm_id
-        threading.Thread(
-            target=server.serve_forever, name=f"guest-{guest.vm_id}", daemon=True
-        ).start()
-        guest.server = server
+        answer = functools.partial(self.answer, guest.vm_id)
+        guest.server = start_listener(guest.vm_id, guest.address, self._port, answer)
 
     def _stop_listener(self, guest: _Guest) -> None:
         server, guest.server = guest.server, None
-        if server is None:
-            return
-        # Shutting the listening socket down refuses new connections at once and wakes the
-        # serve loop, so shutdown() does not wait out its poll interval.
-        with contextlib.suppress(OSError):
-            server.socket.shutdown(socket.SHUT_RDWR)
-        server.shutdown()
-        server.server_close()
+        if server is not None:
+            stop_listener(server)
 
     # --- faults -------------------------------------------------------------------------------
 
@@ -283,7 +263,7 @@ class GuestFleet:
 
     # --- the guest API ------------------------------------------------------------------------
 
-    def answer(self, vm_id: str, method: str, path: str, body: bytes) -> _Reply | None:
+    def answer(self, vm_id: str, method: str, path: str, body: bytes) -> Reply | None:
         """The reply to one guest API request; None means drop the connection unanswered."""
         call = _ENDPOINTS.get((method, path.split("?", 1)[0]))
         fault = self._active_fault(vm_id)
@@ -303,38 +283,38 @@ class GuestFleet:
                 )
             return reply
 
-    def _reply(self, guest: _Guest, call: str | None, fault: _Fault | None, body: bytes) -> _Reply:
+    def _reply(self, guest: _Guest, call: str | None, fault: _Fault | None, body: bytes) -> Reply:
         if fault and fault.mode == "unavailable":
-            return _Reply(503, {"error": "unavailable"})
+            return Reply(503, {"error": "unavailable"})
         if fault and fault.mode == "error500":
-            return _Reply(500, {"error": "internal error"})
+            return Reply(500, {"error": "internal error"})
         if fault and fault.mode == "garbage":
-            return _Reply(200, _GARBAGE)
+            return Reply(200, _GARBAGE)
         if fault and fault.mode == "oversize":
-            return _Reply(200, oversize=True)
+            return Reply(200, oversize=True)
         if time.monotonic() < guest.boot_at:
-            return _Reply(503, {"error": "booting"})
+            return Reply(503, {"error": "booting"})
         if call is None:
-            return _Reply(404, {"error": "not found"})
+            return Reply(404, {"error": "not found"})
         try:
             payload = _json_body(body) if call in ("init", "claude", "import") else {}
             return getattr(self, f"_{call}")(guest, payload)
         except _Malformed as exc:
-            return _Reply(400, {"error": str(exc)})
+            return Reply(400, {"error": str(exc)})
 
-    def _health(self, guest: _Guest, _: dict) -> _Reply:
+    def _health(self, guest: _Guest, _: dict) -> Reply:
         uptime = int(time.monotonic() - guest.boot_at)
-        return _Reply(200, {"status": "ok", "version": AGENT_VERSION, "uptime_secs": uptime})
+        return Reply(200, {"status": "ok", "version": AGENT_VERSION, "uptime_secs": uptime})
 
-    def _heal(self, guest: _Guest, _: dict) -> _Reply:
+    def _heal(self, guest: _Guest, _: dict) -> Reply:
         checks = {
             "ssh_identity": "ok" if guest.identity else "missing",
             "forges": "ok" if guest.identity and guest.identity.forges else "not configured",
             "claude": "ok" if guest.claude_configured else "not configured",
         }
-        return _Reply(200, {"status": "healthy", "actions": [], "checks": checks})
+        return Reply(200, {"status": "healthy", "actions": [], "checks": checks})
 
-    def _init(self, guest: _Guest, payload: dict) -> _Reply:
+    def _init(self, guest: _Guest, payload: dict) -> Reply:
         forges, nks_pat = payload.get("forges"), payload.get("nks_pat")
         if not isinstance(forges, list) or not all(
             isinstance(f, dict) and all(_nonempty_str(f.get(k)) for k in ("name", "host", "token"))
@@ -347,26 +327,26 @@ class GuestFleet:
         guest.identity = _Identity(Ed25519PrivateKey.generate(), registrations, bool(nks_pat))
         guest.initialised = True
         # 0.19.0 does not report nks_configured here.
-        return _Reply(200, {"ssh_pubkey": guest.identity.ssh_pubkey, "forges": registrations})
+        return Reply(200, {"ssh_pubkey": guest.identity.ssh_pubkey, "forges": registrations})
 
-    def _claude(self, guest: _Guest, payload: dict) -> _Reply:
+    def _claude(self, guest: _Guest, payload: dict) -> Reply:
         token = payload.get("oauth_token")
         if not isinstance(token, str) or not token.startswith(CLAUDE_TOKEN_PREFIX):
             raise _Malformed("claude token rejected: not a Claude OAuth token")
         if guest.identity is None:
-            return _Reply(409, {"error": "not initialised"})
+            return Reply(409, {"error": "not initialised"})
         guest.claude_configured = True
-        return _Reply(200, {"claude_configured": True})
+        return Reply(200, {"claude_configured": True})
 
-    def _export(self, guest: _Guest, _: dict) -> _Reply:
+    def _export(self, guest: _Guest, _: dict) -> Reply:
         if guest.identity is None:
-            return _Reply(409, {"error": "not initialised"})
-        return _Reply(200, {"bundle": guest.identity.bundle()})
+            return Reply(409, {"error": "not initialised"})
+        return Reply(200, {"bundle": guest.identity.bundle()})
 
-    def _import(self, guest: _Guest, payload: dict) -> _Reply:
+    def _import(self, guest: _Guest, payload: dict) -> Reply:
         guest.identity = _Identity.from_bundle(payload.get("bundle"))
         guest.imported = True
-        return _Reply(
+        return Reply(
             200, {"ssh_pubkey": guest.identity.ssh_pubkey, "forges": guest.identity.forges}
         )
 
@@ -435,66 +415,3 @@ def _json_body(body: bytes) -> dict:
     if not isinstance(payload, dict):
         raise _Malformed("expected a JSON object")
     return payload
-
-
-class _GuestServer(ThreadingHTTPServer):
-    daemon_threads = True
-    fleet: GuestFleet
-    vm_id: str
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the address with getfqdn(): a reverse-DNS lookup per VM
-        # that can stall for seconds on a machine without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-
-class _GuestHandler(BaseHTTPRequestHandler):
-    """HTTP/1.0, one request per connection: a closed listener then refuses the very next call."""
-
-    server: _GuestServer
-    timeout = 30  # a stalled client must not pin a thread forever
-    server_version = f"dark-agent/{AGENT_VERSION}"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        length = self.headers.get("Content-Length", "0")
-        if not length.isdigit() or int(length) > MAX_REQUEST_BYTES:
-            self._send(_Reply(413, {"error": "request body too large"}))
-            return
-        body = self.rfile.read(int(length))
-        reply = self.server.fleet.answer(self.server.vm_id, self.command, self.path, body)
-        if reply is None:
-            self.close_connection = True
-        elif reply.oversize:
-            self._send_oversize()
-        else:
-            self._send(reply)
-
-    do_POST = do_GET
-
-    def _send(self, reply: _Reply) -> None:
-        data = json.dumps(reply.body).encode()
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _send_oversize(self) -> None:
-        """Valid JSON of several MB and no Content-Length: only a bounded read stops it."""
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        chunk = b"A" * 65536
-        try:
-            self.wfile.write(b'{"ssh_pubkey": "ssh-ed25519 ')
-            for _ in range(OVERSIZE_BYTES // len(chunk)):
-                self.wfile.write(chunk)
-            self.wfile.write(b' dark-agent"}')
-        except OSError:
-            pass  # the client stopped reading, as it should
-
-    def log_message(self, format: str, *args: object) -> None:
-        # The request line only (method, path, status): bodies are never logged.
-        log.debug("guest %s: " + format, self.server.vm_id, *args)
