@@ -32,10 +32,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _port_of(bind: str) -> int:
-    return int(bind.rpartition(":")[2])
-
-
 def _wait(what: str, check, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

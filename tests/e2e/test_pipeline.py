@@ -184,27 +184,20 @@ def test_rejected_claude_token_fails_with_the_guests_message(stack):
     assert failed["reason"].startswith("claude token rejected by the guest:")
 
 
-def test_resource_exhausted_for_a_while_is_retried_to_ready(stack):
-    tenant = tenant_name("quota")
+@pytest.mark.parametrize(
+    "fault",
+    [
+        # quota errors arrive inside the finished operation...
+        {"method": "Create", "code": "RESOURCE_EXHAUSTED", "where": "operation", "count": 2},
+        # ...an outage on the RPC itself
+        {"method": "Create", "code": "UNAVAILABLE", "where": "rpc", "seconds": 3},
+    ],
+    ids=["resource_exhausted_in_operation", "unavailable_on_rpc"],
+)
+def test_transient_cloud_errors_for_a_while_are_retried_to_ready(stack, fault):
+    tenant = tenant_name("transient")
     stack.onboard(tenant)
-    stack.sim.admin(
-        "POST",
-        "/cloud/faults",
-        json={"method": "Create", "code": "RESOURCE_EXHAUSTED", "where": "operation", "count": 2},
-    )
-    inst = stack.provision(tenant)
-    stack.wait_status(tenant, inst["id"], "ready", timeout=60)
-    assert len(live_vms(stack, inst["vm_name"])) == 1
-
-
-def test_unavailable_on_the_rpc_for_a_while_is_retried_to_ready(stack):
-    tenant = tenant_name("unavail")
-    stack.onboard(tenant)
-    stack.sim.admin(
-        "POST",
-        "/cloud/faults",
-        json={"method": "Create", "code": "UNAVAILABLE", "where": "rpc", "seconds": 3},
-    )
+    stack.sim.admin("POST", "/cloud/faults", json=fault)
     inst = stack.provision(tenant)
     stack.wait_status(tenant, inst["id"], "ready", timeout=60)
     assert len(live_vms(stack, inst["vm_name"])) == 1
