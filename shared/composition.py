@@ -4,7 +4,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from shared.adapters.db import make_pool
+from shared.adapters.db import make_lock_pool, make_pool
 from shared.domain.errors import CloudError
 from shared.settings import Settings
 
@@ -53,7 +53,7 @@ def build_worker_context(settings: Settings) -> WorkerContext:
                 vault, mount=settings.vault_transit_mount, key_name=settings.bundle_key_name
             ),
         ),
-        locks=PostgresLocks(pool),
+        locks=PostgresLocks(make_lock_pool(settings.database_url)),
     )
 
 

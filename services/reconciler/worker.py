@@ -38,14 +38,14 @@ class _Peers:
 
 def _connect() -> _Peers:
     # Imported here: beat loads this module too and needs neither Postgres nor the YC SDK.
-    from shared.adapters.db import make_pool
+    from shared.adapters.db import make_lock_pool, make_pool
     from shared.adapters.locks import PostgresLocks
     from shared.adapters.registry import PostgresFleetRegistry
     from shared.adapters.runs import PostgresReconcileRuns
     from shared.adapters.tenants import PostgresTenantDirectory
     from shared.adapters.yc import YcCompute
 
-    # One connection holds the run's lock, one an instance's lock, the rest serve queries.
+    # Queries only: the locks (the run's, an instance's) hold connections of their own.
     pool = make_pool(settings.database_url, max_size=4)
     compute = YcCompute.from_settings(settings)
     compute.warm()
@@ -53,7 +53,7 @@ def _connect() -> _Peers:
         registry=PostgresFleetRegistry(pool),
         compute=compute,
         runs=PostgresReconcileRuns(pool),
-        locks=PostgresLocks(pool),
+        locks=PostgresLocks(make_lock_pool(settings.database_url)),
         tenants=PostgresTenantDirectory(pool),
     )
 

@@ -37,6 +37,17 @@ def make_pool(
     )
 
 
+def make_lock_pool(database_url: str, *, max_size: int = 2) -> ConnectionPool:
+    """Connections for PostgresLocks only, autocommit from creation.
+
+    A lock's connection is held for a whole step, and a session lock must never share a
+    connection with the registry's transactions: locks get a pool of their own, never the one
+    that serves queries. One process holds at most two locks at once (a step's instance lock and
+    the tenant-init lock inside it; reconcile's run lock and an instance lock).
+    """
+    return make_pool(database_url, min_size=1, max_size=max_size, autocommit=True)
+
+
 @contextlib.contextmanager
 def pooled_cursor(
     pool: ConnectionPool,
@@ -47,12 +58,18 @@ def pooled_cursor(
 ) -> Iterator[psycopg.Cursor]:
     """A cursor in a transaction of its own: committed at the end, rolled back on an error.
 
+    The transaction is explicit, so it holds whatever mode the pooled connection is in.
+
     Postgres not answering (down, the pool's wait for a connection timing out, a statement
     timeout) leaves as RegistryUnavailable(`unavailable`): the domain never sees psycopg.
     `timeout` overrides the pool's wait for a connection.
     """
     try:
-        with pool.connection(timeout=timeout) as conn, conn.cursor(row_factory=row_factory) as cur:
+        with (
+            pool.connection(timeout=timeout) as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=row_factory) as cur,
+        ):
             yield cur
     except psycopg.OperationalError as exc:  # PoolTimeout and QueryCanceled are ones too
         raise RegistryUnavailable(unavailable) from exc
