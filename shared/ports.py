@@ -73,11 +73,17 @@ class FleetRegistry(Protocol):
         """
 
     def update(
-        self, instance_id: uuid.UUID, expected: Status | Iterable[Status], **fields: object
+        self,
+        instance_id: uuid.UUID,
+        expected: Status | Iterable[Status],
+        *,
+        expected_token: uuid.UUID | None = None,
+        **fields: object,
     ) -> Instance:
         """Set fields while the row is still in `expected`, bumping `updated_at` (progress).
 
-        With no fields it only records progress. TransitionConflict if the status moved on,
+        With no fields it only records progress. With `expected_token`, the row's wake token must
+        also still be that one. TransitionConflict if the status (or the token) moved on,
         InstanceNotFound if there is no such row.
         """
 

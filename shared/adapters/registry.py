@@ -1,8 +1,10 @@
 """The fleet registry on Postgres: one `instances` row per VM, and its `instance_events` log.
 
-Each method runs in one transaction of its own, so a status change and its event commit together or
-not at all. Status changes are compare-and-set under a row lock: of several actors moving one row
-from the same status, exactly one wins and the others get TransitionConflict.
+Each method runs in one transaction of its own. Every write that depends on the status is one
+statement (see `_write_statement`): it locks the row, checks the status in its WHERE and, for a
+transition, appends the event, so a status change and its event commit together or not at all,
+and nothing another actor commits can fall between the check and the write. Of several actors
+moving one row from the same status, exactly one wins and the others get TransitionConflict.
 """
 
 # Lazy annotations: inside the class, `list` names the method; `list[...]` must stay the builtin.
@@ -190,20 +192,52 @@ class PostgresFleetRegistry:
         for current in expected:
             check_transition(current, target)
         values = {**_settable(fields), "reason": reason, "status": target.value}
-        with self._cursor() as cur:
-            previous = _lock_in(cur, instance_id, expected)
-            row = _update(cur, instance_id, values)
-            _append_event(cur, instance_id, previous, target, reason)
-        return _instance(row)
+        return self._write(instance_id, expected, values, log_event=True)
 
     def update(
-        self, instance_id: uuid.UUID, expected: Status | Iterable[Status], **fields: object
+        self,
+        instance_id: uuid.UUID,
+        expected: Status | Iterable[Status],
+        *,
+        expected_token: uuid.UUID | None = None,
+        **fields: object,
     ) -> Instance:
-        expected = _expected(expected)
-        values = _settable(fields)
+        return self._write(
+            instance_id, _expected(expected), _settable(fields), expected_token=expected_token
+        )
+
+    def _write(
+        self,
+        instance_id: uuid.UUID,
+        expected: tuple[Status, ...],
+        values: dict[str, object],
+        *,
+        log_event: bool = False,
+        expected_token: uuid.UUID | None = None,
+    ) -> Instance:
+        """Compare-and-set in one statement: the row's status (and token) checked, the fields
+        set, and for a transition its event appended. Nothing can commit in between."""
+        params = {
+            **values,
+            "instance_id": instance_id,
+            "expected": [status.value for status in expected],
+            "expected_token": expected_token,
+        }
         with self._cursor() as cur:
-            _lock_in(cur, instance_id, expected)
-            row = _update(cur, instance_id, values)
+            row = cur.execute(
+                _write_statement(values, log_event, expected_token), params
+            ).fetchone()
+        if row is None:
+            raise InstanceNotFound(f"no instance {instance_id}", instance_id=str(instance_id))
+        if row["id"] is None:
+            current = Status(row["current_status"])
+            wanted = " or ".join(status.value for status in expected)
+            if current in expected:  # only the token can have failed the check
+                message = f"instance {instance_id} has moved on to another wake token"
+            else:
+                message = f"instance {instance_id} is {current.value}, not {wanted}"
+            raise TransitionConflict(message, instance_id=str(instance_id), current=current.value)
+        del row["current_status"], row["previous_status"]
         return _instance(row)
 
     def note(self, instance_id: uuid.UUID, reason: str) -> None:
@@ -263,38 +297,47 @@ def _settable(fields: dict[str, object]) -> dict[str, object]:
     return dict(fields)
 
 
-def _lock_in(cur: psycopg.Cursor, instance_id: uuid.UUID, expected: tuple[Status, ...]) -> Status:
-    """The row's status, locked until commit, if it is one of `expected`.
+def _write_statement(
+    values: dict[str, object], log_event: bool, expected_token: uuid.UUID | None
+) -> sql.Composed:
+    """One statement that locks the row, checks it, updates it and (for a transition) logs it.
 
-    A racing writer waits here for the lock and then reads the status the winner left.
+    `locked` takes the row lock first, so the update and the event see the status it was moved from;
+    the outer join still returns that status when the check fails, to tell a conflict from a
+    missing row. A racing writer waits on the row lock and then sees the winner's status.
     """
-    row = cur.execute(
-        "SELECT status FROM instances WHERE id = %s FOR UPDATE", (instance_id,)
-    ).fetchone()
-    if row is None:
-        raise InstanceNotFound(f"no instance {instance_id}", instance_id=str(instance_id))
-    current = Status(row["status"])
-    if current not in expected:
-        raise TransitionConflict(
-            f"instance {instance_id} is {current.value}, not "
-            f"{' or '.join(status.value for status in expected)}",
-            instance_id=str(instance_id),
-            current=current.value,
-        )
-    return current
-
-
-def _update(cur: psycopg.Cursor, instance_id: uuid.UUID, values: dict[str, object]) -> dict:
     assignments = [sql.SQL("updated_at = now()")]
     if "status" in values:
         assignments.append(sql.SQL("status_changed_at = now()"))
     assignments += [
         sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in values
     ]
-    query = sql.SQL("UPDATE instances SET {} WHERE id = %(instance_id)s RETURNING {}").format(
-        sql.SQL(", ").join(assignments), _COLUMNS
+    checks = [sql.SQL("locked.status = ANY(%(expected)s)")]
+    if expected_token is not None:
+        checks.append(sql.SQL("locked.wake_token = %(expected_token)s"))
+    event = sql.SQL(
+        ", logged AS (INSERT INTO instance_events (instance_id, from_status, to_status, reason)"
+        " SELECT id, previous_status, status, reason FROM moved)"
+        if log_event
+        else ""
     )
-    return cur.execute(query, {**values, "instance_id": instance_id}).fetchone()
+    return sql.SQL(
+        "WITH locked AS ("
+        "SELECT id, status, wake_token FROM instances WHERE id = %(instance_id)s FOR UPDATE"
+        "), moved AS ("
+        "UPDATE instances AS i SET {assignments} FROM locked"
+        " WHERE i.id = locked.id AND {checks}"
+        " RETURNING {columns}, locked.status AS previous_status"
+        "){event} "
+        "SELECT locked.status AS current_status, moved.* FROM locked LEFT JOIN moved ON TRUE"
+    ).format(
+        assignments=sql.SQL(", ").join(assignments),
+        checks=sql.SQL(" AND ").join(checks),
+        columns=sql.SQL(", ").join(
+            sql.Identifier("i", field.name) for field in dataclasses.fields(Instance)
+        ),
+        event=event,
+    )
 
 
 def _append_event(

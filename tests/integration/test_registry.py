@@ -404,6 +404,19 @@ def test_update_after_the_status_moved_on_is_a_conflict(registry, tenant):
     assert registry.get(instance.id) == moved
 
 
+def test_update_with_an_expected_token_writes_only_while_the_row_still_has_it(registry, tenant):
+    instance, _ = registry.create(tenant)
+    carried, fresh = instance.wake_token, uuid.uuid4()
+
+    moved_on = registry.update(instance.id, S.PENDING, expected_token=carried, wake_token=fresh)
+    assert moved_on.wake_token == fresh
+
+    with pytest.raises(TransitionConflict) as conflict:
+        registry.update(instance.id, S.PENDING, expected_token=carried, wake_token=uuid.uuid4())
+    assert conflict.value.details["current"] == "pending"
+    assert registry.get(instance.id) == moved_on
+
+
 # --- listing --------------------------------------------------------------------------------
 
 
