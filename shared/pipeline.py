@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from celery.utils.time import get_exponential_backoff_interval
+
 from shared.domain.errors import (
     BundleBackendUnavailable,
     CloudConflict,
@@ -46,7 +48,13 @@ def managed_labels(deployment: str) -> dict[str, str]:
 
 
 def backoff(attempt: int) -> float:
-    return min(MAX_BACKOFF_SECS, 2.0 ** max(0, attempt))
+    """Seconds before retry `attempt`: anywhere from 0 to min(cap, 2^attempt) (full jitter), so
+    that the workers retrying after one outage do not all come back at the same moment."""
+    return float(
+        get_exponential_backoff_interval(
+            factor=1, retries=max(0, attempt), maximum=int(MAX_BACKOFF_SECS), full_jitter=True
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -340,8 +348,13 @@ class Pipeline:
         log.info("%s → %s", instance.status, target, extra={"instance_id": instance.id})
 
     def _wait(self, instance: Instance, delay: float) -> Step:
+        # Compared with the token this chain carried, not only the status: if the instance lock
+        # vanished with its connection mid-step, two chains could both be here, and only one may
+        # continue.
         token = uuid.uuid4()
-        self.registry.update(instance.id, instance.status, wake_token=token)
+        self.registry.update(
+            instance.id, instance.status, expected_token=instance.wake_token, wake_token=token
+        )
         return Step(delay=delay, token=token)
 
     def _fail(self, instance: Instance, reason: str) -> Step:
