@@ -14,14 +14,16 @@ import uuid
 
 import pytest
 
-from shared.adapters.bundles import EnvelopeBundleStore
+from shared.adapters.bundles import EnvelopeBundleStore, PostgresBundleRemover
 from shared.adapters.guest import HttpGuestAgent
 from shared.adapters.locks import PostgresLocks
 from shared.adapters.registry import PostgresFleetRegistry
+from shared.adapters.tenants import PostgresTenantDirectory
 from shared.adapters.vault import HvacTenantSecrets, TransitKeys, vault_client
 from shared.adapters.yc import YcCompute
 from shared.domain.lifecycle import Status
 from shared.domain.secrets import ForgeCredential, Secret, TenantSecrets
+from shared.onboarding import Onboarding
 from shared.pipeline import Pipeline
 from shared.settings import load_settings
 
@@ -281,3 +283,91 @@ def test_a_guest_answering_health_badly_past_the_boot_timeout_fails_with_a_reaso
     assert row.status is Status.FAILED
     assert "within 3 s" in row.reason and "HTTP 500" in row.reason, row.reason
     assert "init" not in harness.guest_calls(row.provider_id)
+
+
+class PutNeverReturns:
+    """A bundle store whose `put` always dies: the worker is killed and nothing redelivers."""
+
+    def __init__(self, bundles) -> None:
+        self._bundles = bundles
+        self.killed = False
+
+    def __getattr__(self, name):
+        return getattr(self._bundles, name)
+
+    def put(self, tenant, bundle):
+        self.killed = True
+        raise WorkerKilled()
+
+
+def request_teardown(registry, instance_id, mode: str = "keep"):
+    row = registry.get(instance_id)
+    return registry.transition(
+        row.id,
+        row.status,
+        Status.TEARING_DOWN,
+        "teardown requested",
+        teardown_mode=mode,
+        wake_token=uuid.uuid4(),
+    )
+
+
+def test_a_teardown_mid_init_keeps_the_identity_the_guest_holds(harness):
+    tenant = tenant_name("midinit")
+    harness.onboard(tenant)
+    first, _ = harness.registry.create(tenant)
+    dying = PutNeverReturns(harness.bundles)
+    row = Driver(harness.pipeline(bundles=dying), first.id).run(until=lambda _: dying.killed)
+    assert row.status is Status.INITIALIZING and harness.bundles.get(tenant) is None
+    made = harness.guest_view(row.provider_id)["ssh_pubkey"]
+
+    request_teardown(harness.registry, first.id)
+    retired = Driver(harness.pipeline(), first.id).run()
+    assert retired.status is Status.RETIRED, retired.reason
+
+    second, _ = harness.registry.create(tenant)
+    second_row = Driver(harness.pipeline(), second.id).run()
+    assert second_row.status is Status.READY, second_row.reason
+    assert "init" not in harness.guest_calls(second_row.provider_id)
+    assert second_row.ssh_pubkey == made
+
+
+def test_a_tenant_offboarded_then_onboarded_again_gets_a_new_identity(harness):
+    tenant = tenant_name("reuse")
+    harness.onboard(tenant)
+    old, _ = harness.registry.create(tenant)
+    old_row = Driver(harness.pipeline(), old.id).run()
+    assert old_row.status is Status.READY, old_row.reason
+    request_teardown(harness.registry, old.id)
+    assert Driver(harness.pipeline(), old.id).run().status is Status.RETIRED
+
+    onboarding = Onboarding(
+        harness.secrets,
+        PostgresTenantDirectory(harness.pool),
+        harness.registry,
+        PostgresBundleRemover(harness.pool),
+    )
+    onboarding.offboard(tenant)
+    assert harness.bundles.get(tenant) is None
+    harness.onboard(tenant)
+
+    new, _ = harness.registry.create(tenant)
+    new_row = Driver(harness.pipeline(), new.id).run()
+    assert new_row.status is Status.READY, new_row.reason
+    assert harness.guest_calls(new_row.provider_id).count("init") == 1
+    assert new_row.ssh_pubkey != old_row.ssh_pubkey
+
+
+def test_a_claim_whose_owner_failed_before_storing_anything_is_taken_over(harness):
+    tenant = tenant_name("takeover")
+    harness.onboard(tenant)
+    gone, _ = harness.registry.create(tenant)
+    assert harness.bundles.claim(tenant, gone.id) == (gone.id, True)
+    harness.registry.transition(gone.id, Status.PENDING, Status.FAILED, "test: failed mid-init")
+
+    instance, _ = harness.registry.create(tenant)
+    row = Driver(harness.pipeline(), instance.id).run()
+    assert row.status is Status.READY, row.reason
+    assert harness.guest_calls(row.provider_id).count("init") == 1
+    assert harness.bundles.claim(tenant, gone.id) == (instance.id, False)
+    assert harness.bundles.get(tenant) is not None
