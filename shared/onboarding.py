@@ -16,13 +16,15 @@ log = logging.getLogger("dark.onboarding")
 
 
 class Onboarding:
-    """`secrets` is a TenantSecretStore, `tenants` a PostgresTenantDirectory, and `fleet` anything
-    with `count_live(tenant)` (the fleet registry)."""
+    """`secrets` is a TenantSecretStore, `tenants` a PostgresTenantDirectory, `fleet` anything
+    with `count_live(tenant)` (the fleet registry), and `bundles` anything with `delete(tenant)`
+    that removes the tenant's bundle and identity claim."""
 
-    def __init__(self, secrets, tenants, fleet) -> None:
+    def __init__(self, secrets, tenants, fleet, bundles) -> None:
         self._secrets = secrets
         self._tenants = tenants
         self._fleet = fleet
+        self._bundles = bundles
 
     def store(
         self, tenant: str, secrets: TenantSecrets, *, expected_version: int | None = None
@@ -73,7 +75,8 @@ class Onboarding:
         return presence
 
     def offboard(self, tenant: str, *, force: bool = False) -> None:
-        """Remove the tenant's secrets; refused while it has live instances unless `force`.
+        """Remove the tenant's secrets and its bundle (DESIGN §7: a name reused later starts a new
+        identity); refused while it has live instances unless `force`.
 
         The directory is marked first, so that a failure in between leaves the tenant refused by
         the gateway (with its secrets still in Vault, removed by a retry) rather than accepted with
@@ -89,5 +92,6 @@ class Onboarding:
                 live_instances=live,
             )
         self._tenants.record_offboarded(tenant)
+        self._bundles.delete(tenant)
         self._secrets.delete(tenant)
         log.info("tenant offboarded (live instances: %d)", live, extra={"tenant": tenant})

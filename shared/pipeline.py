@@ -20,16 +20,15 @@ from shared.domain.errors import (
     CloudError,
     CloudPermanent,
     CloudTransient,
-    GuestCredentialsError,
-    GuestUnavailable,
-    GuestUnreachable,
-    GuestValidation,
+    DomainError,
+    GuestError,
     SecretsBackendUnavailable,
     SecretsMissing,
     TransitionConflict,
 )
 from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import Instance, VmSpec
+from shared.identity import GuestStepFailed, Provided, TenantIdentity, guest_call
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
 from shared.settings import Settings
 
@@ -41,6 +40,8 @@ GUEST_POLL_SECS = 2.0
 LOCK_BUSY_SECS = 1.0
 BACKEND_RETRY_SECS = 5.0
 MAX_BACKOFF_SECS = 30.0
+# How long a teardown tries to keep the identity of a guest that answers nothing (see _salvaged).
+SALVAGE_SECS = 60.0
 
 
 def managed_labels(deployment: str) -> dict[str, str]:
@@ -77,39 +78,6 @@ class _Continue(Exception):
     """Internal: the row moved forward, run the next step now."""
 
 
-class _GuestStepFailed(Exception):
-    """Internal: a credentials call failed for good; `reason` is what the row will say."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-_REJECTED = {
-    "init": "the guest rejected the tenant's credentials",
-    "claude": "claude token rejected by the guest",
-    "export": "the guest could not export the bundle",
-    "import": "the guest rejected the tenant's bundle",
-}
-
-
-def _guest_call(what: str, call, *args):
-    """Run one credentials call; permanent guest errors become a reason naming the call."""
-    try:
-        return call(*args)
-    except GuestValidation as exc:
-        raise _GuestStepFailed(f"{_REJECTED[what]}: {_guest_detail(exc)}") from None
-    except GuestCredentialsError as exc:
-        raise _GuestStepFailed(f"guest credentials error during {what}: {exc}") from None
-
-
-def _guest_detail(exc: GuestValidation) -> str:
-    # The guest's own text usually repeats "claude token rejected: ..."; keep only what it adds.
-    text = str(exc)
-    prefix = "claude token rejected: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
-
-
 class Pipeline:
     def __init__(
         self,
@@ -131,6 +99,7 @@ class Pipeline:
         self.locks = locks
         self.settings = settings
         self.clock = clock
+        self.identity = TenantIdentity(guest=guest, bundles=bundles, registry=registry)
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -267,25 +236,19 @@ class Pipeline:
                 secrets = self.secrets.read(instance.tenant)
             except SecretsMissing:
                 return self._fail(instance, "tenant not onboarded")
-            bundle = self.bundles.get(instance.tenant)
-            if bundle is None:
-                with self.locks.hold(f"tenant-init:{instance.tenant}") as taken:
-                    if not taken:
-                        return self._wait(instance, GUEST_POLL_SECS)
-                    # Checked again under the lock: a concurrent first provision may have won.
-                    bundle = self.bundles.get(instance.tenant)
-                    if bundle is None:
-                        identity = _guest_call("init", self.guest.init, address, secrets)
-                        _guest_call("claude", self.guest.claude, address, secrets)
-                        exported = _guest_call("export", self.guest.export, address)
-                        self.bundles.put(instance.tenant, exported)
-                        return self._ready(instance, identity, "init")
-            identity = _guest_call("import", self.guest.import_bundle, address, bundle)
-            _guest_call("claude", self.guest.claude, address, secrets)
-            return self._ready(instance, identity, "import")
-        except (GuestUnreachable, GuestUnavailable) as exc:
+            provided = self.identity.provide(instance, secrets)
+            if provided is None:
+                # Another instance is creating the tenant's identity: import it once stored.
+                return self._wait(instance, GUEST_POLL_SECS)
+            guest_call("claude", self.guest.claude, address, secrets)
+            return self._ready(instance, provided)
+        except GuestError as exc:
+            # Unreachable, 503, or a health answer that is not one (500, not JSON, oversized):
+            # the guest is not ready yet. Other calls' permanent errors are GuestStepFailed.
             if waited > boot_timeout:
-                return self._fail(instance, f"guest did not come up within {int(boot_timeout)} s")
+                return self._fail(
+                    instance, f"guest did not come up within {int(boot_timeout)} s: {exc}"
+                )
             log.info("guest not ready: %s", exc, extra={"instance_id": instance.id})
             return self._wait(instance, GUEST_POLL_SECS)
         except (SecretsBackendUnavailable, BundleBackendUnavailable) as exc:
@@ -294,19 +257,20 @@ class Pipeline:
                 "credentials backend unavailable: %s", exc, extra={"instance_id": instance.id}
             )
             return self._wait(instance, BACKEND_RETRY_SECS)
-        except _GuestStepFailed as exc:
+        except GuestStepFailed as exc:
             return self._fail(instance, exc.reason)
 
-    def _ready(self, instance: Instance, identity, how: str) -> Step:
+    def _ready(self, instance: Instance, provided: Provided) -> Step:
+        identity = provided.identity
         self.registry.transition(
             instance.id,
             Status.INITIALIZING,
             Status.READY,
-            "guest initialised" if how == "init" else "guest imported the tenant's bundle",
+            provided.reason,
             ssh_pubkey=identity.ssh_pubkey,
             forges=[f.public_summary() for f in identity.forges],
         )
-        log.info("instance ready (%s)", how, extra={"instance_id": instance.id})
+        log.info("instance ready: %s", provided.reason, extra={"instance_id": instance.id})
         return DONE
 
     def _tearing_down(self, instance: Instance) -> Step:
@@ -317,6 +281,8 @@ class Pipeline:
                 vm = self.compute.find_by_name(instance.vm_name)
             if vm is not None:
                 if vm.status != "DELETING":
+                    if not self._salvaged(instance, guest_up=vm.status == "RUNNING"):
+                        return self._wait(instance, GUEST_POLL_SECS)
                     op = self.compute.delete_instance(vm.provider_id)
                     self.registry.update(
                         instance.id,
@@ -357,7 +323,34 @@ class Pipeline:
         )
         return Step(delay=delay, token=token)
 
+    def _salvaged(self, instance: Instance, *, guest_up: bool) -> bool:
+        """Whether the VM may go now. A teardown mid-init (the claim owner, no bundle stored yet)
+        first keeps the identity its guest may hold, trying for a while if it cannot answer."""
+        try:
+            if self.identity.salvage(instance, guest_up=guest_up):
+                return True
+        except BundleBackendUnavailable as exc:
+            log.warning("could not keep the identity: %s", exc, extra={"instance_id": instance.id})
+        waited = (self.clock() - instance.status_changed_at).total_seconds()
+        if waited <= min(SALVAGE_SECS, self.settings.guest_boot_timeout):
+            return False
+        try:
+            # Its identity goes with the VM: let another instance create the tenant's.
+            self.identity.release(instance)
+        except BundleBackendUnavailable:
+            return False
+        return True
+
     def _fail(self, instance: Instance, reason: str) -> Step:
+        if instance.status is Status.INITIALIZING:
+            # Before the row says failed: an instance waiting on this one's claim then sees it
+            # either stored or released, never taken over while the identity is being kept.
+            try:
+                self.identity.salvage(instance)
+            except DomainError as exc:
+                log.warning(
+                    "could not keep the identity: %s", exc, extra={"instance_id": instance.id}
+                )
         self.registry.transition(instance.id, instance.status, Status.FAILED, reason)
         log.warning("instance failed: %s", reason, extra={"instance_id": instance.id})
         self._clean_up_vm(instance)

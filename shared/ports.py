@@ -145,9 +145,26 @@ class TenantSecretStore(Protocol):
 
 
 class BundleStore(Protocol):
+    """The tenant's encrypted bundle, and the claim on creating its identity (DESIGN §4
+    Invariants). Raises BundleBackendUnavailable when it cannot answer."""
+
     def get(self, tenant: str) -> Bundle | None:
         """None only when there is certainly no bundle; BundleBackendUnavailable otherwise."""
 
-    def put(self, tenant: str, bundle: Bundle) -> None: ...
+    def put(self, tenant: str, bundle: Bundle) -> bool:
+        """Insert-only: stores the first bundle (True); False, storing nothing, if one exists."""
 
-    def delete(self, tenant: str) -> None: ...
+    def delete(self, tenant: str) -> None:
+        """Removes the bundle and the identity claim together."""
+
+    def claim(self, tenant: str, instance_id: uuid.UUID) -> tuple[uuid.UUID, bool]:
+        """(the claim's owner, whether this call made it): only the owner may init a guest."""
+
+    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+        """The claim's owner while no bundle is stored; None otherwise."""
+
+    def take_over(self, tenant: str, old_owner: uuid.UUID, new_owner: uuid.UUID) -> bool:
+        """Compare-and-set the owner while no bundle is stored; whether it moved."""
+
+    def release(self, tenant: str, owner: uuid.UUID) -> None:
+        """Drop `owner`'s claim while no bundle is stored."""

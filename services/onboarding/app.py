@@ -13,6 +13,7 @@ from werkzeug.routing import PathConverter
 
 from services.onboarding.openapi import build_openapi
 from services.onboarding.views import OnboardingService, bp
+from shared.adapters.bundles import PostgresBundleRemover
 from shared.adapters.db import make_pool
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.tenants import PostgresTenantDirectory
@@ -63,13 +64,17 @@ class AnyTenantText(PathConverter):
     part_isolating = False
 
 
-def create_app(settings: Settings, *, secrets=None, tenants=None, fleet_counts=None) -> Flask:
+def create_app(
+    settings: Settings, *, secrets=None, tenants=None, fleet_counts=None, bundles=None
+) -> Flask:
     if secrets is None:
         secrets = HvacTenantSecrets(vault_client(settings), kv_mount=settings.vault_kv_mount)
-    if tenants is None or fleet_counts is None:
+    if tenants is None or fleet_counts is None or bundles is None:
         pool = make_pool(settings.database_url)
         tenants = tenants if tenants is not None else PostgresTenantDirectory(pool)
         fleet_counts = fleet_counts if fleet_counts is not None else PostgresFleetRegistry(pool)
+        # Deleting a bundle needs Postgres only: onboarding gets no transit key.
+        bundles = bundles if bundles is not None else PostgresBundleRemover(pool)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -77,7 +82,7 @@ def create_app(settings: Settings, *, secrets=None, tenants=None, fleet_counts=N
     app.url_map.merge_slashes = False
     app.url_map.converters["tenant"] = AnyTenantText
     app.extensions["dark_onboarding"] = OnboardingService(
-        onboarding=Onboarding(secrets, tenants, fleet_counts), openapi=build_openapi()
+        onboarding=Onboarding(secrets, tenants, fleet_counts, bundles), openapi=build_openapi()
     )
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.

@@ -12,6 +12,7 @@ rotate a live tenant's identity.
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 
 import psycopg
@@ -20,7 +21,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg_pool import ConnectionPool
 
 from shared.adapters.vault import TransitKeys
-from shared.domain.errors import BundleBackendUnavailable, BundleIntegrityError
+from shared.domain.errors import (
+    BundleBackendUnavailable,
+    BundleIntegrityError,
+    RegistryUnavailable,
+)
 from shared.domain.secrets import Bundle
 from shared.domain.tenants import normalize_tenant
 
@@ -37,7 +42,12 @@ class EnvelopeBundleStore:
         self._pool = pool
         self._transit = transit
 
-    def put(self, tenant: str, bundle: Bundle) -> None:
+    def put(self, tenant: str, bundle: Bundle) -> bool:
+        """Store the tenant's first bundle; False, storing nothing, when it already has one.
+
+        Insert-only: a tenant's identity is created once, and a racing loser must import the
+        winner's bundle, not replace it. (Key rotation rewrites rows with UPDATEs of its own.)
+        """
         tenant = normalize_tenant(tenant)
         plaintext = _canonical_json(bundle)
         try:
@@ -46,14 +56,13 @@ class EnvelopeBundleStore:
                 # check cannot miss a row whose data key was wrapped before the rotation.
                 conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_ROTATION_LOCK,))
                 wrapped, nonce, ciphertext = _seal(self._transit, tenant, plaintext)
-                conn.execute(
+                cursor = conn.execute(
                     "INSERT INTO credential_bundles"
                     " (tenant, format, wrapped_key, nonce, ciphertext) VALUES (%s, %s, %s, %s, %s)"
-                    " ON CONFLICT (tenant) DO UPDATE SET format = EXCLUDED.format,"
-                    " wrapped_key = EXCLUDED.wrapped_key, nonce = EXCLUDED.nonce,"
-                    " ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+                    " ON CONFLICT (tenant) DO NOTHING",
                     (tenant, BUNDLE_FORMAT, wrapped, nonce, ciphertext),
                 )
+                return cursor.rowcount == 1
         except psycopg.Error as exc:
             raise _postgres_unavailable(exc, "storing the bundle", tenant) from None
 
@@ -86,12 +95,111 @@ class EnvelopeBundleStore:
         return Bundle(data)
 
     def delete(self, tenant: str) -> None:
+        """Remove the tenant's bundle and identity claim: its next VM starts a new identity."""
+        try:
+            delete_identity(self._pool, tenant)
+        except psycopg.Error as exc:
+            raise _postgres_unavailable(exc, "deleting the bundle", tenant) from None
+
+    # --- the identity claim (DESIGN §4 Invariants) -------------------------------------------
+
+    def claim(self, tenant: str, instance_id: uuid.UUID) -> tuple[uuid.UUID, bool]:
+        """Claim the creation of the tenant's identity; returns (owner, claimed by this call).
+
+        Insert-only: the owner is whoever inserted first, and stays so until `release`,
+        `take_over` or `delete`. Only the owner may init a guest for the tenant.
+        """
         tenant = normalize_tenant(tenant)
         try:
             with self._pool.connection() as conn:
-                conn.execute("DELETE FROM credential_bundles WHERE tenant = %s", (tenant,))
+                # Twice at most: a claim released between the insert and the read is gone.
+                for _ in range(2):
+                    row = conn.execute(
+                        "INSERT INTO identity_claims (tenant, instance_id) VALUES (%s, %s)"
+                        " ON CONFLICT (tenant) DO NOTHING RETURNING instance_id",
+                        (tenant, instance_id),
+                    ).fetchone()
+                    if row is not None:
+                        return row[0], True
+                    row = conn.execute(
+                        "SELECT instance_id FROM identity_claims WHERE tenant = %s", (tenant,)
+                    ).fetchone()
+                    if row is not None:
+                        return row[0], False
+                    conn.commit()
         except psycopg.Error as exc:
-            raise _postgres_unavailable(exc, "deleting the bundle", tenant) from None
+            raise _postgres_unavailable(exc, "claiming the identity", tenant) from None
+        raise BundleBackendUnavailable("the identity claim kept changing; retry", tenant=tenant)
+
+    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+        """The instance creating the tenant's identity while none is stored yet, if any."""
+        tenant = normalize_tenant(tenant)
+        try:
+            with self._pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT instance_id FROM identity_claims c WHERE tenant = %s AND NOT EXISTS"
+                    " (SELECT 1 FROM credential_bundles b WHERE b.tenant = c.tenant)",
+                    (tenant,),
+                ).fetchone()
+        except psycopg.Error as exc:
+            raise _postgres_unavailable(exc, "reading the identity claim", tenant) from None
+        return row[0] if row else None
+
+    def take_over(self, tenant: str, old_owner: uuid.UUID, new_owner: uuid.UUID) -> bool:
+        """Move an abandoned claim to `new_owner`, if `old_owner` still holds it and no bundle
+        was stored (so no identity was kept); whether it moved."""
+        tenant = normalize_tenant(tenant)
+        try:
+            with self._pool.connection() as conn:
+                cursor = conn.execute(
+                    "UPDATE identity_claims c SET instance_id = %s, claimed_at = now()"
+                    " WHERE tenant = %s AND instance_id = %s AND NOT EXISTS"
+                    " (SELECT 1 FROM credential_bundles b WHERE b.tenant = c.tenant)",
+                    (new_owner, tenant, old_owner),
+                )
+                return cursor.rowcount == 1
+        except psycopg.Error as exc:
+            raise _postgres_unavailable(exc, "taking over the identity claim", tenant) from None
+
+    def release(self, tenant: str, owner: uuid.UUID) -> None:
+        """Drop `owner`'s claim while no bundle is stored: it made no identity that survives."""
+        tenant = normalize_tenant(tenant)
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(
+                    "DELETE FROM identity_claims c WHERE tenant = %s AND instance_id = %s AND NOT"
+                    " EXISTS (SELECT 1 FROM credential_bundles b WHERE b.tenant = c.tenant)",
+                    (tenant, owner),
+                )
+        except psycopg.Error as exc:
+            raise _postgres_unavailable(exc, "releasing the identity claim", tenant) from None
+
+
+def delete_identity(pool: ConnectionPool, tenant: str) -> None:
+    """Delete the tenant's bundle and claim in one transaction; raises psycopg errors.
+
+    Needs no key, so offboarding can call it without access to transit.
+    """
+    tenant = normalize_tenant(tenant)
+    with pool.connection() as conn:
+        conn.execute("DELETE FROM credential_bundles WHERE tenant = %s", (tenant,))
+        conn.execute("DELETE FROM identity_claims WHERE tenant = %s", (tenant,))
+
+
+class PostgresBundleRemover:
+    """Only deletes bundles (offboarding): Postgres alone, no transit key."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def delete(self, tenant: str) -> None:
+        try:
+            delete_identity(self._pool, tenant)
+        except psycopg.Error as exc:
+            raise RegistryUnavailable(
+                f"Postgres failed deleting the bundle ({type(exc).__name__}); retry",
+                tenant=tenant,
+            ) from None
 
 
 def _canonical_json(bundle: Bundle) -> bytes:

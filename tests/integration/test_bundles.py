@@ -97,17 +97,29 @@ def private_pool(database_url):
             )
 
 
-def test_put_then_get_round_trips_and_put_replaces(store, new_tenant):
+def test_put_then_get_round_trips_and_delete_removes_it(store, new_tenant):
     tenant = new_tenant("Москва")
-    first, second = make_bundle(canary()), make_bundle(canary())
+    bundle = make_bundle(canary())
 
-    store.put(tenant, first)
-    assert store.get(tenant) == first
-    store.put(tenant, second)
-    assert store.get(tenant) == second
+    assert store.put(tenant, bundle) is True
+    assert store.get(tenant) == bundle
 
     store.delete(tenant)
     assert store.get(tenant) is None
+
+
+def test_a_second_first_write_for_a_tenant_keeps_the_first(store, pg_pool, new_tenant):
+    """A tenant's identity is created once: the losing writer learns it lost and must import."""
+    tenant = new_tenant("twice")
+    first, second = make_bundle(canary()), make_bundle(canary())
+
+    won_first = store.put(tenant, first)
+    row = raw_row(pg_pool, tenant)
+    won_second = store.put(tenant, second)
+
+    assert store.get(tenant) == first
+    assert raw_row(pg_pool, tenant) == row
+    assert (won_first, won_second) == (True, False)
 
 
 def test_get_without_a_row_is_none(store, new_tenant):
@@ -339,7 +351,7 @@ def test_rotation_waits_for_a_put_whose_data_key_predates_it(private_openbao, pr
     put.join(10)
     rotate.join(10)
 
-    assert outcomes["put"] is None
+    assert outcomes["put"] is True
     assert EnvelopeBundleStore(private_pool, transit).get("late") == bundle
     assert raw_row(private_pool, "late")[0].startswith("vault:v2:")
     rotation = outcomes["rotation"]

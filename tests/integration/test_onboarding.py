@@ -13,6 +13,7 @@ import re
 import secrets
 import threading
 import unicodedata
+import uuid
 
 import pytest
 import requests
@@ -20,6 +21,7 @@ from hvac.exceptions import InvalidPath
 from psycopg_pool import ConnectionPool
 
 from services.onboarding.app import create_app
+from shared.adapters.bundles import PostgresBundleRemover
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.tenants import PostgresTenantDirectory
 from shared.adapters.vault import HvacTenantSecrets, vault_client
@@ -75,7 +77,9 @@ def raw(openbao):
 
 @pytest.fixture(scope="module")
 def app(settings, directory, registry, raw, pg_pool):
-    yield create_app(settings, tenants=directory, fleet_counts=registry)
+    yield create_app(
+        settings, tenants=directory, fleet_counts=registry, bundles=PostgresBundleRemover(pg_pool)
+    )
     forget_tenants(raw, pg_pool, PREFIX)
 
 
@@ -389,6 +393,42 @@ def test_offboarding_needs_no_force_once_the_vms_are_gone(api, raw, directory, r
     assert directory.get(never) is None
 
 
+def test_offboarding_removes_the_tenant_bundle_and_its_identity_claim(
+    api, directory, registry, pg_pool, openbao
+):
+    from shared.adapters.bundles import EnvelopeBundleStore
+    from shared.domain.secrets import Bundle
+    from tests.integration.test_bundles import transit_for
+
+    tenant = tenant_name("bundle")
+    other = tenant_name("bundle")
+    onboard(api, tenant)
+    onboard(api, other)
+    bundles = EnvelopeBundleStore(pg_pool, transit_for(openbao))
+    instance, _ = registry.create(tenant)
+    for name in (tenant, other):
+        assert bundles.claim(name, instance.id) == (instance.id, True)
+        assert bundles.put(name, Bundle({"ssh": {"private_key": canary("key-")}})) is True
+
+    assert api.delete(tenant, "?force=true").status_code == 204
+
+    assert bundles.get(tenant) is None
+    with pg_pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM credential_bundles WHERE tenant = %s", (tenant,)
+        ).fetchone()[0]
+    assert rows == 0
+    # A tenant of the same name onboarded later claims a new identity of its own.
+    onboard(api, tenant)
+    fresh = uuid.uuid4()
+    assert bundles.claim(tenant, fresh) == (fresh, True)
+    # Another tenant's identity is left alone.
+    assert bundles.get(other) is not None
+    assert bundles.claim(other, fresh) == (instance.id, False)
+    bundles.delete(tenant)
+    bundles.delete(other)
+
+
 @pytest.mark.parametrize("query", ["?force=yes", "?force=1", "?force=true&force=false", "?purge=1"])
 def test_offboarding_options_are_validated(api, raw, query):
     tenant = tenant_name("opts")
@@ -473,6 +513,7 @@ def test_postgres_down_answers_503_and_a_retry_converges(settings, raw, director
             settings,
             tenants=PostgresTenantDirectory(down),
             fleet_counts=PostgresFleetRegistry(down),
+            bundles=PostgresBundleRemover(down),
         )
         cut_off = Api(app)
         tenant = tenant_name("pgdown")
