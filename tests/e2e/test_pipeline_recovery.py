@@ -6,6 +6,8 @@ import secrets
 
 import psycopg
 
+from shared.pipeline import managed_labels
+
 
 def tenant_name(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
@@ -13,6 +15,40 @@ def tenant_name(prefix: str) -> str:
 
 def vms_named(stack, name: str) -> list[dict]:
     return [v for v in stack.sim_vms() if v["name"] == name and v["status"] != "DELETING"]
+
+
+def test_a_vm_of_ours_already_named_like_the_row_is_adopted_not_duplicated(stack):
+    tenant = tenant_name("adopt")
+    stack.onboard(tenant)
+    stack.terminate("worker")  # nobody creates the VM until it exists behind our back
+    try:
+        inst = stack.provision(tenant)
+        labels = {**managed_labels(stack.env["DARK_DEPLOYMENT"]), "instance": inst["id"]}
+        ours = stack.sim.admin(
+            "POST",
+            "/cloud/vms",
+            json={
+                "name": inst["vm_name"],
+                "folder_id": stack.env["YC_FOLDER_ID"],
+                "labels": labels,
+            },
+        )
+    finally:
+        stack.start_worker()
+
+    ready = stack.wait_status(tenant, inst["id"], "ready")
+    assert ready["provider_id"] == ours["id"]
+    assert [v["id"] for v in vms_named(stack, inst["vm_name"])] == [ours["id"]]
+    creates = [
+        e
+        for e in stack.sim.admin("GET", "/cloud/log")
+        if e["event"] == "created" and e["name"] == inst["vm_name"]
+    ]
+    assert len(creates) == 1, "only the VM made behind our back was ever created"
+    events = stack.api("GET", f"/instances/{tenant}/{inst['id']}/events").json()["items"]
+    assert [e["reason"] for e in events if "adopted" in e["reason"]] == [
+        f"adopted the existing VM {ours['id']} named {inst['vm_name']}"
+    ]
 
 
 def test_an_error_no_step_expected_is_retried_and_the_instance_still_ends_ready(stack):
