@@ -1,7 +1,8 @@
 """Fleet commands: the service layer behind the gateway's POST and DELETE.
 
 The row is committed before any task is sent; a task carries the instance id and the row's
-continuation token, never anything else (STYLE.md 5).
+continuation token, never anything else (STYLE.md 5). A new row whose first task cannot be sent is
+withdrawn before the 503, so that a client's retry never makes a second VM.
 """
 
 import logging
@@ -14,6 +15,7 @@ from shared.celery_app import TASK_PROVISION, TASK_TEARDOWN, producer_app
 from shared.domain.errors import (
     DispatchUnavailable,
     InstanceNotFound,
+    RegistryUnavailable,
     TenantNotOnboarded,
     TransitionConflict,
 )
@@ -96,14 +98,49 @@ class FleetService:
         # A repeat of a request whose message may never have been sent (the queue was down) sends it
         # again; the continuation token makes a duplicate harmless.
         if created or instance.status is Status.PENDING:
-            self._dispatcher.send(
-                instance, instance.wake_token, request_id=request_id, task_id=task_id
-            )
+            try:
+                self._dispatcher.send(
+                    instance, instance.wake_token, request_id=request_id, task_id=task_id
+                )
+            except DispatchUnavailable:
+                if not created:
+                    raise  # accepted by an earlier request: it stays, and is resumed later
+                return self._withdraw(instance), task_id
         log.info(
             "provision requested" if created else "provision request repeated",
             extra={"instance_id": instance.id, "tenant": tenant},
         )
         return instance, task_id
+
+    def _withdraw(self, instance: Instance) -> Instance:
+        """Take back the row of a request whose task could not be queued, so that the 503 leaves
+        nothing behind and a retry cannot make a second VM. A row that moved on meanwhile (a
+        worker resumed it the moment Redis came back) is under way: it is the answer."""
+        try:
+            withdrawn = self._registry.withdraw(instance.id, instance.wake_token)
+        except RegistryUnavailable:
+            # Postgres went too: the row stays and is resumed later, so the answer names it (a
+            # retry with the same Idempotency-Key, or a look at it, cannot double the VM).
+            raise DispatchUnavailable(
+                "the task queue is unreachable; the request is recorded and will be resumed",
+                instance_id=instance.id,
+            ) from None
+        if withdrawn:
+            log.warning(
+                "provision withdrawn: the task queue is unreachable",
+                extra={"instance_id": instance.id, "tenant": instance.tenant},
+            )
+            raise DispatchUnavailable(
+                "the task queue is unreachable; nothing was recorded: try again later"
+            )
+        current = self._registry.get(instance.id)
+        if current is None:  # removed meanwhile: there is nothing to answer 202 with
+            raise DispatchUnavailable("the task queue is unreachable; try again later")
+        log.info(
+            "provision requested; resumed by a worker",
+            extra={"instance_id": instance.id, "tenant": instance.tenant},
+        )
+        return current
 
     def teardown(
         self, tenant: str, instance_id: uuid.UUID, *, mode: str, request_id: str | None

@@ -197,7 +197,11 @@ class Pipeline:
             if vm is None:
                 return self._wait(instance, OPERATION_POLL_SECS)
             self.registry.update(instance.id, Status.PROVISIONING, provider_id=vm.provider_id)
-            log.info("adopted existing VM", extra={"instance_id": instance.id})
+            # On the timeline too: an operator asking where the VM came from finds the answer.
+            self.registry.note(
+                instance.id, f"adopted the existing VM {vm.provider_id} named {instance.vm_name}"
+            )
+            log.info("adopted existing VM %s", vm.provider_id, extra={"instance_id": instance.id})
             raise _Continue() from None
         except CloudTransient as exc:
             return Step(transient=exc)

@@ -97,6 +97,11 @@ class FleetRegistry(Protocol):
     def events(self, instance_id: uuid.UUID) -> list[Event]:
         """The row's lifecycle events, oldest first ([] for an unknown id)."""
 
+    def withdraw(self, instance_id: uuid.UUID, token: uuid.UUID) -> bool:
+        """Delete a row nobody has acted on yet (still `pending` with the wake token it was
+        created with), its events with it: a request whose task could not be queued takes back
+        what it wrote. False, and nothing changed, if the row moved on or does not exist."""
+
 
 class Compute(Protocol):
     def create_instance(self, spec: VmSpec) -> OperationState:

@@ -45,6 +45,12 @@ def build_openapi() -> dict:
         operations={
             "post": {
                 "summary": "Write a pending instance and enqueue its provisioning",
+                "description": (
+                    "A 503 leaves no instance behind, so retrying never makes a second VM; "
+                    "only when the registry failed as well does it keep the instance, and "
+                    "`details.instance_id` names it. A repeat with an `Idempotency-Key` "
+                    "whose instance was accepted earlier keeps that instance."
+                ),
                 "parameters": [{"in": "header", "schema": schemas.ProvisionHeaders}],
                 "requestBody": {
                     "required": True,

@@ -15,7 +15,7 @@ from shared.celery_app import MAX_COUNTDOWN_SECS, TASK_PROVISION, TASK_TEARDOWN,
 from shared.composition import PerProcess, build_worker_context
 from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
 from shared.fleet import CeleryDispatcher
-from shared.logs import configure_logging, request_id_var
+from shared.logs import configure_logging, redact, request_id_var
 from shared.pipeline import Pipeline, backoff, resume_unfinished
 from shared.settings import load_settings
 
@@ -90,6 +90,21 @@ def _run(task, instance_id: str, token: str) -> None:
         # Postgres is down: nothing was decided. Come back with the same token, for as long as
         # it takes (the message is the only thing that remembers this work until reconcile does).
         log.warning("registry unavailable, retrying: %s", exc, extra={"instance_id": iid})
+        raise task.retry(
+            countdown=backoff(task.request.retries + 1),
+            max_retries=None,
+            headers={"request_id": request_id_var.get()},
+        ) from None
+    except Exception as exc:
+        # Nothing classified it, so nothing was decided: Celery would ack the message and end the
+        # chain silently. Retry the same token without a bound; a stale token ends it, and
+        # reconcile's stuck timer fails a row that never gets past this.
+        log.warning(
+            "unexpected error, retrying: %s: %s",
+            type(exc).__name__,
+            redact(str(exc)),
+            extra={"instance_id": iid},
+        )
         raise task.retry(
             countdown=backoff(task.request.retries + 1),
             max_retries=None,

@@ -268,6 +268,17 @@ class PostgresFleetRegistry:
             for row in rows
         ]
 
+    def withdraw(self, instance_id: uuid.UUID, token: uuid.UUID) -> bool:
+        # One statement is the compare-and-set: a worker that resumes the row rotates its token
+        # or moves its status first, and then this deletes nothing.
+        with self._cursor() as cur:
+            row = cur.execute(
+                "DELETE FROM instances WHERE id = %s AND status = %s AND wake_token = %s"
+                " RETURNING id",
+                (instance_id, Status.PENDING.value, token),
+            ).fetchone()
+        return row is not None
+
     def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
         return pooled_cursor(self._pool, "the fleet registry database is unreachable")
 

@@ -729,14 +729,22 @@ def test_redis_down_makes_ready_and_task_state_503_with_retry_after(api_without_
     assert error_of(resp)["code"] == "result_backend_unavailable"
 
 
-def test_redis_down_makes_provision_503_after_committing_the_row(api_without_redis, registry):
+@pytest.mark.parametrize("key", [None, "order-7"], ids=["no_key", "idempotency_key"])
+def test_redis_down_makes_provision_503_leaving_no_row_and_a_retry_makes_exactly_one(
+    api_without_redis, api, registry, key
+):
     tenant = tenant_name()
-    resp = api_without_redis.post("/instances", json={"tenant": tenant})
+    headers = {"Idempotency-Key": key} if key else {}
+    resp = api_without_redis.post("/instances", json={"tenant": tenant}, headers=headers)
     assert resp.status_code == 503
     assert resp.headers["Retry-After"].isdigit()
     assert error_of(resp)["code"] == "dispatch_unavailable"
+    assert registry.list(tenant=tenant) == ([], None), "a 503 leaves no row behind"
+
+    # The client retries once Redis is back (the gateway whose Redis is up).
+    retried = provision(api, tenant, **headers)
     items, _ = registry.list(tenant=tenant)
-    assert [i.status for i in items] == [Status.PENDING], "committed before the send"
+    assert [str(i.id) for i in items] == [retried["instance"]["id"]]
 
 
 def test_postgres_down_is_503_with_retry_after(settings):

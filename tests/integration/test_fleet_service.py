@@ -1,0 +1,124 @@
+"""FleetService.provision when the task queue is down, on the real registry (Postgres).
+
+The dispatcher is a stand-in: what it does on `send` is the whole point of each test (the gateway
+tests in test_api.py cover the same answers with a real, unreachable Redis).
+"""
+
+import secrets
+import uuid
+
+import pytest
+
+from shared.adapters.registry import PostgresFleetRegistry
+from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
+from shared.domain.lifecycle import Status
+from shared.fleet import FleetService
+
+
+@pytest.fixture
+def registry(pg_pool):
+    return PostgresFleetRegistry(pg_pool)
+
+
+@pytest.fixture
+def tenant(pg_pool):
+    name = f"fleet-{secrets.token_hex(6)}"
+    yield name
+    with pg_pool.connection() as conn:
+        conn.execute("DELETE FROM instances WHERE tenant = %s", (name,))
+
+
+class Dispatcher:
+    """Records what was sent; `on_send(instance)` runs first and may raise."""
+
+    def __init__(self, on_send=None) -> None:
+        self.on_send = on_send
+        self.sent: list[uuid.UUID] = []
+
+    def send(self, instance, token, *, request_id, task_id=None, countdown=0) -> str:
+        if self.on_send is not None:
+            self.on_send(instance)
+        self.sent.append(instance.id)
+        return task_id
+
+
+def queue_down(_instance) -> None:
+    raise DispatchUnavailable("the task queue is unreachable")
+
+
+def fleet(registry, dispatcher) -> FleetService:
+    return FleetService(registry, dispatcher, max_instances_per_tenant=5)
+
+
+# --- the registry's withdraw ---------------------------------------------------------------------
+
+
+def test_withdraw_deletes_an_untouched_pending_row_with_its_events(registry, tenant):
+    instance, _ = registry.create(tenant)
+    assert registry.withdraw(instance.id, instance.wake_token) is True
+    assert registry.get(instance.id) is None
+    assert registry.events(instance.id) == []
+    assert registry.withdraw(instance.id, instance.wake_token) is False
+
+
+def test_withdraw_keeps_a_row_whose_token_or_status_moved_on(registry, tenant):
+    resumed, _ = registry.create(tenant)
+    registry.update(resumed.id, Status.PENDING, wake_token=uuid.uuid4())
+    assert registry.withdraw(resumed.id, resumed.wake_token) is False
+    assert registry.get(resumed.id).status is Status.PENDING
+
+    started, _ = registry.create(tenant)
+    registry.transition(started.id, Status.PENDING, Status.PROVISIONING, "picked up")
+    assert registry.withdraw(started.id, started.wake_token) is False
+    assert registry.get(started.id).status is Status.PROVISIONING
+
+
+# --- provision with the queue down -----------------------------------------------------------
+
+
+def test_a_new_request_the_queue_cannot_take_leaves_no_row(registry, tenant):
+    with pytest.raises(DispatchUnavailable, match="nothing was recorded"):
+        fleet(registry, Dispatcher(queue_down)).provision(tenant, request_key=None, request_id=None)
+    assert registry.list(tenant=tenant) == ([], None)
+    assert registry.count_live(tenant) == 0
+
+
+def test_a_row_a_worker_resumed_meanwhile_is_answered_as_accepted(registry, tenant):
+    def resumed_then_down(instance):
+        # Redis came back for an instant: a worker's resume-on-connect gave the row a fresh token.
+        registry.update(instance.id, Status.PENDING, wake_token=uuid.uuid4())
+        raise DispatchUnavailable("the task queue is unreachable")
+
+    instance, task_id = fleet(registry, Dispatcher(resumed_then_down)).provision(
+        tenant, request_key=None, request_id=None
+    )
+    assert task_id
+    [row] = registry.list(tenant=tenant)[0]
+    assert row.id == instance.id and row.wake_token == instance.wake_token
+
+
+def test_a_repeated_request_whose_row_was_accepted_earlier_keeps_its_row(registry, tenant):
+    first, _ = fleet(registry, Dispatcher()).provision(
+        tenant, request_key="order-1", request_id=None
+    )
+    with pytest.raises(DispatchUnavailable):
+        fleet(registry, Dispatcher(queue_down)).provision(
+            tenant, request_key="order-1", request_id=None
+        )
+    assert [i.id for i in registry.list(tenant=tenant)[0]] == [first.id]
+
+
+def test_when_the_registry_fails_too_the_answer_names_the_row_it_keeps(registry, tenant):
+    class WithdrawFails:
+        def __getattr__(self, name):
+            return getattr(registry, name)
+
+        def withdraw(self, instance_id, token):
+            raise RegistryUnavailable("the fleet registry database is unreachable")
+
+    with pytest.raises(DispatchUnavailable) as raised:
+        fleet(WithdrawFails(), Dispatcher(queue_down)).provision(
+            tenant, request_key=None, request_id=None
+        )
+    [row] = registry.list(tenant=tenant)[0]
+    assert raised.value.details == {"instance_id": row.id}
