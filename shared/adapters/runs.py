@@ -14,11 +14,13 @@ from psycopg_pool import ConnectionPool
 from shared.adapters.db import pooled_cursor
 
 MAX_LATEST = 100
-_COLUMNS = "id, started_at, finished_at, dry_run, outcome, trigger, counts, actions, errors"
-_LATEST = f"SELECT {_COLUMNS} FROM reconcile_runs ORDER BY started_at DESC, id DESC LIMIT %s"
+_SELECT = (
+    "SELECT id, started_at, finished_at, dry_run, outcome, trigger, counts, actions, errors"
+    " FROM reconcile_runs"
+)
+_LATEST = _SELECT + " ORDER BY started_at DESC, id DESC LIMIT %s"
 _NEWEST_FINISHED = (
-    f"SELECT {_COLUMNS} FROM reconcile_runs WHERE finished_at IS NOT NULL"
-    " ORDER BY started_at DESC, id DESC LIMIT 1"
+    _SELECT + " WHERE finished_at IS NOT NULL ORDER BY started_at DESC, id DESC LIMIT 1"
 )
 OUTCOMES = ("applied", "dry_run", "refused")
 
