@@ -6,6 +6,6 @@ ALTER TABLE reconcile_runs ADD COLUMN outcome text
     CHECK (outcome IN ('applied', 'dry_run', 'refused'));
 UPDATE reconcile_runs SET outcome = CASE WHEN dry_run THEN 'dry_run' ELSE 'applied' END
     WHERE finished_at IS NOT NULL;
--- The dashboard and the metrics read the newest finished run.
-CREATE INDEX reconcile_runs_newest_finished ON reconcile_runs (started_at DESC, id DESC)
-    WHERE finished_at IS NOT NULL;
+-- The dashboard and the metrics read the newest finished run that was not a dry run.
+CREATE INDEX reconcile_runs_newest_real ON reconcile_runs (started_at DESC, id DESC)
+    WHERE finished_at IS NOT NULL AND NOT dry_run;

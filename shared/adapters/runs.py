@@ -19,8 +19,9 @@ _SELECT = (
     " FROM reconcile_runs"
 )
 _LATEST = _SELECT + " ORDER BY started_at DESC, id DESC LIMIT %s"
-_NEWEST_FINISHED = (
-    _SELECT + " WHERE finished_at IS NOT NULL ORDER BY started_at DESC, id DESC LIMIT 1"
+_LAST_REAL = (
+    _SELECT
+    + " WHERE finished_at IS NOT NULL AND NOT dry_run ORDER BY started_at DESC, id DESC LIMIT 1"
 )
 OUTCOMES = ("applied", "dry_run", "refused")
 
@@ -61,10 +62,11 @@ class PostgresReconcileRuns:
             rows = cur.execute(_LATEST, (limit,)).fetchall()
         return [_utc(row) for row in rows]
 
-    def newest_finished(self) -> dict | None:
-        """The newest finished run (as `latest` gives it), or None before the first one."""
+    def last_real_run(self) -> dict | None:
+        """The newest finished run that was not a dry run (as `latest` gives it), or None.
+        A dry run changes nothing, so it leaves what the last real run said standing."""
         with self._cursor() as cur:
-            row = cur.execute(_NEWEST_FINISHED).fetchone()
+            row = cur.execute(_LAST_REAL).fetchone()
         return None if row is None else _utc(row)
 
     def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:

@@ -314,7 +314,9 @@ class World:
     tenants: FakeTenants
 
     def reconcile(self, *, dry_run=False, confirm_destructive=None, **overrides):
-        confirm = {} if confirm_destructive is None else {"confirm_destructive": confirm_destructive}
+        confirm = (
+            {} if confirm_destructive is None else {"confirm_destructive": confirm_destructive}
+        )
         return reconcile_once(
             self.registry,
             self.compute,
