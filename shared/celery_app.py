@@ -108,15 +108,22 @@ def reconcile_beat_schedule(settings: Settings) -> dict:
     }
 
 
-def send_reconcile(app: Celery, *, trigger: str, dry_run: bool = False) -> str:
+def send_reconcile(
+    app: Celery, *, trigger: str, dry_run: bool = False, confirm_destructive: int = 0
+) -> str:
     """Ask for a reconcile run now (the gateway's POST /reconcile); returns the task id.
 
     `dry_run=True` forces a dry run; it can never turn off RECONCILE_DRY_RUN.
+    `confirm_destructive` approves that many actions judged from an absence for this run only.
     """
     try:
         result = app.send_task(
             TASK_RECONCILE,
-            kwargs={"trigger": trigger, "dry_run": dry_run},
+            kwargs={
+                "trigger": trigger,
+                "dry_run": dry_run,
+                "confirm_destructive": confirm_destructive,
+            },
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
         )

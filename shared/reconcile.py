@@ -23,6 +23,14 @@ The races, and what closes each:
   work that was alive after all costs one redundant idempotent step and never a second chain.
 - Each change to a row is made under the instance's lock (the one the pipeline's steps hold) and
   compare-and-set on its status; a row that moved on since the snapshot is skipped, not an error.
+
+Blast radius: an orphan delete or a lost mark is judged from an *absence* (no row for a VM, no VM
+for a row), and a registry restored from an old backup or a run pointed at another folder makes
+absences of the whole fleet. So a run takes at most RECONCILE_MAX_DESTRUCTIVE of them, or, above
+that, none (`hold_back`): it is recorded `refused`, with those actions held back and what would
+have been done; the respawns of held-back lost marks are held back with them. What is judged from
+a row itself (stuck, a failed row's leftover VM, resuming work) still runs. An operator lifts the
+cap for one run with `confirm_destructive`, the count they expect (POST /reconcile).
 """
 
 import logging
@@ -54,6 +62,11 @@ RESPAWN = "respawn"
 RESUME = "resume"
 RESUME_TEARDOWN = "resume_teardown"
 KINDS = (ORPHAN, LEFTOVER_VM, STUCK, LOST, RESPAWN, RESUME, RESUME_TEARDOWN)
+# Judged from an absence: capped per run by RECONCILE_MAX_DESTRUCTIVE.
+DESTRUCTIVE = frozenset({ORPHAN, LOST})
+
+# How a run ended (the run record's `outcome`).
+APPLIED, DRY_RUN, REFUSED = "applied", "dry_run", "refused"
 
 LOST_REASON = "VM vanished from the cloud"
 # Every status but retired: the rows that can still own a VM or a chain of work.
@@ -78,16 +91,19 @@ class Action:
             "vm_id": vm.provider_id if vm else None,
             "vm_name": vm.name if vm else inst.vm_name if inst else None,
             "detail": self.detail,
+            "held_back": False,
         }
 
 
 @dataclass(frozen=True)
 class RunSummary:
     """What a run stored: `counts` are the actions decided, per kind, plus the sizes of the two
-    snapshots; each action's `result` says what came of it; `errors` lists what failed."""
+    snapshots, the actions judged from an absence (`destructive`) and those held back; each
+    action's `result` says what came of it; `errors` lists what failed."""
 
     run_id: int
     dry_run: bool
+    outcome: str
     counts: dict
     actions: list[dict]
     errors: list[dict]
@@ -152,6 +168,30 @@ def _decide_row(
     return []
 
 
+def hold_back(
+    actions: list[Action], *, cap: int, confirmed: int = 0
+) -> tuple[list[Action], list[Action]]:
+    """Split `actions` into those a run takes and those it holds back (DESIGN §5 blast radius).
+
+    All of them are taken when the actions judged from an absence number at most the cap or the
+    operator's confirmation; otherwise none of those is, nor any respawn (it replaces a row only
+    once it is marked lost). A cap of 0 thus lets no such action through unconfirmed.
+    """
+    destructive = sum(a.kind in DESTRUCTIVE for a in actions)
+    if destructive <= max(cap, confirmed):
+        return list(actions), []
+    held = DESTRUCTIVE | {RESPAWN}
+    return [a for a in actions if a.kind not in held], [a for a in actions if a.kind in held]
+
+
+def _held_back_result(destructive: int, cap: int) -> str:
+    return (
+        f"held back: {destructive} actions judged from an absence (orphan deletes, lost marks),"
+        f" above RECONCILE_MAX_DESTRUCTIVE={cap}; if they are right, approve one run with"
+        f' POST /reconcile {{"confirm_destructive": {destructive}}}'
+    )
+
+
 # --- a run ----------------------------------------------------------------------------------------
 
 
@@ -167,10 +207,13 @@ def reconcile_once(
     trigger: str,
     dispatch,
     tenants=None,
+    confirm_destructive: int = 0,
 ) -> RunSummary | None:
     """One reconcile pass, recorded in `runs`; None (and nothing recorded) when another pass holds
     the reconcile lock. `dispatch` sends pipeline messages (CeleryDispatcher's `send`); `tenants`,
-    the tenant directory, keeps a respawn from provisioning for a tenant that was offboarded."""
+    the tenant directory, keeps a respawn from provisioning for a tenant that was offboarded;
+    `confirm_destructive`, an operator's approval of that many actions judged from an absence,
+    lifts RECONCILE_MAX_DESTRUCTIVE for this run only."""
     with locks.hold(RECONCILE_LOCK) as taken:
         if not taken:
             log.info("another reconcile is running; this one does nothing")
@@ -179,8 +222,15 @@ def reconcile_once(
         counts = dict.fromkeys(KINDS, 0)
         records: list[dict] = []
         errors: list[dict] = []
+        outcome = DRY_RUN if dry_run else APPLIED
         try:
             actions = _snapshot_and_decide(registry, compute, settings, now, counts, errors)
+            cap = settings.reconcile_max_destructive
+            allowed, held = hold_back(actions, cap=cap, confirmed=confirm_destructive)
+            destructive = sum(a.kind in DESTRUCTIVE for a in actions)
+            counts["destructive"], counts["held_back"] = destructive, len(held)
+            if held and not dry_run:
+                outcome = REFUSED
             executor = _Executor(
                 registry=registry,
                 compute=compute,
@@ -196,21 +246,34 @@ def reconcile_once(
             )
             for action in actions:
                 counts[action.kind] += 1
+            for action in allowed:
                 records.append(executor.carry_out(action, dry_run, errors))
+            result = ("dry run: " if dry_run else "") + _held_back_result(destructive, cap)
+            records.extend({**a.record(), "held_back": True, "result": result} for a in held)
         except Exception as exc:
             # Recorded, then raised: the run is finished in the record either way.
             errors.append({"kind": "run", "error": f"the run stopped: {exc!r}"})
             raise
         finally:
-            runs.finish(run_id, counts=counts, actions=records, errors=errors)
+            runs.finish(run_id, outcome=outcome, counts=counts, actions=records, errors=errors)
+    if counts.get("held_back"):
+        log.warning(
+            "reconcile run %d held back %d actions: %d judged from an absence, above"
+            " RECONCILE_MAX_DESTRUCTIVE=%d (confirmed: %d)",
+            run_id,
+            counts["held_back"],
+            counts["destructive"],
+            settings.reconcile_max_destructive,
+            confirm_destructive,
+        )
     log.info(
         "reconcile run %d finished (%s): %s, %d errors",
         run_id,
-        "dry run" if dry_run else "applied",
+        outcome,
         ", ".join(f"{k}={v}" for k, v in counts.items() if v),
         len(errors),
     )
-    return RunSummary(run_id, dry_run, counts, records, errors)
+    return RunSummary(run_id, dry_run, outcome, counts, records, errors)
 
 
 def _snapshot_and_decide(

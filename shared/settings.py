@@ -112,7 +112,12 @@ class Settings:
     yc_disk_type: str = env("YC_DISK_TYPE", "network-ssd")
     yc_rpc_timeout: float = env("YC_RPC_TIMEOUT_SECS", 15.0, _pos_float)
     vm_image: str | None = env("DARK_VM_IMAGE")
-    deployment: str = env("DARK_DEPLOYMENT", "local")
+    deployment: str = env(
+        "DARK_DEPLOYMENT",
+        "local",
+        doc="the `deployment` label; required in production, where the default could match "
+        "another deployment's VMs",
+    )
 
     agent_port: int = env("DARK_AGENT_PORT", 8080, _int)
     guest_timeout: float = env("DARK_GUEST_TIMEOUT_SECS", 10.0, _pos_float)
@@ -143,6 +148,13 @@ class Settings:
     reconcile_stuck: int = env("RECONCILE_STUCK_SECS", 1800, _nonneg_int)
     reconcile_respawn_lost: bool = env("RECONCILE_RESPAWN_LOST", False, _bool)
     reconcile_dry_run: bool = env("RECONCILE_DRY_RUN", False, _bool)
+    reconcile_max_destructive: int = env(
+        "RECONCILE_MAX_DESTRUCTIVE",
+        10,
+        _nonneg_int,
+        doc="orphan deletes + lost marks one run may take; above it the run takes none of them. "
+        "0 = every one needs an operator's POST /reconcile {confirm_destructive}",
+    )
 
     celery_visibility_timeout: int = env(
         "CELERY_VISIBILITY_TIMEOUT_SECS", 900, _int, doc="above the task limit and any countdown"
@@ -171,6 +183,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError(f"{name}: {exc}") from None
     settings = Settings(**values)
     _check(settings)
+    if settings.production and "deployment" not in values:
+        # Reconcile owns every VM labelled with this deployment: a default shared by two
+        # deployments in one folder would have each delete the other's fleet as orphans.
+        raise SettingsError("DARK_DEPLOYMENT: required in production (reconcile owns its VMs)")
     return settings
 
 

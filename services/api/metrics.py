@@ -130,7 +130,7 @@ def _fleet_families(stats: FleetStats):
 
     actions = CounterMetricFamily(
         "dark_reconcile_actions",
-        "Actions taken by reconcile runs that were not dry runs, by kind.",
+        "Actions taken by reconcile runs that were not dry runs, by kind (held-back ones are not).",
         labels=["kind"],
     )
     for kind in sorted(set(KINDS) | set(stats.reconcile_actions)):
@@ -143,6 +143,21 @@ def _fleet_families(stats: FleetStats):
     for dry_run in (False, True):
         runs.add_metric([str(dry_run).lower()], stats.reconcile_runs.get(dry_run, 0))
     yield runs
+
+    # Gauges of the newest run, so that an alert fires while it stands and clears on its own.
+    refused = GaugeMetricFamily(
+        "dark_reconcile_refused",
+        "1 when the newest finished reconcile run was refused: it would have taken more orphan "
+        "deletes and lost marks than RECONCILE_MAX_DESTRUCTIVE and took none of them.",
+    )
+    refused.add_metric([], int(stats.reconcile_refused))
+    yield refused
+    held_back = GaugeMetricFamily(
+        "dark_reconcile_held_back",
+        "Actions the newest finished reconcile run held back (blast radius).",
+    )
+    held_back.add_metric([], stats.reconcile_held_back)
+    yield held_back
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,9 @@ def build_openapi() -> dict:
         operations={
             "post": {
                 "summary": "Run a reconcile now (one at a time; a concurrent one records nothing)",
+                "description": "A run over RECONCILE_MAX_DESTRUCTIVE actions judged from an "
+                "absence takes none of them and is recorded refused; `confirm_destructive` "
+                "approves that many for this one run.",
                 "requestBody": {
                     "required": False,
                     "content": json_content(schemas.ReconcileRequest),

@@ -203,6 +203,10 @@ class ReconcileAction(Schema):
     tenant = fields.String(dump_only=True, allow_none=True)
     detail = fields.String(dump_only=True, allow_none=True)
     result = fields.String(dump_only=True, allow_none=True)
+    held_back = fields.Boolean(
+        dump_only=True,
+        metadata={"description": "not taken: the run was over RECONCILE_MAX_DESTRUCTIVE"},
+    )
 
 
 class ReconcileRunOut(Schema):
@@ -210,6 +214,14 @@ class ReconcileRunOut(Schema):
     started_at = fields.DateTime(dump_only=True)
     finished_at = fields.DateTime(dump_only=True, allow_none=True)
     dry_run = fields.Boolean(dump_only=True)
+    outcome = fields.String(
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "description": "applied | dry_run | refused (over RECONCILE_MAX_DESTRUCTIVE: the "
+            "actions judged from an absence were held back); null while unfinished"
+        },
+    )
     trigger = fields.String(dump_only=True)
     counts = fields.Dict(keys=fields.String(), values=fields.Integer(), dump_only=True)
     actions = fields.List(fields.Nested(ReconcileAction), dump_only=True)
@@ -224,8 +236,20 @@ class ReconcileRunsQuery(StrictSchema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 
+MAX_CONFIRM_DESTRUCTIVE = 100_000
+
+
 class ReconcileRequest(StrictSchema):
     dry_run = fields.Boolean(load_default=False)
+    confirm_destructive = fields.Integer(
+        load_default=0,
+        strict=True,
+        validate=validate.Range(0, MAX_CONFIRM_DESTRUCTIVE),
+        metadata={
+            "description": "approve this one run to take up to this many actions judged from an "
+            "absence (orphan deletes, lost marks) above RECONCILE_MAX_DESTRUCTIVE"
+        },
+    )
 
 
 class ReconcileAccepted(Schema):

@@ -127,9 +127,18 @@ def heal(tenant: str, instance_id: uuid.UUID):
 def trigger_reconcile():
     """Ask for a reconcile run now. Runs stay one at a time: a run that finds another one going
     records nothing, so a burst of requests cannot overlap runs."""
-    body = ReconcileRequest().load(json_body()) if request.get_data() else {"dry_run": False}
-    task_id = send_reconcile(_gateway().producer, trigger="api", dry_run=body["dry_run"])
-    log.info("reconcile requested (dry_run=%s)", body["dry_run"])
+    body = ReconcileRequest().load(json_body() if request.get_data() else {})
+    task_id = send_reconcile(
+        _gateway().producer,
+        trigger="api",
+        dry_run=body["dry_run"],
+        confirm_destructive=body["confirm_destructive"],
+    )
+    log.info(
+        "reconcile requested (dry_run=%s, confirm_destructive=%d)",
+        body["dry_run"],
+        body["confirm_destructive"],
+    )
     return ReconcileAccepted().dump({"task_id": task_id}), 202
 
 

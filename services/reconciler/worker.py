@@ -67,7 +67,9 @@ def _warm_child(**_kwargs) -> None:
 
 
 @app.task(name=TASK_RECONCILE)
-def run(trigger: str = "schedule", dry_run: bool = False) -> dict | None:
+def run(
+    trigger: str = "schedule", dry_run: bool = False, confirm_destructive: int = 0
+) -> dict | None:
     p = peers.get()
     summary = reconcile_once(
         p.registry,
@@ -80,5 +82,15 @@ def run(trigger: str = "schedule", dry_run: bool = False) -> dict | None:
         trigger=trigger,
         dispatch=dispatcher,
         tenants=p.tenants,
+        confirm_destructive=_count(confirm_destructive),
     )
-    return None if summary is None else {"run_id": summary.run_id, "counts": summary.counts}
+    if summary is None:
+        return None
+    return {"run_id": summary.run_id, "outcome": summary.outcome, "counts": summary.counts}
+
+
+def _count(value: object) -> int:
+    # The gateway validated it; a malformed message confirms nothing rather than failing the run.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value

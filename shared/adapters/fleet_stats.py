@@ -57,6 +57,11 @@ class FleetStats:
     reconcile_actions: dict[str, int]
     # dry_run → number of runs
     reconcile_runs: dict[bool, int]
+    # the newest finished run that was not a dry run (a dry run changes nothing, so it neither
+    # raises nor clears this): refused (over RECONCILE_MAX_DESTRUCTIVE), and how many actions it
+    # held back; False and 0 before the first such run
+    reconcile_refused: bool = False
+    reconcile_held_back: int = 0
 
 
 _INSTANCES_BY_STATUS = "SELECT status, count(*) FROM instances GROUP BY status"
@@ -81,7 +86,11 @@ _STATUS_DURATIONS = sql.SQL(
 _RECONCILE_ACTIONS = (
     "SELECT action ->> 'kind', count(*)"
     " FROM reconcile_runs, jsonb_array_elements(actions) AS action"
-    " WHERE NOT dry_run GROUP BY 1"
+    " WHERE NOT dry_run AND NOT coalesce((action ->> 'held_back')::boolean, false) GROUP BY 1"
+)
+_NEWEST_FINISHED_RUN = (
+    "SELECT outcome = 'refused', coalesce((counts ->> 'held_back')::int, 0) FROM reconcile_runs"
+    " WHERE finished_at IS NOT NULL AND NOT dry_run ORDER BY started_at DESC, id DESC LIMIT 1"
 )
 _RECONCILE_RUNS = "SELECT dry_run, count(*) FROM reconcile_runs GROUP BY dry_run"
 
@@ -109,6 +118,7 @@ class PostgresFleetStats:
             durations = cur.execute(_STATUS_DURATIONS).fetchall()
             actions = cur.execute(_RECONCILE_ACTIONS).fetchall()
             runs = cur.execute(_RECONCILE_RUNS).fetchall()
+            newest = cur.execute(_NEWEST_FINISHED_RUN).fetchone()
         return FleetStats(
             instances_by_status=dict(instances),
             transitions={(src, dst): n for src, dst, n in transitions},
@@ -118,4 +128,6 @@ class PostgresFleetStats:
             },
             reconcile_actions=dict(actions),
             reconcile_runs=dict(runs),
+            reconcile_refused=bool(newest and newest[0]),
+            reconcile_held_back=newest[1] if newest else 0,
         )

@@ -1,4 +1,4 @@
-"""Reconcile run records on Postgres (table `reconcile_runs`, migrations/0001).
+"""Reconcile run records on Postgres (table `reconcile_runs`, migrations/0001 and 0005).
 
 Both timestamps come from the database clock, read while the caller holds the reconcile lock: one
 clock for every run, so stored runs can be compared with each other (they never overlap).
@@ -14,10 +14,16 @@ from psycopg_pool import ConnectionPool
 from shared.adapters.db import pooled_cursor
 
 MAX_LATEST = 100
-_LATEST = (
-    "SELECT id, started_at, finished_at, dry_run, trigger, counts, actions, errors"
-    " FROM reconcile_runs ORDER BY started_at DESC, id DESC LIMIT %s"
+_SELECT = (
+    "SELECT id, started_at, finished_at, dry_run, outcome, trigger, counts, actions, errors"
+    " FROM reconcile_runs"
 )
+_LATEST = _SELECT + " ORDER BY started_at DESC, id DESC LIMIT %s"
+_LAST_REAL = (
+    _SELECT
+    + " WHERE finished_at IS NOT NULL AND NOT dry_run ORDER BY started_at DESC, id DESC LIMIT 1"
+)
+OUTCOMES = ("applied", "dry_run", "refused")
 
 
 class PostgresReconcileRuns:
@@ -34,13 +40,17 @@ class PostgresReconcileRuns:
             ).fetchone()
         return row["id"]
 
-    def finish(self, run_id: int, *, counts: dict, actions: list, errors: list) -> None:
-        """Record that the run finished now, with what it did (JSON-ready values only)."""
+    def finish(
+        self, run_id: int, *, outcome: str, counts: dict, actions: list, errors: list
+    ) -> None:
+        """Record that the run finished now, how (`OUTCOMES`), and what it did (JSON-ready)."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}")
         with self._cursor() as cur:
             cur.execute(
-                "UPDATE reconcile_runs SET finished_at = clock_timestamp(),"
+                "UPDATE reconcile_runs SET finished_at = clock_timestamp(), outcome = %s,"
                 " counts = %s, actions = %s, errors = %s WHERE id = %s",
-                (Jsonb(counts), Jsonb(actions), Jsonb(errors), run_id),
+                (outcome, Jsonb(counts), Jsonb(actions), Jsonb(errors), run_id),
             )
 
     def latest(self, limit: int = 20) -> list[dict]:
@@ -50,11 +60,21 @@ class PostgresReconcileRuns:
             raise ValueError(f"limit must be an integer from 1 to {MAX_LATEST}")
         with self._cursor() as cur:
             rows = cur.execute(_LATEST, (limit,)).fetchall()
-        for row in rows:
-            row["started_at"] = row["started_at"].astimezone(UTC)
-            if row["finished_at"] is not None:
-                row["finished_at"] = row["finished_at"].astimezone(UTC)
-        return rows
+        return [_utc(row) for row in rows]
+
+    def last_real_run(self) -> dict | None:
+        """The newest finished run that was not a dry run (as `latest` gives it), or None.
+        A dry run changes nothing, so it leaves what the last real run said standing."""
+        with self._cursor() as cur:
+            row = cur.execute(_LAST_REAL).fetchone()
+        return None if row is None else _utc(row)
 
     def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
         return pooled_cursor(self._pool, "the registry database is unreachable")
+
+
+def _utc(row: dict) -> dict:
+    row["started_at"] = row["started_at"].astimezone(UTC)
+    if row["finished_at"] is not None:
+        row["finished_at"] = row["finished_at"].astimezone(UTC)
+    return row

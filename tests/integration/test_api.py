@@ -883,6 +883,7 @@ def test_reconcile_runs_are_listed_newest_first_and_a_run_can_be_requested(api, 
     first = runs.start(dry_run=True, trigger="test")
     runs.finish(
         first,
+        outcome="dry_run",
         counts={"orphan": 1},
         actions=[{"kind": "orphan", "vm_id": "fhm1", "detail": "old"}],
         errors=[],
@@ -890,7 +891,7 @@ def test_reconcile_runs_are_listed_newest_first_and_a_run_can_be_requested(api, 
     resp = api.get("/reconcile/runs?limit=5")
     assert resp.status_code == 200
     latest = resp.get_json()["items"][0]
-    assert latest["id"] == first and latest["dry_run"] is True
+    assert latest["id"] == first and latest["dry_run"] is True and latest["outcome"] == "dry_run"
     assert latest["counts"] == {"orphan": 1}
     assert latest["actions"][0]["kind"] == "orphan"
     assert api.get("/reconcile/runs?limit=0").status_code == 422
@@ -904,8 +905,32 @@ def test_reconcile_runs_are_listed_newest_first_and_a_run_can_be_requested(api, 
         if json.loads(raw)["headers"]["id"] == task_id
     ]
     assert len(queued_runs) == 1
-    assert queued_runs[0][1][1] == {"trigger": "api", "dry_run": True}
+    assert queued_runs[0][1][1] == {"trigger": "api", "dry_run": True, "confirm_destructive": 0}
     broker.delete("dark.reconcile")
     with pg_pool.connection() as conn:
         conn.execute("DELETE FROM reconcile_runs WHERE id = %s", (first,))
     assert api.post("/reconcile", json={"force": True}).status_code == 422
+
+
+def test_an_operator_confirmation_of_destructive_actions_travels_with_the_run_request(api, broker):
+    resp = api.post("/reconcile", json={"confirm_destructive": 12})
+    assert resp.status_code == 202
+    task_id = resp.get_json()["task_id"]
+    try:
+        (kwargs,) = [
+            _decode(raw)[1][1]
+            for raw in broker.lrange("dark.reconcile", 0, -1)
+            if json.loads(raw)["headers"]["id"] == task_id
+        ]
+    finally:
+        broker.delete("dark.reconcile")
+    assert kwargs == {"trigger": "api", "dry_run": False, "confirm_destructive": 12}
+
+
+@pytest.mark.parametrize("bad", [-1, "12", 1.5, True, None, 10**9])
+def test_a_confirmation_that_is_not_a_sane_count_is_refused_with_422(api, broker, bad):
+    waiting = broker.llen("dark.reconcile")
+    resp = api.post("/reconcile", json={"confirm_destructive": bad})
+    assert resp.status_code == 422, resp.get_json()
+    assert "confirm_destructive" in error_of(resp)["details"]["fields"]
+    assert broker.llen("dark.reconcile") == waiting

@@ -39,6 +39,7 @@ REQUIRED_ENV = {
     "DARK_SESSION_SECRET": "s" * 40,
     "FLOWER_BASIC_AUTH": "admin:flower0123456789",
     "DARK_VM_IMAGE": "fd8image0123456789",
+    "DARK_DEPLOYMENT": "compose-test",
 }
 OPTIONAL_ENV = {"YC_IAM_TOKEN": "t1.sim-token-0123456789"}
 PROFILES = [("cloud",), ("demo",)]

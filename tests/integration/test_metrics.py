@@ -177,6 +177,7 @@ def test_reconcile_actions_count_runs_that_were_not_dry_runs(client, pg_pool):
     applied = runs.start(dry_run=False, trigger="test")
     runs.finish(
         applied,
+        outcome="applied",
         counts={"orphan": 1, "stuck": 1},
         actions=[{"kind": "orphan", "result": "deleted"}, {"kind": "stuck", "result": "failed"}],
         errors=[],
@@ -184,6 +185,7 @@ def test_reconcile_actions_count_runs_that_were_not_dry_runs(client, pg_pool):
     dry = runs.start(dry_run=True, trigger="test")
     runs.finish(
         dry,
+        outcome="dry_run",
         counts={"orphan": 1},
         actions=[{"kind": "orphan", "result": "dry run: nothing done"}],
         errors=[],
@@ -203,6 +205,45 @@ def test_reconcile_actions_count_runs_that_were_not_dry_runs(client, pg_pool):
     assert matching(after, "dark_reconcile_actions_total", kind="respawn"), "every kind is listed"
     assert moved("dark_reconcile_runs_total", dry_run="false") == 1
     assert moved("dark_reconcile_runs_total", dry_run="true") == 1
+
+
+def test_a_refused_newest_run_raises_the_blast_radius_gauges_until_a_run_is_applied(
+    client, pg_pool
+):
+    runs = PostgresReconcileRuns(pg_pool)
+    before = scrape(client)
+    held = {"kind": "orphan", "result": "held back: over the cap", "held_back": True}
+    done = {"kind": "stuck", "result": "failed", "held_back": False}
+    refused = runs.start(dry_run=False, trigger="test")
+    runs.finish(
+        refused,
+        outcome="refused",
+        counts={"orphan": 12, "stuck": 1, "held_back": 12},
+        actions=[held] * 12 + [done],
+        errors=[],
+    )
+    applied = None
+    try:
+        during = scrape(client)
+        applied = runs.start(dry_run=False, trigger="test")
+        runs.finish(applied, outcome="applied", counts={}, actions=[], errors=[])
+        after = scrape(client)
+    finally:
+        with pg_pool.connection() as conn:
+            conn.execute("DELETE FROM reconcile_runs WHERE id IN (%s, %s)", (refused, applied))
+
+    assert total(during, "dark_reconcile_refused") == 1
+    assert total(during, "dark_reconcile_held_back") == 12
+    assert total(after, "dark_reconcile_refused") == 0
+    assert total(after, "dark_reconcile_held_back") == 0
+    # What was held back was not done: only the stuck row counts as an action taken.
+    assert total(during, "dark_reconcile_actions_total", kind="orphan") == total(
+        before, "dark_reconcile_actions_total", kind="orphan"
+    )
+    assert (
+        total(during, "dark_reconcile_actions_total", kind="stuck")
+        == total(before, "dark_reconcile_actions_total", kind="stuck") + 1
+    )
 
 
 def test_postgres_down_leaves_out_its_figures_and_never_fails_the_scrape(env):

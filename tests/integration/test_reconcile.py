@@ -75,7 +75,8 @@ class Harness:
     def labels(self) -> dict:
         return {"managed-by": "dark-orchestrator", "deployment": self.deployment}
 
-    def reconcile(self, *, later: float = 0, dry_run: bool = False):
+    def reconcile(self, *, later: float = 0, dry_run: bool = False, **options):
+        """`options`: reconcile_once's keyword options (confirm_destructive)."""
         return reconcile_once(
             self.registry,
             self.compute,
@@ -87,6 +88,7 @@ class Harness:
             trigger="test",
             dispatch=self.dispatch,
             tenants=self.directory,
+            **options,
         )
 
     def add_vm(self, name=None, *, age=0, labels=None, folder=None) -> dict:

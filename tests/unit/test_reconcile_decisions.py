@@ -265,8 +265,10 @@ class FakeRuns:
         self.runs[run_id] = {"dry_run": dry_run, "trigger": trigger, "finished": False}
         return run_id
 
-    def finish(self, run_id, *, counts, actions, errors):
-        self.runs[run_id].update(counts=counts, actions=actions, errors=errors, finished=True)
+    def finish(self, run_id, *, counts, actions, errors, outcome=None):
+        self.runs[run_id].update(
+            counts=counts, actions=actions, errors=errors, outcome=outcome, finished=True
+        )
 
 
 class FakeLocks:
@@ -311,7 +313,10 @@ class World:
     dispatch: FakeDispatch
     tenants: FakeTenants
 
-    def reconcile(self, *, dry_run=False, **overrides):
+    def reconcile(self, *, dry_run=False, confirm_destructive=None, **overrides):
+        confirm = (
+            {} if confirm_destructive is None else {"confirm_destructive": confirm_destructive}
+        )
         return reconcile_once(
             self.registry,
             self.compute,
@@ -323,6 +328,7 @@ class World:
             trigger="test",
             dispatch=self.dispatch,
             tenants=self.tenants,
+            **confirm,
         )
 
 
@@ -373,6 +379,8 @@ def test_a_dry_run_changes_nothing_and_reports_exactly_what_the_real_run_then_do
         "respawn": 1,
         "resume": 0,
         "resume_teardown": 1,
+        "destructive": 2,
+        "held_back": 0,
         "vms_listed": 6,
         "rows_checked": 5,
     }

@@ -10,6 +10,7 @@ PROD = {
     "FLOWER_BASIC_AUTH": "ops:" + "c" * 20,
     "YC_SA_KEY_FILE": "/etc/dark/sa.json",
     "DARK_SESSION_SECRET": "d" * 32,
+    "DARK_DEPLOYMENT": "prod-eu",
 }
 
 
@@ -45,11 +46,23 @@ def test_production_starts_with_everything_it_needs():
         "DARK_VM_IMAGE",
         "FLOWER_BASIC_AUTH",
         "DARK_SESSION_SECRET",
+        "DARK_DEPLOYMENT",
     ],
 )
 def test_production_refuses_to_start_without(missing):
     with pytest.raises(SettingsError, match=missing):
         load_settings({**PROD, missing: ""})
+
+
+def test_development_falls_back_to_the_local_deployment_label():
+    assert load_settings({}).deployment == "local"
+
+
+def test_the_reconcile_blast_radius_cap_defaults_to_10_and_is_never_negative():
+    assert load_settings({}).reconcile_max_destructive == 10
+    assert load_settings({"RECONCILE_MAX_DESTRUCTIVE": "0"}).reconcile_max_destructive == 0
+    with pytest.raises(SettingsError, match="RECONCILE_MAX_DESTRUCTIVE"):
+        load_settings({"RECONCILE_MAX_DESTRUCTIVE": "-1"})
 
 
 def test_gateway_and_onboarding_tokens_must_differ():
