@@ -9,8 +9,10 @@
 """
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -122,10 +124,10 @@ def test_make_test_checks_the_system_tools_before_running_pytest():
     assert check and tests and check[0] < tests[0], planned
 
 
-def ensure_tools(*prefix: str, **env: str) -> subprocess.CompletedProcess:
+def ensure_tools(script: Path = ROOT / "devtools" / "ensure-tools.sh", *prefix: str, **env: str):
     return subprocess.run(
-        [*prefix, "bash", str(ROOT / "devtools" / "ensure-tools.sh")],
-        cwd=ROOT,
+        [*prefix, "bash", str(script)],
+        cwd=script.parents[1],
         env={**os.environ, "PYTHON": sys.executable, **env},
         capture_output=True,
         text=True,
@@ -141,10 +143,23 @@ def test_the_tool_check_says_nothing_once_everything_is_installed():
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
 
 
-def test_the_tool_check_fails_naming_the_install_command_when_it_cannot_install(tmp_path):
+@pytest.fixture
+def public_copy():
+    """The tool check copied where any user can read it: the clone may sit under root's home."""
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)  # noqa: S103 - another user runs the copy
+        script = Path(top) / "devtools" / "ensure-tools.sh"
+        script.parent.mkdir(mode=0o755)
+        shutil.copy(ROOT / "devtools" / "ensure-tools.sh", script)
+        script.chmod(0o755)
+        yield script
+
+
+def test_the_tool_check_fails_naming_the_install_command_when_it_cannot_install(public_copy):
     # Not root: apt-get cannot install, so the check must stop and say what would.
     as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
-    result = ensure_tools(*as_user, CHROMIUM=str(tmp_path / "no-chromium"))
+    chromium = public_copy.parent / "no-chromium"
+    result = ensure_tools(public_copy, *as_user, CHROMIUM=str(chromium))
     assert result.returncode != 0
     assert "sudo apt-get install -y chromium" in result.stderr, result.stderr
 
