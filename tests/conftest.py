@@ -16,6 +16,9 @@ from tests.support.stack import claimed_redis_db
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
+# A skipped or xfail-marked test fails the run: `make test` installs what the tests need.
+pytest_plugins = ["tests.support.no_skips"]
+
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):

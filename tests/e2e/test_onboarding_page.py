@@ -9,15 +9,13 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.support.browser import ARTIFACTS, needs_chromium
+from tests.support.browser import ARTIFACTS
 from tests.support.onboarding import SUBMITTED, TOKEN, canary, forget_tenants
 from tests.support.processes import VENV_BIN, free_port, spawn, stop_process, wait_until
 
 PREFIX = f"onbpage-{secrets.token_hex(4)}"
 EXPECTED_HTTP_ERROR = "Failed to load resource: the server responded with a status of 4"
 SECRET_INPUTS = ["#claude_oauth_token", "#nks_pat", "#forge-0-token", "#forge-1-token"]
-
-pytestmark = needs_chromium
 
 
 def tenant_name(label: str) -> str:

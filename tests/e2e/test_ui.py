@@ -12,12 +12,12 @@ import uuid
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN
-from tests.support.browser import ARTIFACTS, needs_chromium
+from tests.support.browser import ARTIFACTS
 from tests.support.stack import make_stack, private_database
 
 READY_TIMEOUT_MS = 60_000
 
-pytestmark = [pytest.mark.slow, needs_chromium]
+pytestmark = pytest.mark.slow
 
 # Records every status the row of `id` shows, so the test can tell a live update from a reload.
 WATCH_ROW = """(id) => {

@@ -23,11 +23,20 @@ import requests
 from devtools import run as make_run
 from shared.celery_app import QUEUES, ROUTES
 from shared.settings import env_names, load_settings
-from tests.support.processes import ROOT, bao_binary, free_port, spawn, stop_process, wait_until
+from tests.support.processes import (
+    ROOT,
+    VENV_BIN,
+    bao_binary,
+    free_port,
+    spawn,
+    stop_process,
+    wait_until,
+)
 
 INSTALL_HINT = (
     "Docker Compose v2 is required for this test and is not installed (Debian bookworm has no "
-    "Compose v2 package). Install it as a Docker CLI plugin with: bash deploy/install-compose.sh"
+    "Compose v2 package). `make test` installs it (devtools/ensure-tools.sh); by hand: "
+    "bash deploy/install-compose.sh"
 )
 # What an operator's .env must provide; dummy values of the right shape.
 REQUIRED_ENV = {
@@ -51,12 +60,15 @@ HELPERS = {"sim", "vault-init", "vault-setup"}
 
 
 def compose_command() -> list[str]:
-    """`docker compose` (the CLI plugin), or a v2 `docker-compose`; never skip silently."""
+    """`docker compose` (the CLI plugin), or a v2 `docker-compose` on PATH or in the virtualenv
+    (where devtools/ensure-tools.sh puts it on a machine without the Docker client)."""
     candidates = []
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
     if shutil.which("docker-compose"):
         candidates.append(["docker-compose"])
+    if (VENV_BIN / "docker-compose").exists():
+        candidates.append([str(VENV_BIN / "docker-compose")])
     for command in candidates:
         result = subprocess.run(
             [*command, "version", "--short"], capture_output=True, text=True, check=False

@@ -10,10 +10,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 # Screenshots go here (git-ignored).
 ARTIFACTS = ROOT / "test-artifacts"
 
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)"
-)
-
 _CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -31,6 +27,10 @@ def browser():
     # Imported here: collecting the other e2e modules does not need Playwright.
     from playwright.sync_api import sync_playwright
 
+    # Never a skip: `make test` installs it (devtools/ensure-tools.sh).
+    assert CHROMIUM.exists(), (
+        f"no Chromium at {CHROMIUM}: run make test, or apt-get install chromium"
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
