@@ -164,7 +164,12 @@ class Driver:
         instance = self._instance_of(ref)
         if instance is None:
             return f"skipped: provision {ref} was refused"
-        vm_id = self._provider_id(instance["tenant"], instance["id"])
+        vm_id = None
+        for _ in range(20):  # the VM appears once the create is under way: give it 10 s
+            vm_id = self._provider_id(instance["tenant"], instance["id"])
+            if vm_id:
+                break
+            time.sleep(0.5)
         if vm_id is None:
             return f"skipped: {instance['id']} has no VM yet"
         resp = requests.post(self.chaos.sim.admin_url + "/guests/faults", timeout=10,
