@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install tools test lint fmt lock clean run bench
+.PHONY: install tools test lint fmt lock clean run bench chaos
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,3 +49,7 @@ run: install
 bench: install
 	$(PY) -m bench.provision --n 50
 	$(PY) -m bench.reconcile
+
+# The chaos suite (DESIGN §9, docs/RELIABILITY.md): SEED replays a run, ROUNDS runs more.
+chaos: install
+	$(PY) -m tests.chaos $(if $(SEED),--seed $(SEED)) --rounds $(or $(ROUNDS),1)
