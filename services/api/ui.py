@@ -26,6 +26,7 @@ from flask import (
 )
 
 from services.api.auth import CSRF_HEADER, csrf_token, sign_in, sign_out, signed_in
+from shared.domain.errors import RegistryUnavailable
 from shared.domain.lifecycle import Status
 from shared.settings import Settings
 from shared.web import PAGE_CONTENT_SECURITY_POLICY, public
@@ -68,6 +69,7 @@ def dashboard():
     return _page(
         "ui/dashboard.html",
         statuses=[status.value for status in Status],
+        refused=_refused_run(),
     )
 
 
@@ -106,6 +108,21 @@ def sign_out_form():
 def static(filename: str):
     # send_from_directory refuses paths that leave the directory (404).
     return send_from_directory(STATIC_DIR, filename)
+
+
+def _refused_run() -> dict | None:
+    """What the banner says when the newest real reconcile run was refused (its blast-radius cap
+    held back deletes and lost marks); None when it was not, or the registry cannot say now."""
+    try:
+        run = current_app.extensions["dark"].runs.last_real_run()
+    except RegistryUnavailable:
+        return None
+    if run is None or run.get("outcome") != "refused":
+        return None
+    held = [action for action in run["actions"] if action.get("held_back")]
+    orphans = sum(1 for action in held if action["kind"] == "orphan")
+    lost = sum(1 for action in held if action["kind"] == "lost")
+    return {"id": run["id"], "orphans": orphans, "lost": lost, "confirm": orphans + lost}
 
 
 def _page(template: str, **context):

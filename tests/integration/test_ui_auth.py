@@ -121,6 +121,7 @@ def test_production_marks_the_cookie_secure(make_app):
         FLOWER_BASIC_AUTH="ops:" + secrets.token_hex(8),
         YC_SA_KEY_FILE="/nonexistent/sa.json",
         DARK_SESSION_SECRET=secrets.token_hex(32),
+        DARK_DEPLOYMENT="prod-eu",
     )
     resp = sign_in(production.test_client())
     assert resp.status_code == 303
@@ -218,3 +219,40 @@ def test_static_files_are_served_without_a_session_and_nothing_outside_them(app)
     assert resp.mimetype == "text/javascript"
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert client.get("/ui/static/../ui.py").status_code == 404
+
+
+def test_the_dashboard_shows_a_banner_while_the_newest_run_is_refused(app, pg_pool):
+    from html import unescape
+
+    from shared.adapters.runs import PostgresReconcileRuns
+
+    runs = PostgresReconcileRuns(pg_pool)
+    client, _csrf = signed_in_client(app)
+    orphan = {"kind": "orphan", "vm_id": "fhm-banner", "result": "held back", "held_back": True}
+    lost = {"kind": "lost", "instance_id": str(uuid.uuid4()), "result": "held back"}
+    refused = runs.start(dry_run=False, trigger="test")
+    runs.finish(
+        refused,
+        outcome="refused",
+        counts={"orphan": 11, "lost": 1, "held_back": 12, "destructive": 12},
+        actions=[orphan] * 11 + [{**lost, "held_back": True}],
+        errors=[],
+    )
+    applied = None
+    try:
+        page = unescape(client.get("/ui/").get_data(as_text=True))
+        applied = runs.start(dry_run=False, trigger="test")
+        runs.finish(applied, outcome="applied", counts={}, actions=[], errors=[])
+        later = client.get("/ui/").get_data(as_text=True)
+    finally:
+        with pg_pool.connection() as conn:
+            conn.execute("DELETE FROM reconcile_runs WHERE id IN (%s, %s)", (refused, applied))
+
+    banner = re.search(r'<section id="reconcile-refused".*?</section>', page, re.S)
+    assert banner, "no banner for a refused run"
+    text = " ".join(re.sub(r"<[^>]+>", " ", banner.group(0)).split())
+    assert f"run {refused} was refused" in text
+    assert "delete 11 VMs with no instance row" in text and "mark 1 instance lost" in text
+    assert 'POST /reconcile {"confirm_destructive": 12}' in text
+    assert "RECONCILE_MAX_DESTRUCTIVE" in text
+    assert 'id="reconcile-refused"' not in later
