@@ -50,6 +50,6 @@ bench: install
 	$(PY) -m bench.provision --n 50
 	$(PY) -m bench.reconcile
 
-# The chaos suite (DESIGN §9, docs/RELIABILITY.md): SEED replays a run, ROUNDS runs more.
+# The chaos suite (docs/RELIABILITY.md): SEED replays a run, ROUNDS runs more.
 chaos: install
 	$(PY) -m tests.chaos $(if $(SEED),--seed $(SEED)) --rounds $(or $(ROUNDS),1)

@@ -1,4 +1,4 @@
-"""A tenant's identity is created once (DESIGN §4 Invariants): the initializing step's credential
+"""A tenant's identity is created once: the initializing step's credential
 calls, and keeping an identity that a guest holds before its VM goes.
 
 With the real dark-agent every *init* registers another SSH key on the tenant's forges, so *init*

@@ -1,4 +1,4 @@
-"""`python -m tests.chaos --seed N --rounds R`: the chaos suite (DESIGN §9).
+"""`python -m tests.chaos --seed N --rounds R`: the chaos suite (docs/RELIABILITY.md).
 
 Round i runs with seed N+i; each round prints its seed, so `--seed <that seed>` replays it (the
 same plan; timing makes the interleaving differ slightly). Exits 1 when any invariant was violated.

@@ -1,4 +1,5 @@
-"""DESIGN §4's invariants, checked from the outside after a round has converged.
+"""The invariants the control plane promises (docs/RELIABILITY.md), checked from the outside
+after a round has converged.
 
 Each check returns a list of violations, each a line with what a person needs to debug it: the
 instance, its tenant, and what is wrong.

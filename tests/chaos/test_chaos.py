@@ -1,4 +1,5 @@
-"""One short seeded chaos round (DESIGN §9) inside `make test`; `make chaos` runs full ones.
+"""One short seeded chaos round (docs/RELIABILITY.md) inside `make test`; `make chaos` runs
+full ones.
 
 The seed is printed; CHAOS_SEED=<n> replays that round's plan.
 """
