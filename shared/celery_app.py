@@ -5,6 +5,7 @@ their tasks against the app it builds.
 """
 
 from celery import Celery
+from celery.concurrency.asynpool import AsynPool
 from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError, OperationalError
@@ -86,6 +87,29 @@ class BrokerLossSafeConsumer(Consumer):
         if channel is not None:
             channel.do_restore = False
         super().on_connection_error_after_connected(exc)
+
+
+def _track_live_children_only(track):
+    """Celery 5.7's prefork pool, made to survive a child that died around a broker reconnect.
+
+    When a pool child exits (SIGKILL, the OOM killer) the pool untracks it, setting its sentinel
+    to None, and replaces it a moment later. If the broker connection is re-established in that
+    moment, the consumer re-registers every listed child with the new event loop and hands that
+    None to kombu, whose ValueError is not among the errors Celery tolerates there: the whole worker
+    node exits. An exited child has nothing to watch; its replacement is tracked when it starts.
+    """
+
+    def track_child(pool, proc, hub):
+        if getattr(proc, "_sentinel_poll", 0) is None:
+            return None
+        return track(pool, proc, hub)
+
+    track_child.guarded = True
+    return track_child
+
+
+if not getattr(AsynPool._track_child_process, "guarded", False):
+    AsynPool._track_child_process = _track_live_children_only(AsynPool._track_child_process)
 
 
 def reconcile_beat_schedule(settings: Settings) -> dict:
