@@ -82,8 +82,20 @@ class FleetService:
         self._tenants = tenants  # the tenant directory; None only where no check is wanted
 
     def provision(
-        self, tenant: str, *, request_key: str | None, request_id: str | None
+        self,
+        tenant: str,
+        *,
+        request_key: str | None,
+        request_id: str | None,
+        keep_if_queue_down: bool = False,
     ) -> tuple[Instance, str]:
+        """Write the pending row and send its first message.
+
+        With the queue down, a row this request created is taken back and DispatchUnavailable
+        raised (a client's 503 leaves nothing behind). `keep_if_queue_down` is for callers with no
+        client to retry (reconcile's respawn): the row stays and is answered, and is resumed when
+        a worker reconnects or reconcile finds its chain missing.
+        """
         tenant = normalize_tenant(tenant)
         if self._tenants is not None and not self._tenants.is_onboarded(tenant):
             # Refused before any row or VM exists: there would be nothing to initialise it with.
@@ -95,14 +107,34 @@ class FleetService:
             tenant, request_key=request_key, max_live=self._max or None
         )
         task_id = first_task_id(instance.id, "provision")
-        # A repeat of a request whose message may never have been sent (the queue was down) sends it
-        # again; the continuation token makes a duplicate harmless.
+        if not created and instance.status is Status.PENDING:
+            # A repeat of a request whose message may never have been sent (the queue was down)
+            # sends it again, under a fresh token: a duplicate is then harmless, and the first
+            # request, should it still be failing, can no longer withdraw the row answered here.
+            try:
+                instance = self._registry.update(
+                    instance.id,
+                    Status.PENDING,
+                    wake_token=uuid.uuid4(),
+                    expected_token=instance.wake_token,
+                )
+            except (TransitionConflict, InstanceNotFound):
+                # Moved on (a worker has it) or taken back by the first request: ask again.
+                instance, created = self._registry.create(
+                    tenant, request_key=request_key, max_live=self._max or None
+                )
         if created or instance.status is Status.PENDING:
             try:
                 self._dispatcher.send(
                     instance, instance.wake_token, request_id=request_id, task_id=task_id
                 )
             except DispatchUnavailable:
+                if keep_if_queue_down:
+                    log.warning(
+                        "provision recorded; its message waits for the task queue",
+                        extra={"instance_id": instance.id, "tenant": tenant},
+                    )
+                    return instance, task_id
                 if not created:
                     raise  # accepted by an earlier request: it stays, and is resumed later
                 return self._withdraw(instance), task_id

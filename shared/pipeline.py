@@ -22,6 +22,7 @@ from shared.domain.errors import (
     CloudTransient,
     DomainError,
     GuestError,
+    InstanceNotFound,
     SecretsBackendUnavailable,
     SecretsMissing,
     TransitionConflict,
@@ -387,8 +388,8 @@ def resume_unfinished(registry: FleetRegistry, send: Callable[[Instance, uuid.UU
         token = uuid.uuid4()
         try:
             instance = registry.update(instance.id, instance.status, wake_token=token)
-        except TransitionConflict:
-            continue
+        except (TransitionConflict, InstanceNotFound):
+            continue  # moved on, or withdrawn by a gateway whose dispatch failed
         send(instance, token)
         count += 1
     return count

@@ -359,8 +359,12 @@ class _Executor:
         if lost.id not in self.marked_lost:
             return "skipped: the instance was not marked lost"
         # Keyed by the lost instance: asking twice for its replacement gives the same instance.
+        # Kept even when the queue is down: no later run respawns an instance already lost.
         fresh, _ = self.fleet.provision(
-            lost.tenant, request_key=f"respawn:{lost.id}", request_id=self.request_id
+            lost.tenant,
+            request_key=f"respawn:{lost.id}",
+            request_id=self.request_id,
+            keep_if_queue_down=True,
         )
         self.registry.note(lost.id, f"reconcile provisioned instance {fresh.id} to replace it")
         return f"provisioned instance {fresh.id}"

@@ -13,7 +13,7 @@ from shared.adapters.db import make_pool
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.celery_app import MAX_COUNTDOWN_SECS, TASK_PROVISION, TASK_TEARDOWN, make_celery
 from shared.composition import PerProcess, build_worker_context
-from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
+from shared.domain.errors import DomainError, RegistryUnavailable
 from shared.fleet import CeleryDispatcher
 from shared.logs import configure_logging, redact, request_id_var
 from shared.pipeline import Pipeline, backoff, resume_unfinished
@@ -69,7 +69,7 @@ class ResumeOnConnect(bootsteps.StartStopStep):
                     PostgresFleetRegistry(pool),
                     lambda inst, token: dispatcher.send(inst, token, request_id=None),
                 )
-        except (RegistryUnavailable, DispatchUnavailable) as exc:
+        except DomainError as exc:
             # Never fatal to the worker: reconcile resumes rows whose chain is gone.
             log.warning("could not resume unfinished instances: %s", exc)
             return

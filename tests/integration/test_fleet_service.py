@@ -122,3 +122,47 @@ def test_when_the_registry_fails_too_the_answer_names_the_row_it_keeps(registry,
         )
     [row] = registry.list(tenant=tenant)[0]
     assert raised.value.details == {"instance_id": row.id}
+
+
+def test_a_repeat_accepted_while_the_first_request_is_failing_is_never_withdrawn(registry, tenant):
+    """R1 creates the row and its send fails; before R1 takes the row back, R2 (the client's retry
+    with the same Idempotency-Key) re-sends and is answered 202. R1 must then not delete the row R2
+    answered with: R2's message would find nothing and the accepted request would be lost."""
+    answers = {}
+
+    def repeat_succeeds_first(_instance) -> None:
+        answers["r2"], _ = fleet(registry, Dispatcher()).provision(
+            tenant, request_key="k-repeat", request_id=None
+        )
+        raise DispatchUnavailable("the task queue is unreachable")
+
+    r1, _ = fleet(registry, Dispatcher(on_send=repeat_succeeds_first)).provision(
+        tenant, request_key="k-repeat", request_id=None
+    )
+    kept = registry.get(answers["r2"].id)
+    assert kept is not None, "the row a 202 was answered with was withdrawn"
+    assert r1.id == kept.id and kept.wake_token == answers["r2"].wake_token
+
+
+# --- a worker's resume sweep ---------------------------------------------------------------------
+
+
+def test_a_row_withdrawn_during_a_workers_resume_sweep_is_passed_over(registry, tenant):
+    """The sweep lists the unfinished rows, then gives each a fresh token; a gateway withdrawing
+    one in between (its 503 taking the row back) must not stop the sweep for the rest."""
+    from shared.pipeline import resume_unfinished
+
+    withdrawn, _ = registry.create(tenant)
+    kept, _ = registry.create(tenant)
+
+    class WithdrawnMeanwhile(PostgresFleetRegistry):
+        def list_by_statuses(self, statuses):
+            rows = super().list_by_statuses(statuses)
+            registry.withdraw(withdrawn.id, withdrawn.wake_token)
+            return [row for row in rows if row.tenant == tenant]
+
+    sent = []
+    resumed = resume_unfinished(
+        WithdrawnMeanwhile(registry._pool), lambda inst, token: sent.append(inst.id)
+    )
+    assert sent == [kept.id] and resumed == 1

@@ -7,7 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.domain.errors import CloudTransient, InstanceNotFound, TransitionConflict
+from shared.domain.errors import (
+    CloudTransient,
+    DispatchUnavailable,
+    InstanceNotFound,
+    TransitionConflict,
+)
 from shared.domain.lifecycle import IN_FLIGHT, Status, check_transition
 from shared.domain.records import CloudVm, Instance, OperationState, vm_name_for
 from shared.reconcile import (
@@ -226,6 +231,13 @@ class FakeRegistry:
         row = dataclasses.replace(make_row("pending", tenant=tenant), request_key=request_key)
         self.rows[row.id] = row
         return row, True
+
+    def withdraw(self, instance_id, token):
+        row = self.rows.get(instance_id)
+        if row is None or row.status is not Status.PENDING or row.wake_token != token:
+            return False
+        del self.rows[instance_id]
+        return True
 
     def _set(self, instance_id, **fields):
         row = dataclasses.replace(self.rows[instance_id], updated_at=NOW, **fields)
@@ -478,3 +490,20 @@ def test_a_run_that_breaks_is_still_finished_in_its_record():
         w.reconcile()
     (run,) = w.runs.runs.values()
     assert run["finished"] and run["errors"][0]["kind"] == "run"
+
+
+def test_a_respawn_made_while_the_queue_is_down_is_kept_for_a_later_resume():
+    """No later run respawns an instance that is already lost: its replacement row must outlive a
+    queue outage (workers resume it on reconnecting) instead of being taken back like a 503."""
+    w, subject = mixed_world()
+
+    def queue_down(*_args, **_kwargs):
+        raise DispatchUnavailable("the task queue is unreachable")
+
+    w.dispatch.send = queue_down
+    summary = w.reconcile(reconcile_respawn_lost=True)
+    lost = subject["lost"]
+    (fresh,) = [r for r in w.registry.rows.values() if r.request_key == f"respawn:{lost.id}"]
+    assert fresh.status is Status.PENDING
+    (record,) = [r for r in summary.actions if r["kind"] == RESPAWN]
+    assert record["result"] == f"provisioned instance {fresh.id}"
