@@ -205,11 +205,11 @@ class PutKilledOnce:
     def __getattr__(self, name):
         return getattr(self._bundles, name)
 
-    def put(self, tenant, bundle):
+    def put(self, tenant, bundle, owner):
         if not self.killed:
             self.killed = True
             raise WorkerKilled()
-        return self._bundles.put(tenant, bundle)
+        return self._bundles.put(tenant, bundle, owner)
 
 
 def test_a_worker_killed_after_init_before_the_bundle_was_stored_does_not_init_again(harness):
@@ -295,7 +295,7 @@ class PutNeverReturns:
     def __getattr__(self, name):
         return getattr(self._bundles, name)
 
-    def put(self, tenant, bundle):
+    def put(self, tenant, bundle, owner):
         self.killed = True
         raise WorkerKilled()
 
@@ -371,3 +371,54 @@ def test_a_claim_whose_owner_failed_before_storing_anything_is_taken_over(harnes
     assert harness.guest_calls(row.provider_id).count("init") == 1
     assert harness.bundles.claim(tenant, gone.id) == (instance.id, False)
     assert harness.bundles.get(tenant) is not None
+
+
+# --- offboarding while the identity is being created ---------------------------------------------
+
+
+class OffboardedDuringExport:
+    """A guest agent whose `export` answers, and then, before the caller can store what it got,
+    offboarding removes the tenant's bundle and claim."""
+
+    def __init__(self, harness, tenant: str) -> None:
+        self._guest = harness.guest
+        self._remover = PostgresBundleRemover(harness.pool)
+        self._tenant = tenant
+        self.exports = 0
+
+    def __getattr__(self, name):
+        return getattr(self._guest, name)
+
+    def export(self, address):
+        bundle = self._guest.export(address)
+        self.exports += 1
+        self._remover.delete(self._tenant)
+        return bundle
+
+
+def test_an_identity_created_while_the_tenant_was_offboarded_is_not_stored(harness):
+    tenant = tenant_name("offinit")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    guest = OffboardedDuringExport(harness, tenant)
+    row = Driver(harness.pipeline(guest=guest), instance.id).run()
+
+    assert guest.exports == 1
+    assert harness.bundles.get(tenant) is None
+    assert row.status is Status.FAILED
+    assert row.reason == "the tenant was offboarded while its identity was being created"
+
+
+def test_a_teardown_salvage_racing_offboarding_does_not_store_the_old_identity(harness):
+    tenant = tenant_name("offsalv")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    dying = PutNeverReturns(harness.bundles)
+    Driver(harness.pipeline(bundles=dying), instance.id).run(until=lambda _: dying.killed)
+
+    request_teardown(harness.registry, instance.id)
+    guest = OffboardedDuringExport(harness, tenant)
+    retired = Driver(harness.pipeline(guest=guest), instance.id).run()
+    assert retired.status is Status.RETIRED, retired.reason
+    assert guest.exports == 1
+    assert harness.bundles.get(tenant) is None
