@@ -144,17 +144,7 @@ class EnvelopeBundleStore:
 
     def pending_claim(self, tenant: str) -> uuid.UUID | None:
         """The instance creating the tenant's identity while none is stored yet, if any."""
-        tenant = normalize_tenant(tenant)
-        try:
-            with self._pool.connection() as conn:
-                row = conn.execute(
-                    "SELECT instance_id FROM identity_claims c WHERE tenant = %s AND NOT EXISTS"
-                    " (SELECT 1 FROM credential_bundles b WHERE b.tenant = c.tenant)",
-                    (tenant,),
-                ).fetchone()
-        except psycopg.Error as exc:
-            raise _postgres_unavailable(exc, "reading the identity claim", tenant) from None
-        return row[0] if row else None
+        return _pending_claim(self._pool, tenant)
 
     def take_over(self, tenant: str, old_owner: uuid.UUID, new_owner: uuid.UUID) -> bool:
         """Move an abandoned claim to `new_owner`, if `old_owner` still holds it and no bundle
@@ -184,6 +174,30 @@ class EnvelopeBundleStore:
                 )
         except psycopg.Error as exc:
             raise _postgres_unavailable(exc, "releasing the identity claim", tenant) from None
+
+
+def _pending_claim(pool: ConnectionPool, tenant: str) -> uuid.UUID | None:
+    tenant = normalize_tenant(tenant)
+    try:
+        with pool.connection() as conn:
+            row = conn.execute(
+                "SELECT instance_id FROM identity_claims c WHERE tenant = %s AND NOT EXISTS"
+                " (SELECT 1 FROM credential_bundles b WHERE b.tenant = c.tenant)",
+                (tenant,),
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise _postgres_unavailable(exc, "reading the identity claim", tenant) from None
+    return row[0] if row else None
+
+
+class PostgresIdentityClaims:
+    """Only reads the identity claims (reconcile): Postgres alone, no transit key."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+        return _pending_claim(self._pool, tenant)
 
 
 def delete_identity(pool: ConnectionPool, tenant: str) -> None:

@@ -14,7 +14,11 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.bundles import EnvelopeBundleStore, rotate_bundle_key
+from shared.adapters.bundles import (
+    EnvelopeBundleStore,
+    PostgresIdentityClaims,
+    rotate_bundle_key,
+)
 from shared.adapters.db import make_pool, migrate
 from shared.adapters.vault import TransitKeys, vault_client
 from shared.domain.errors import BundleBackendUnavailable, BundleIntegrityError
@@ -140,6 +144,18 @@ def test_a_put_by_an_instance_not_holding_the_claim_stores_nothing(store, pg_poo
     store.delete(tenant)  # offboarding: the claim goes, so its owner's late put stores nothing
     assert store.put(tenant, make_bundle(canary()), owner) is False
     assert raw_row(pg_pool, tenant) is None
+
+
+def test_the_claims_reader_names_the_owner_only_while_no_bundle_is_stored(
+    store, pg_pool, new_tenant
+):
+    tenant = new_tenant("pending")
+    claims = PostgresIdentityClaims(pg_pool)
+    assert claims.pending_claim(tenant) is None
+    owner, _ = store.claim(tenant, uuid.uuid4())
+    assert claims.pending_claim(tenant) == owner
+    assert store.put(tenant, make_bundle(canary()), owner) is True
+    assert claims.pending_claim(tenant) is None
 
 
 def test_get_without_a_row_is_none(store, new_tenant):
