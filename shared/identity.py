@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 _CANNOT_FINISH = frozenset({Status.READY, Status.FAILED, Status.RETIRED, Status.LOST})
 
 
+OFFBOARDED = "the tenant was offboarded while its identity was being created"
+
+
 class GuestStepFailed(Exception):
     """A credentials call failed for good; `reason` is what the row will say."""
 
@@ -104,8 +107,11 @@ class TenantIdentity:
             if made is not None:
                 return made
             bundle = self.bundles.get(tenant)
-            if bundle is None:  # removed since (offboarding): start over
-                return None
+            if bundle is None:
+                # Not stored because the claim is gone, and no bundle either: offboarding removed
+                # them while this guest was creating the identity. That identity is abandoned; a
+                # fresh start (a new instance) makes a new one for the re-onboarded tenant.
+                raise GuestStepFailed(OFFBOARDED)
         identity = guest_call("import", self.guest.import_bundle, address, bundle)
         return Provided(identity, "guest imported the tenant's bundle")
 
@@ -119,9 +125,9 @@ class TenantIdentity:
             exported = guest_call("export", self.guest.export, address)
         else:
             identity, exported = None, held
-        if not self.bundles.put(instance.tenant, exported):
+        if not self.bundles.put(instance.tenant, exported, instance.id):
             log.warning(
-                "the tenant's bundle was stored by another instance first; importing it",
+                "the bundle was not stored (another instance's is, or the claim is gone)",
                 extra={"instance_id": instance.id},
             )
             return None
@@ -166,8 +172,13 @@ class TenantIdentity:
             log.info("no identity to keep: %s", exc, extra={"instance_id": instance.id})
             self.release(instance)
             return True
-        self.bundles.put(tenant, exported)
-        log.info("kept the identity of a guest going away", extra={"instance_id": instance.id})
+        if self.bundles.put(tenant, exported, instance.id):
+            log.info("kept the identity of a guest going away", extra={"instance_id": instance.id})
+        else:
+            log.info(
+                "the identity was not kept: offboarded meanwhile, or another was stored",
+                extra={"instance_id": instance.id},
+            )
         return True
 
     def release(self, instance: Instance) -> None:

@@ -234,13 +234,22 @@ class Pipeline:
     def _initializing(self, instance: Instance) -> Step:
         address = instance.address
         waited = (self.clock() - instance.status_changed_at).total_seconds()
-        boot_timeout = self.settings.guest_boot_timeout
         try:
             self.guest.health(address)
             try:
                 secrets = self.secrets.read(instance.tenant)
             except SecretsMissing:
                 return self._fail(instance, "tenant not onboarded")
+            # DESIGN §4: nothing secret-bearing goes out unless the VM, read again now, is
+            # RUNNING at the address it was given; another machine may answer there otherwise.
+            vm = self.compute.get_instance(instance.provider_id)
+            if vm is None:
+                return self._fail(instance, "the VM disappeared", guest_up=False)
+            if vm.status != "RUNNING":
+                return self._not_up(instance, waited, f"the VM is {vm.status}", guest_up=False)
+            if vm.address != address:
+                reason = f"the VM's address changed from {address} to {vm.address}; sent it nothing"
+                return self._fail(instance, reason, guest_up=False)
             provided = self.identity.provide(instance, secrets)
             if provided is None:
                 # Another instance is creating the tenant's identity: import it once stored.
@@ -250,12 +259,7 @@ class Pipeline:
         except GuestError as exc:
             # Unreachable, 503, or a health answer that is not one (500, not JSON, oversized):
             # the guest is not ready yet. Other calls' permanent errors are GuestStepFailed.
-            if waited > boot_timeout:
-                return self._fail(
-                    instance, f"guest did not come up within {int(boot_timeout)} s: {exc}"
-                )
-            log.info("guest not ready: %s", exc, extra={"instance_id": instance.id})
-            return self._wait(instance, GUEST_POLL_SECS)
+            return self._not_up(instance, waited, str(exc))
         except (SecretsBackendUnavailable, BundleBackendUnavailable) as exc:
             # Never proceed without them, and never read "unavailable" as "absent".
             log.warning(
@@ -264,6 +268,18 @@ class Pipeline:
             return self._wait(instance, BACKEND_RETRY_SECS)
         except GuestStepFailed as exc:
             return self._fail(instance, exc.reason)
+        except CloudTransient as exc:
+            return Step(transient=exc)
+        except CloudError as exc:
+            return self._fail(instance, f"cloud error: {exc}")
+
+    def _not_up(self, instance: Instance, waited: float, why: str, *, guest_up=True) -> Step:
+        boot_timeout = self.settings.guest_boot_timeout
+        if waited > boot_timeout:
+            reason = f"guest did not come up within {int(boot_timeout)} s: {why}"
+            return self._fail(instance, reason, guest_up=guest_up)
+        log.info("guest not ready: %s", why, extra={"instance_id": instance.id})
+        return self._wait(instance, GUEST_POLL_SECS)
 
     def _ready(self, instance: Instance, provided: Provided) -> Step:
         identity = provided.identity
@@ -286,7 +302,9 @@ class Pipeline:
                 vm = self.compute.find_by_name(instance.vm_name)
             if vm is not None:
                 if vm.status != "DELETING":
-                    if not self._salvaged(instance, guest_up=vm.status == "RUNNING"):
+                    # Asked for the identity only at the address it was given (DESIGN §4).
+                    up = vm.status == "RUNNING" and vm.address == instance.address
+                    if not self._salvaged(instance, guest_up=up):
                         return self._wait(instance, GUEST_POLL_SECS)
                     op = self.compute.delete_instance(vm.provider_id)
                     self.registry.update(
@@ -346,12 +364,12 @@ class Pipeline:
             return False
         return True
 
-    def _fail(self, instance: Instance, reason: str) -> Step:
+    def _fail(self, instance: Instance, reason: str, *, guest_up: bool = True) -> Step:
         if instance.status is Status.INITIALIZING:
             # Before the row says failed: an instance waiting on this one's claim then sees it
             # either stored or released, never taken over while the identity is being kept.
             try:
-                self.identity.salvage(instance)
+                self.identity.salvage(instance, guest_up=guest_up)
             except DomainError as exc:
                 log.warning(
                     "could not keep the identity: %s", exc, extra={"instance_id": instance.id}

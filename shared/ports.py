@@ -156,8 +156,9 @@ class BundleStore(Protocol):
     def get(self, tenant: str) -> Bundle | None:
         """None only when there is certainly no bundle; BundleBackendUnavailable otherwise."""
 
-    def put(self, tenant: str, bundle: Bundle) -> bool:
-        """Insert-only: stores the first bundle (True); False, storing nothing, if one exists."""
+    def put(self, tenant: str, bundle: Bundle, owner: uuid.UUID) -> bool:
+        """Insert-only: stores the first bundle (True); False, storing nothing, if one exists
+        or `owner` no longer holds the tenant's identity claim (offboarded meanwhile)."""
 
     def delete(self, tenant: str) -> None:
         """Removes the bundle and the identity claim together."""

@@ -207,13 +207,16 @@ def reconcile_once(
     trigger: str,
     dispatch,
     tenants=None,
+    claims=None,
     confirm_destructive: int = 0,
 ) -> RunSummary | None:
     """One reconcile pass, recorded in `runs`; None (and nothing recorded) when another pass holds
     the reconcile lock. `dispatch` sends pipeline messages (CeleryDispatcher's `send`); `tenants`,
     the tenant directory, keeps a respawn from provisioning for a tenant that was offboarded;
-    `confirm_destructive`, an operator's approval of that many actions judged from an absence,
-    lifts RECONCILE_MAX_DESTRUCTIVE for this run only."""
+    `claims` (the identity claims' `pending_claim`) keeps the stuck rule from failing the
+    instance creating its tenant's identity: it is torn down, so that the pipeline keeps that
+    identity first; `confirm_destructive`, an operator's approval of that many actions judged
+    from an absence, lifts RECONCILE_MAX_DESTRUCTIVE for this run only."""
     with locks.hold(RECONCILE_LOCK) as taken:
         if not taken:
             log.info("another reconcile is running; this one does nothing")
@@ -243,6 +246,7 @@ def reconcile_once(
                     tenants=tenants,
                 ),
                 request_id=f"reconcile-{run_id}",
+                claims=claims,
             )
             for action in actions:
                 counts[action.kind] += 1
@@ -305,6 +309,7 @@ class _Executor:
     dispatch: object
     fleet: FleetService
     request_id: str
+    claims: object = None
     marked_lost: set = field(default_factory=set)
 
     def carry_out(self, action: Action, dry_run: bool, errors: list) -> dict:
@@ -341,10 +346,41 @@ class _Executor:
 
     def _stuck(self, action: Action) -> str:
         inst = action.instance
+        if self._creating_identity(inst):
+            return self._teardown_keeping_identity(action)
         self.registry.transition(inst.id, inst.status, Status.FAILED, action.detail)
         if action.vm is None:
             return "failed"
         return "failed; " + self._delete_instance_vm(action)
+
+    def _creating_identity(self, inst: Instance) -> bool:
+        # Its guest may hold the tenant's identity, stored nowhere yet. Failed here with its VM
+        # deleted, that identity would be lost and a waiting instance would take the claim over
+        # and init a second time (DESIGN §4 Invariants).
+        return (
+            self.claims is not None
+            and inst.status is Status.INITIALIZING
+            and self.claims.pending_claim(inst.tenant) == inst.id
+        )
+
+    def _teardown_keeping_identity(self, action: Action) -> str:
+        # The pipeline's teardown keeps what the guest holds (or releases the claim) before it
+        # deletes the VM; reconcile cannot, having no guest agent nor transit key.
+        token = uuid.uuid4()
+        reason = f"{action.detail}; torn down so that the tenant's identity is kept first"
+        inst = self.registry.transition(
+            action.instance.id,
+            action.instance.status,
+            Status.TEARING_DOWN,
+            reason,
+            teardown_mode="keep",
+            wake_token=token,
+        )
+        self.dispatch.send(inst, token, request_id=self.request_id)
+        return (
+            "tearing down: holds the tenant's identity claim; the pipeline's teardown keeps"
+            " the identity before it deletes the VM"
+        )
 
     def _leftover_vm(self, action: Action) -> str:
         return self._delete_instance_vm(action)

@@ -34,10 +34,12 @@ class _Peers:
     runs: object
     locks: object
     tenants: object
+    claims: object
 
 
 def _connect() -> _Peers:
     # Imported here: beat loads this module too and needs neither Postgres nor the YC SDK.
+    from shared.adapters.bundles import PostgresIdentityClaims
     from shared.adapters.db import make_lock_pool, make_pool
     from shared.adapters.locks import PostgresLocks
     from shared.adapters.registry import PostgresFleetRegistry
@@ -55,6 +57,7 @@ def _connect() -> _Peers:
         runs=PostgresReconcileRuns(pool),
         locks=PostgresLocks(make_lock_pool(settings.database_url)),
         tenants=PostgresTenantDirectory(pool),
+        claims=PostgresIdentityClaims(pool),
     )
 
 
@@ -82,6 +85,7 @@ def run(
         trigger=trigger,
         dispatch=dispatcher,
         tenants=p.tenants,
+        claims=p.claims,
         confirm_destructive=_count(confirm_destructive),
     )
     if summary is None:

@@ -42,11 +42,15 @@ class EnvelopeBundleStore:
         self._pool = pool
         self._transit = transit
 
-    def put(self, tenant: str, bundle: Bundle) -> bool:
-        """Store the tenant's first bundle; False, storing nothing, when it already has one.
+    def put(self, tenant: str, bundle: Bundle, owner: uuid.UUID) -> bool:
+        """Store the tenant's first bundle for `owner`, the instance holding its identity claim;
+        False, storing nothing, when it already has one or `owner` no longer holds the claim.
 
         Insert-only: a tenant's identity is created once, and a racing loser must import the
         winner's bundle, not replace it. (Key rotation rewrites rows with UPDATEs of its own.)
+        The claim is read FOR SHARE: offboarding deletes it first (`delete_identity`), so either
+        it waits for this insert and deletes the bundle too, or this sees no claim and stores
+        nothing, never a bundle for a tenant whose identity was removed meanwhile.
         """
         tenant = normalize_tenant(tenant)
         plaintext = _canonical_json(bundle)
@@ -55,6 +59,13 @@ class EnvelopeBundleStore:
                 # The data key is fetched while holding the lock, so that a key rotation's final
                 # check cannot miss a row whose data key was wrapped before the rotation.
                 conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_ROTATION_LOCK,))
+                held = conn.execute(
+                    "SELECT 1 FROM identity_claims WHERE tenant = %s AND instance_id = %s"
+                    " FOR SHARE",
+                    (tenant, owner),
+                ).fetchone()
+                if held is None:
+                    return False
                 wrapped, nonce, ciphertext = _seal(self._transit, tenant, plaintext)
                 cursor = conn.execute(
                     "INSERT INTO credential_bundles"
@@ -133,17 +144,7 @@ class EnvelopeBundleStore:
 
     def pending_claim(self, tenant: str) -> uuid.UUID | None:
         """The instance creating the tenant's identity while none is stored yet, if any."""
-        tenant = normalize_tenant(tenant)
-        try:
-            with self._pool.connection() as conn:
-                row = conn.execute(
-                    "SELECT instance_id FROM identity_claims c WHERE tenant = %s AND NOT EXISTS"
-                    " (SELECT 1 FROM credential_bundles b WHERE b.tenant = c.tenant)",
-                    (tenant,),
-                ).fetchone()
-        except psycopg.Error as exc:
-            raise _postgres_unavailable(exc, "reading the identity claim", tenant) from None
-        return row[0] if row else None
+        return _pending_claim(self._pool, tenant)
 
     def take_over(self, tenant: str, old_owner: uuid.UUID, new_owner: uuid.UUID) -> bool:
         """Move an abandoned claim to `new_owner`, if `old_owner` still holds it and no bundle
@@ -175,6 +176,30 @@ class EnvelopeBundleStore:
             raise _postgres_unavailable(exc, "releasing the identity claim", tenant) from None
 
 
+def _pending_claim(pool: ConnectionPool, tenant: str) -> uuid.UUID | None:
+    tenant = normalize_tenant(tenant)
+    try:
+        with pool.connection() as conn:
+            row = conn.execute(
+                "SELECT instance_id FROM identity_claims c WHERE tenant = %s AND NOT EXISTS"
+                " (SELECT 1 FROM credential_bundles b WHERE b.tenant = c.tenant)",
+                (tenant,),
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise _postgres_unavailable(exc, "reading the identity claim", tenant) from None
+    return row[0] if row else None
+
+
+class PostgresIdentityClaims:
+    """Only reads the identity claims (reconcile): Postgres alone, no transit key."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+        return _pending_claim(self._pool, tenant)
+
+
 def delete_identity(pool: ConnectionPool, tenant: str) -> None:
     """Delete the tenant's bundle and claim in one transaction; raises psycopg errors.
 
@@ -182,8 +207,9 @@ def delete_identity(pool: ConnectionPool, tenant: str) -> None:
     """
     tenant = normalize_tenant(tenant)
     with pool.connection() as conn:
-        conn.execute("DELETE FROM credential_bundles WHERE tenant = %s", (tenant,))
+        # The claim first: its row lock orders this after, or before, a `put` in flight.
         conn.execute("DELETE FROM identity_claims WHERE tenant = %s", (tenant,))
+        conn.execute("DELETE FROM credential_bundles WHERE tenant = %s", (tenant,))
 
 
 class PostgresBundleRemover:

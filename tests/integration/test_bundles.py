@@ -7,13 +7,18 @@ failure is BundleBackendUnavailable (or BundleIntegrityError), never "no bundle"
 import base64
 import secrets
 import threading
+import uuid
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.bundles import EnvelopeBundleStore, rotate_bundle_key
+from shared.adapters.bundles import (
+    EnvelopeBundleStore,
+    PostgresIdentityClaims,
+    rotate_bundle_key,
+)
 from shared.adapters.db import make_pool, migrate
 from shared.adapters.vault import TransitKeys, vault_client
 from shared.domain.errors import BundleBackendUnavailable, BundleIntegrityError
@@ -41,6 +46,12 @@ def make_bundle(secret_value: str) -> Bundle:
             "forges": [{"name": "github", "token": secret_value[::-1]}],
         }
     )
+
+
+def put_claimed(store: EnvelopeBundleStore, tenant: str, bundle: Bundle) -> bool:
+    """Put as an instance that holds the tenant's identity claim (the only way a put stores)."""
+    owner, _ = store.claim(tenant, uuid.uuid4())
+    return store.put(tenant, bundle, owner)
 
 
 def raw_row(pool: ConnectionPool, tenant: str) -> tuple | None:
@@ -74,6 +85,7 @@ def new_tenant(pg_pool):
     yield make
     with pg_pool.connection() as conn:
         conn.execute("DELETE FROM credential_bundles WHERE tenant = ANY(%s)", (made,))
+        conn.execute("DELETE FROM identity_claims WHERE tenant = ANY(%s)", (made,))
 
 
 @pytest.fixture
@@ -101,7 +113,7 @@ def test_put_then_get_round_trips_and_delete_removes_it(store, new_tenant):
     tenant = new_tenant("Москва")
     bundle = make_bundle(canary())
 
-    assert store.put(tenant, bundle) is True
+    assert put_claimed(store, tenant, bundle) is True
     assert store.get(tenant) == bundle
 
     store.delete(tenant)
@@ -113,13 +125,37 @@ def test_a_second_first_write_for_a_tenant_keeps_the_first(store, pg_pool, new_t
     tenant = new_tenant("twice")
     first, second = make_bundle(canary()), make_bundle(canary())
 
-    won_first = store.put(tenant, first)
+    won_first = put_claimed(store, tenant, first)
     row = raw_row(pg_pool, tenant)
-    won_second = store.put(tenant, second)
+    won_second = put_claimed(store, tenant, second)
 
     assert store.get(tenant) == first
     assert raw_row(pg_pool, tenant) == row
     assert (won_first, won_second) == (True, False)
+
+
+def test_a_put_by_an_instance_not_holding_the_claim_stores_nothing(store, pg_pool, new_tenant):
+    tenant = new_tenant("noclaim")
+    owner, other = uuid.uuid4(), uuid.uuid4()
+    assert store.put(tenant, make_bundle(canary()), owner) is False  # nobody claimed yet
+    store.claim(tenant, owner)
+    assert store.put(tenant, make_bundle(canary()), other) is False
+
+    store.delete(tenant)  # offboarding: the claim goes, so its owner's late put stores nothing
+    assert store.put(tenant, make_bundle(canary()), owner) is False
+    assert raw_row(pg_pool, tenant) is None
+
+
+def test_the_claims_reader_names_the_owner_only_while_no_bundle_is_stored(
+    store, pg_pool, new_tenant
+):
+    tenant = new_tenant("pending")
+    claims = PostgresIdentityClaims(pg_pool)
+    assert claims.pending_claim(tenant) is None
+    owner, _ = store.claim(tenant, uuid.uuid4())
+    assert claims.pending_claim(tenant) == owner
+    assert store.put(tenant, make_bundle(canary()), owner) is True
+    assert claims.pending_claim(tenant) is None
 
 
 def test_get_without_a_row_is_none(store, new_tenant):
@@ -145,7 +181,7 @@ def _fragments(secret_value: str) -> set[str]:
 def test_stored_row_holds_no_fragment_of_the_plaintext(store, pg_pool, new_tenant):
     tenant = new_tenant()
     secret_value = canary()
-    store.put(tenant, make_bundle(secret_value))
+    put_claimed(store, tenant, make_bundle(secret_value))
 
     with pg_pool.connection() as conn:
         row_text, nonce, ciphertext = conn.execute(
@@ -162,8 +198,8 @@ def test_stored_row_holds_no_fragment_of_the_plaintext(store, pg_pool, new_tenan
 
 def test_rows_swapped_between_tenants_fail_integrity(store, pg_pool, new_tenant):
     alice, bob = new_tenant("alice"), new_tenant("bob")
-    store.put(alice, make_bundle(canary()))
-    store.put(bob, make_bundle(canary()))
+    put_claimed(store, alice, make_bundle(canary()))
+    put_claimed(store, bob, make_bundle(canary()))
 
     with pg_pool.connection() as conn:
         conn.execute(
@@ -181,7 +217,7 @@ def test_rows_swapped_between_tenants_fail_integrity(store, pg_pool, new_tenant)
 
 def test_tampered_ciphertext_fails_integrity(store, pg_pool, new_tenant):
     tenant = new_tenant()
-    store.put(tenant, make_bundle(canary()))
+    put_claimed(store, tenant, make_bundle(canary()))
 
     with pg_pool.connection() as conn:
         conn.execute(
@@ -208,7 +244,7 @@ def test_unreachable_postgres_is_unavailable_never_none(transit, new_tenant):
         tenant = new_tenant()
         for call in (
             lambda: store.get(tenant),
-            lambda: store.put(tenant, make_bundle(canary())),
+            lambda: store.put(tenant, make_bundle(canary()), uuid.uuid4()),
             lambda: store.delete(tenant),
         ):
             with pytest.raises(BundleBackendUnavailable, match="PoolTimeout") as caught:
@@ -231,7 +267,7 @@ def test_sealed_transit_is_unavailable_and_leaves_the_row_alone(
 ):
     store = EnvelopeBundleStore(pg_pool, transit_for(private_openbao))
     tenant = new_tenant()
-    store.put(tenant, make_bundle(canary()))
+    put_claimed(store, tenant, make_bundle(canary()))
     before = raw_row(pg_pool, tenant)
 
     private_openbao.seal()
@@ -240,7 +276,7 @@ def test_sealed_transit_is_unavailable_and_leaves_the_row_alone(
         store.get(tenant)
     assert not isinstance(read_error.value, BundleIntegrityError)
     with pytest.raises(BundleBackendUnavailable, match="VaultDown"):
-        store.put(tenant, make_bundle(canary()))
+        put_claimed(store, tenant, make_bundle(canary()))
     assert raw_row(pg_pool, tenant) == before
 
 
@@ -251,7 +287,7 @@ def test_rotation_rewraps_every_bundle_and_retires_the_old_key_version(
     store = EnvelopeBundleStore(private_pool, transit)
     bundles = {f"tenant-{i}": make_bundle(canary()) for i in range(5)}
     for tenant, bundle in bundles.items():
-        store.put(tenant, bundle)
+        put_claimed(store, tenant, bundle)
     old_wrapped, _, _ = raw_row(private_pool, "tenant-0")
     assert old_wrapped.startswith("vault:v1:")
 
@@ -330,8 +366,10 @@ def test_rotation_waits_for_a_put_whose_data_key_predates_it(private_openbao, pr
         except BaseException as exc:
             outcomes[name] = exc
 
+    owner, _ = EnvelopeBundleStore(private_pool, transit).claim("late", uuid.uuid4())
     put = threading.Thread(
-        target=run, args=("put", EnvelopeBundleStore(private_pool, slow).put, "late", bundle)
+        target=run,
+        args=("put", EnvelopeBundleStore(private_pool, slow).put, "late", bundle, owner),
     )
     put.start()
     assert slow.fetched.wait(10)  # the put now holds a data key wrapped under v1

@@ -7,6 +7,7 @@ continuation after its delay (shortened), and replays a message whose worker "di
 """
 
 import contextlib
+import dataclasses
 import secrets
 import threading
 import time
@@ -62,10 +63,10 @@ class Harness:
             pool, TransitKeys(vault, key_name=self.settings.bundle_key_name)
         )
 
-    def pipeline(self, *, guest=None, bundles=None) -> Pipeline:
+    def pipeline(self, *, guest=None, bundles=None, compute=None) -> Pipeline:
         return Pipeline(
             registry=self.registry,
-            compute=self.compute,
+            compute=compute or self.compute,
             guest=guest or self.guest,
             secrets=self.secrets,
             bundles=bundles or self.bundles,
@@ -205,11 +206,11 @@ class PutKilledOnce:
     def __getattr__(self, name):
         return getattr(self._bundles, name)
 
-    def put(self, tenant, bundle):
+    def put(self, tenant, bundle, owner):
         if not self.killed:
             self.killed = True
             raise WorkerKilled()
-        return self._bundles.put(tenant, bundle)
+        return self._bundles.put(tenant, bundle, owner)
 
 
 def test_a_worker_killed_after_init_before_the_bundle_was_stored_does_not_init_again(harness):
@@ -295,7 +296,7 @@ class PutNeverReturns:
     def __getattr__(self, name):
         return getattr(self._bundles, name)
 
-    def put(self, tenant, bundle):
+    def put(self, tenant, bundle, owner):
         self.killed = True
         raise WorkerKilled()
 
@@ -371,3 +372,123 @@ def test_a_claim_whose_owner_failed_before_storing_anything_is_taken_over(harnes
     assert harness.guest_calls(row.provider_id).count("init") == 1
     assert harness.bundles.claim(tenant, gone.id) == (instance.id, False)
     assert harness.bundles.get(tenant) is not None
+
+
+# --- offboarding while the identity is being created ---------------------------------------------
+
+
+class OffboardedDuringExport:
+    """A guest agent whose `export` answers, and then, before the caller can store what it got,
+    offboarding removes the tenant's bundle and claim."""
+
+    def __init__(self, harness, tenant: str) -> None:
+        self._guest = harness.guest
+        self._remover = PostgresBundleRemover(harness.pool)
+        self._tenant = tenant
+        self.exports = 0
+
+    def __getattr__(self, name):
+        return getattr(self._guest, name)
+
+    def export(self, address):
+        bundle = self._guest.export(address)
+        self.exports += 1
+        self._remover.delete(self._tenant)
+        return bundle
+
+
+def test_an_identity_created_while_the_tenant_was_offboarded_is_not_stored(harness):
+    tenant = tenant_name("offinit")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    guest = OffboardedDuringExport(harness, tenant)
+    row = Driver(harness.pipeline(guest=guest), instance.id).run()
+
+    assert guest.exports == 1
+    assert harness.bundles.get(tenant) is None
+    assert row.status is Status.FAILED
+    assert row.reason == "the tenant was offboarded while its identity was being created"
+
+
+def test_a_teardown_salvage_racing_offboarding_does_not_store_the_old_identity(harness):
+    tenant = tenant_name("offsalv")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    dying = PutNeverReturns(harness.bundles)
+    Driver(harness.pipeline(bundles=dying), instance.id).run(until=lambda _: dying.killed)
+
+    request_teardown(harness.registry, instance.id)
+    guest = OffboardedDuringExport(harness, tenant)
+    retired = Driver(harness.pipeline(guest=guest), instance.id).run()
+    assert retired.status is Status.RETIRED, retired.reason
+    assert guest.exports == 1
+    assert harness.bundles.get(tenant) is None
+
+
+# --- secrets go only to the VM at the address it was given (DESIGN §4) ----------------------------
+
+SECRET_BEARING = ("init", "claude", "import")
+
+
+class VmChangedBehindOurBack:
+    """The simulator's compute, except that once the instance has left provisioning its VM reads
+    back changed (another public address, or a status): what the cloud would say after someone
+    stopped or re-addressed it. The guest at the old address still answers."""
+
+    def __init__(self, harness, instance_id, **change) -> None:
+        self._compute = harness.compute
+        self._registry = harness.registry
+        self._instance_id = instance_id
+        self._change = change
+
+    def __getattr__(self, name):
+        return getattr(self._compute, name)
+
+    def get_instance(self, provider_id):
+        vm = self._compute.get_instance(provider_id)
+        if vm is None or self._registry.get(self._instance_id).status is Status.PROVISIONING:
+            return vm
+        return dataclasses.replace(vm, **self._change)
+
+
+def test_no_credentials_reach_a_guest_whose_vm_changed_address(harness):
+    tenant = tenant_name("moved")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    compute = VmChangedBehindOurBack(harness, instance.id, address="203.0.113.7")
+    row = Driver(harness.pipeline(compute=compute), instance.id).run()
+
+    assert row.status is Status.FAILED
+    assert "203.0.113.7" in row.reason and row.address in row.reason, row.reason
+    calls = harness.guest_calls(row.provider_id)
+    assert not set(SECRET_BEARING) & set(calls), calls
+
+
+def test_no_credentials_reach_a_guest_whose_vm_was_stopped(simulator, openbao, pg_pool):
+    harness = Harness(simulator, openbao, pg_pool, DARK_GUEST_BOOT_TIMEOUT="3")
+    tenant = tenant_name("stopped")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    compute = VmChangedBehindOurBack(harness, instance.id, status="STOPPED")
+    row = Driver(harness.pipeline(compute=compute), instance.id).run()
+
+    assert row.status is Status.FAILED
+    assert "STOPPED" in row.reason and "within 3 s" in row.reason, row.reason
+    calls = harness.guest_calls(row.provider_id)
+    assert not set(SECRET_BEARING) & set(calls), calls
+
+
+def test_a_teardown_does_not_ask_a_re_addressed_vm_for_the_identity(harness):
+    tenant = tenant_name("movedtd")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    dying = PutNeverReturns(harness.bundles)
+    row = Driver(harness.pipeline(bundles=dying), instance.id).run(until=lambda _: dying.killed)
+    exports = harness.guest_calls(row.provider_id).count("export")
+
+    request_teardown(harness.registry, instance.id)
+    compute = VmChangedBehindOurBack(harness, instance.id, address="203.0.113.8")
+    retired = Driver(harness.pipeline(compute=compute), instance.id).run()
+    assert retired.status is Status.RETIRED, retired.reason
+    assert harness.guest_calls(row.provider_id).count("export") == exports
+    assert harness.bundles.get(tenant) is None

@@ -408,7 +408,8 @@ def test_offboarding_removes_the_tenant_bundle_and_its_identity_claim(
     instance, _ = registry.create(tenant)
     for name in (tenant, other):
         assert bundles.claim(name, instance.id) == (instance.id, True)
-        assert bundles.put(name, Bundle({"ssh": {"private_key": canary("key-")}})) is True
+        bundle = Bundle({"ssh": {"private_key": canary("key-")}})
+        assert bundles.put(name, bundle, instance.id) is True
 
     assert api.delete(tenant, "?force=true").status_code == 204
 

@@ -307,6 +307,16 @@ class FakeTenants:
         return tenant in self.onboarded
 
 
+class FakeClaims:
+    """The identity claims: which instance is creating a tenant's identity (no bundle yet)."""
+
+    def __init__(self) -> None:
+        self.pending: dict = {}
+
+    def pending_claim(self, tenant):
+        return self.pending.get(tenant)
+
+
 class FakeDispatch:
     def __init__(self) -> None:
         self.sent: list[tuple] = []
@@ -324,6 +334,7 @@ class World:
     locks: FakeLocks
     dispatch: FakeDispatch
     tenants: FakeTenants
+    claims: FakeClaims = dataclasses.field(default_factory=FakeClaims)
 
     def reconcile(self, *, dry_run=False, confirm_destructive=None, **overrides):
         confirm = (
@@ -340,6 +351,7 @@ class World:
             trigger="test",
             dispatch=self.dispatch,
             tenants=self.tenants,
+            claims=self.claims,
             **confirm,
         )
 
@@ -431,6 +443,35 @@ def test_a_real_run_acts_and_leaves_an_event_on_every_instance_it_touched():
         assert by_instance[touched.id], touched.status
     assert rows[subject["ready"].id] == subject["ready"]
     assert len(w.compute.vms) == 3  # the young orphan, the foreign VM, the ready row's VM
+
+
+def test_a_stuck_row_creating_its_tenants_identity_is_torn_down_by_the_pipeline_not_failed():
+    """Its guest may hold the identity: failing the row and deleting the VM here would lose it,
+    and a waiting instance would take the claim over and init a second time."""
+    vm = make_vm()
+    owner = make_row("initializing", vm=vm, in_status=STUCK_SECS + 1)
+    w = world([vm], [owner])
+    w.claims.pending[owner.tenant] = owner.id
+
+    (record,) = w.reconcile().actions
+    row = w.registry.rows[owner.id]
+    assert (row.status, row.teardown_mode) == (Status.TEARING_DOWN, "keep")
+    assert w.compute.deleted == [] and vm.provider_id in w.compute.vms
+    assert w.dispatch.sent == [(owner.id, Status.TEARING_DOWN, row.wake_token)]
+    assert row.wake_token != owner.wake_token
+    assert record["result"].startswith("tearing down: holds the tenant's identity claim")
+
+
+def test_a_stuck_row_not_creating_its_tenants_identity_fails_with_its_vm():
+    vm, other_vm = make_vm(), make_vm()
+    waiting = make_row("initializing", vm=vm, in_status=STUCK_SECS + 1)
+    owner = make_row("initializing", vm=other_vm, in_status=60)
+    w = world([vm, other_vm], [waiting, owner])
+    w.claims.pending[waiting.tenant] = owner.id
+
+    w.reconcile()
+    assert w.registry.rows[waiting.id].status is Status.FAILED
+    assert w.compute.deleted == [vm.provider_id]
 
 
 def test_no_respawn_for_a_tenant_that_was_offboarded():
