@@ -301,7 +301,9 @@ def test_make_env_writes_a_private_env_file_that_compose_accepts(tmp_path):
         written = dict(
             line.split("=", 1) for line in path.read_text().splitlines() if re.match(r"[A-Z]", line)
         )
-        for name in REQUIRED_ENV.keys() - {"DARK_VM_IMAGE"}:
+        # The image and the deployment label are names, not secrets: each is set, the rest random.
+        assert written["DARK_DEPLOYMENT"], "DARK_DEPLOYMENT is required in production"
+        for name in REQUIRED_ENV.keys() - {"DARK_VM_IMAGE", "DARK_DEPLOYMENT"}:
             assert len(written[name]) >= 16 and written[name] not in made.stdout, name
     again = subprocess.run(
         [sys.executable, "deploy/make_env.py", "demo", "--output", str(demo)],
