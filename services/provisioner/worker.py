@@ -86,25 +86,20 @@ def _run(task, instance_id: str, token: str) -> None:
         step = pipeline.get().advance(iid, tok)
         if step.transient is not None and task.request.retries >= CLOUD_MAX_RETRIES:
             step = pipeline.get().give_up(iid, tok, step.transient)
-    except RegistryUnavailable as exc:
-        # Postgres is down: nothing was decided. Come back with the same token, for as long as
-        # it takes (the message is the only thing that remembers this work until reconcile does).
-        log.warning("registry unavailable, retrying: %s", exc, extra={"instance_id": iid})
-        raise task.retry(
-            countdown=backoff(task.request.retries + 1),
-            max_retries=None,
-            headers={"request_id": request_id_var.get()},
-        ) from None
     except Exception as exc:
-        # Nothing classified it, so nothing was decided: Celery would ack the message and end the
-        # chain silently. Retry the same token without a bound; a stale token ends it, and
-        # reconcile's stuck timer fails a row that never gets past this.
-        log.warning(
-            "unexpected error, retrying: %s: %s",
-            type(exc).__name__,
-            redact(str(exc)),
-            extra={"instance_id": iid},
-        )
+        # Nothing was decided: Postgres is down, or an error no step classified (which Celery
+        # would ack, ending the chain silently). Come back with the same token for as long as it
+        # takes: a stale token ends it, and reconcile's stuck timer fails a row that never gets
+        # past this (the message is the only thing that remembers this work until reconcile does).
+        if isinstance(exc, RegistryUnavailable):
+            log.warning("registry unavailable, retrying: %s", exc, extra={"instance_id": iid})
+        else:
+            log.warning(
+                "unexpected error, retrying: %s: %s",
+                type(exc).__name__,
+                redact(str(exc)),
+                extra={"instance_id": iid},
+            )
         raise task.retry(
             countdown=backoff(task.request.retries + 1),
             max_retries=None,
