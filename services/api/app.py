@@ -39,7 +39,7 @@ from shared.domain.errors import (
     TenantNotOnboarded,
     TransitionConflict,
 )
-from shared.fleet import CeleryDispatcher, FleetService
+from shared.service_layer.fleet import CeleryDispatcher, FleetService
 from shared.settings import Settings
 from shared.web import install_error_handler, install_request_hooks, install_security_headers
 

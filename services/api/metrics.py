@@ -38,7 +38,7 @@ from services.api.auth import require_bearer
 from shared.adapters.fleet_stats import STATUS_DURATION_BUCKETS, FleetStats, PostgresFleetStats
 from shared.domain.errors import RegistryUnavailable
 from shared.domain.lifecycle import Status
-from shared.reconcile import KINDS
+from shared.service_layer.reconcile import KINDS
 from shared.settings import Settings
 from shared.web import public
 

@@ -25,8 +25,8 @@ from shared.domain.errors import (
     SecretsConflict,
     SecretsMissing,
 )
-from shared.domain.onboarding import SecretsVersionMismatch, TenantHasLiveInstances
-from shared.onboarding import Onboarding
+from shared.domain.tenant_records import SecretsVersionMismatch, TenantHasLiveInstances
+from shared.service_layer.onboarding import Onboarding
 from shared.settings import Settings
 from shared.web import (
     bearer_token_check,

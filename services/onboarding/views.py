@@ -19,7 +19,7 @@ from services.onboarding.schemas import (
     etag,
 )
 from shared.domain.tenants import normalize_tenant
-from shared.onboarding import Onboarding
+from shared.service_layer.onboarding import Onboarding
 from shared.web import PAGE_CONTENT_SECURITY_POLICY, json_body, present_headers, public, query_args
 
 bp = Blueprint("onboarding", __name__)

@@ -11,12 +11,12 @@ from celery.signals import worker_process_init
 
 from shared.adapters.db import make_pool
 from shared.adapters.registry import PostgresFleetRegistry
+from shared.bootstrap import PerProcess, build_worker_context
 from shared.celery_app import MAX_COUNTDOWN_SECS, TASK_PROVISION, TASK_TEARDOWN, make_celery
-from shared.composition import PerProcess, build_worker_context
 from shared.domain.errors import DomainError, RegistryUnavailable
-from shared.fleet import CeleryDispatcher
 from shared.logs import configure_logging, redact, request_id_var
-from shared.pipeline import Pipeline, backoff, resume_unfinished
+from shared.service_layer.fleet import CeleryDispatcher
+from shared.service_layer.pipeline import Pipeline, backoff, resume_unfinished
 from shared.settings import load_settings
 
 settings = load_settings()

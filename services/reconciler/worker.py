@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 from celery.signals import worker_process_init
 
+from shared.bootstrap import PerProcess
 from shared.celery_app import TASK_RECONCILE, make_celery, reconcile_beat_schedule
-from shared.composition import PerProcess
-from shared.fleet import CeleryDispatcher
 from shared.logs import configure_logging
-from shared.reconcile import reconcile_once
+from shared.service_layer.fleet import CeleryDispatcher
+from shared.service_layer.reconcile import reconcile_once
 from shared.settings import load_settings
 
 settings = load_settings()

@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from shared.adapters.db import pooled_cursor
-from shared.domain.onboarding import TenantRecord
+from shared.domain.tenant_records import TenantRecord
 from shared.domain.tenants import normalize_tenant
 
 _COLUMNS = sql.SQL(", ").join(

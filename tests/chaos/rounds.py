@@ -13,8 +13,9 @@ from tests.chaos.harness import ChaosStack
 from tests.chaos.observe import events_by_instance, wait_for_convergence
 from tests.chaos.scenario import Profile, plan
 
-# Above reconcile's 60 s resume of a chain that died (shared.reconcile.STALL_SECS) plus a few
-# intervals and the orphan grace period: a round that has not settled by then is stuck for good.
+# Above reconcile's 60 s resume of a chain that died (STALL_SECS, service_layer/reconcile.py)
+# plus a few intervals and the orphan grace period: a round that has not settled by then is stuck
+# for good.
 CONVERGENCE_SECS = 120
 
 

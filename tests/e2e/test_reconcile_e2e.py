@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from shared.celery_app import make_celery, send_reconcile
-from shared.reconcile import LOST_REASON, STALL_SECS
+from shared.service_layer.reconcile import LOST_REASON, STALL_SECS
 from shared.settings import load_settings
 from tests.conftest import PG_ADMIN_DSN
 from tests.support.processes import wait_until

@@ -12,7 +12,7 @@ import pytest
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
 from shared.domain.lifecycle import Status
-from shared.fleet import FleetService
+from shared.service_layer.fleet import FleetService
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_a_repeat_accepted_while_the_first_request_is_failing_is_never_withdrawn
 def test_a_row_withdrawn_during_a_workers_resume_sweep_is_passed_over(registry, tenant):
     """The sweep lists the unfinished rows, then gives each a fresh token; a gateway withdrawing
     one in between (its 503 taking the row back) must not stop the sweep for the rest."""
-    from shared.pipeline import resume_unfinished
+    from shared.service_layer.pipeline import resume_unfinished
 
     withdrawn, _ = registry.create(tenant)
     kept, _ = registry.create(tenant)

@@ -24,8 +24,8 @@ from shared.adapters.vault import HvacTenantSecrets, TransitKeys, vault_client
 from shared.adapters.yc import YcCompute
 from shared.domain.lifecycle import Status
 from shared.domain.secrets import ForgeCredential, Secret, TenantSecrets
-from shared.onboarding import Onboarding
-from shared.pipeline import Pipeline
+from shared.service_layer.onboarding import Onboarding
+from shared.service_layer.pipeline import Pipeline
 from shared.settings import load_settings
 
 

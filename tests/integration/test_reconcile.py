@@ -20,7 +20,7 @@ from shared.adapters.tenants import PostgresTenantDirectory
 from shared.adapters.yc import YcCompute
 from shared.domain.errors import InstanceNotFound
 from shared.domain.lifecycle import Status
-from shared.reconcile import LOST_REASON, STALL_SECS, reconcile_once
+from shared.service_layer.reconcile import LOST_REASON, STALL_SECS, reconcile_once
 from shared.settings import load_settings
 from tests.conftest import PG_ADMIN_DSN
 from tests.support.processes import wait_until

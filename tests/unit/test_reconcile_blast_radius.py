@@ -2,7 +2,7 @@
 actions judged from an absence (orphan deletes, lost marks) per run, or none of them."""
 
 from shared.domain.lifecycle import Status
-from shared.reconcile import LOST, ORPHAN, RESPAWN, STALL_SECS, STUCK
+from shared.service_layer.reconcile import LOST, ORPHAN, RESPAWN, STALL_SECS, STUCK
 from tests.unit.test_reconcile_decisions import (
     NOW,
     STUCK_SECS,
@@ -101,7 +101,7 @@ def test_a_dry_run_over_the_cap_reports_what_would_be_held_back():
 
 
 def test_hold_back_splits_only_absence_judged_actions_and_their_respawns():
-    from shared.reconcile import hold_back
+    from shared.service_layer.reconcile import hold_back
 
     vms = orphans(2)
     lost = make_row("ready")

@@ -15,7 +15,7 @@ from shared.domain.errors import (
 )
 from shared.domain.lifecycle import IN_FLIGHT, Status, check_transition
 from shared.domain.records import CloudVm, Instance, OperationState, vm_name_for
-from shared.reconcile import (
+from shared.service_layer.reconcile import (
     LEFTOVER_VM,
     LOST,
     LOST_REASON,

@@ -42,9 +42,9 @@ from datetime import datetime
 from shared.domain.errors import DomainError, TransitionConflict
 from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import CloudVm, Instance
-from shared.fleet import FleetService
-from shared.pipeline import MAX_BACKOFF_SECS, managed_labels
 from shared.ports import Compute, FleetRegistry
+from shared.service_layer.fleet import FleetService
+from shared.service_layer.pipeline import MAX_BACKOFF_SECS, managed_labels
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

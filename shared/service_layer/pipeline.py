@@ -29,8 +29,8 @@ from shared.domain.errors import (
 )
 from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import Instance, VmSpec
-from shared.identity import GuestStepFailed, Provided, TenantIdentity, guest_call
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
+from shared.service_layer.identity import GuestStepFailed, Provided, TenantIdentity, guest_call
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ changed, the caller gets RegistryUnavailable (a 503) and retrying the same reque
 import logging
 
 from shared.domain.errors import RegistryUnavailable, SecretsConflict, SecretsMissing
-from shared.domain.onboarding import SecretsVersionMismatch, TenantHasLiveInstances
 from shared.domain.secrets import SecretsPresence, TenantSecrets
+from shared.domain.tenant_records import SecretsVersionMismatch, TenantHasLiveInstances
 from shared.domain.tenants import normalize_tenant
 
 log = logging.getLogger("dark.onboarding")
