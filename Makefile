@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install tools test lint fmt lock clean run bench chaos
+.PHONY: install tools test lint fmt lock clean run bench chaos rotate-bundle-key
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,3 +53,8 @@ bench: install
 # The chaos suite (docs/RELIABILITY.md): SEED replays a run, ROUNDS runs more.
 chaos: install
 	$(PY) -m tests.chaos $(if $(SEED),--seed $(SEED)) --rounds $(or $(ROUNDS),1)
+
+# Rotate the bundle key and re-wrap every bundle (docs/OPERATIONS.md#rotating-the-bundle-key).
+# Uses the environment's DATABASE_URL and Vault settings; VAULT_TOKEN must be an operator's token.
+rotate-bundle-key: install
+	$(PY) -m devtools.rotate_bundle_key
