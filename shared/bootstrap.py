@@ -1,4 +1,5 @@
-"""Builds the adapters from settings. Called once per process, after fork (STYLE.md 3)."""
+"""Builds the adapters from settings. Called once per process, after fork
+(docs/ARCHITECTURE.md#conventions)."""
 
 import logging
 import os

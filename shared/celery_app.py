@@ -1,4 +1,5 @@
-"""All Celery wiring in one place (STYLE.md 4): the app factory, names, routing, reliability.
+"""All Celery wiring in one place (docs/ARCHITECTURE.md#conventions): the app factory, names,
+routing, reliability.
 
 The gateway imports only this module (to send tasks by name); the worker entrypoints register
 their tasks against the app it builds.

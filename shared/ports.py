@@ -150,8 +150,8 @@ class TenantSecretStore(Protocol):
 
 
 class BundleStore(Protocol):
-    """The tenant's encrypted bundle, and the claim on creating its identity (DESIGN §4
-    Invariants). Raises BundleBackendUnavailable when it cannot answer."""
+    """The tenant's encrypted bundle, and the claim on creating its identity
+    (docs/ARCHITECTURE.md#invariants). Raises BundleBackendUnavailable when it cannot answer."""
 
     def get(self, tenant: str) -> Bundle | None:
         """None only when there is certainly no bundle; BundleBackendUnavailable otherwise."""

@@ -1,4 +1,4 @@
-"""Settings from the environment (DESIGN §8).
+"""Settings from the environment (docs/ARCHITECTURE.md#configuration).
 
 An empty variable counts as unset. Each setting has a default or a start-up error that names the
 variable. `.env.example` lists every variable; a test keeps the two in step.

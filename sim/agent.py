@@ -1,9 +1,10 @@
 """The dark-agent simulator: one HTTP listener per simulated VM, on that VM's loopback address.
 
-It speaks dark-agent 0.19.0's guest API as far as it is known (DESIGN §6), quirks included (the init
-answer has no `nks_configured`), and injects the faults the control plane must survive. A VM that is
-gone or refusing has no listener at all, so clients see a real connection refused. This module keeps
-the guests' state and faults; the listeners themselves are in sim.agent_http.
+It speaks dark-agent 0.19.0's guest API as far as it is known (docs/ARCHITECTURE.md#http-contracts),
+quirks included (the init answer has no `nks_configured`), and injects the faults the control plane
+must survive. A VM that is gone or refusing has no listener at all, so clients see a real connection
+refused. This module keeps the guests' state and faults; the listeners themselves are in
+sim.agent_http.
 
 Request bodies carry tenant secrets: they are never logged, and no secret is kept beyond what the
 guest itself would hold (its SSH identity); tokens are checked and dropped.

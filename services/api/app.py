@@ -1,4 +1,5 @@
-"""The gateway's composition root (STYLE.md 3): `create_app(settings)` builds everything.
+"""The gateway's composition root (docs/ARCHITECTURE.md#conventions): `create_app(settings)` builds
+everything.
 
 Nothing here does I/O at import. The collaborators can be passed in (tests hand in a registry on
 their own pool, or a Celery app on their own Redis DB); whatever is not passed is built from the

@@ -1,4 +1,5 @@
-"""Operator authentication for the gateway (DESIGN §6): a bearer token, or a dashboard session.
+"""Operator authentication for the gateway (docs/ARCHITECTURE.md#http-contracts): a bearer token, or
+a dashboard session.
 
 API clients send `Authorization: Bearer <token>` with one of DARK_API_TOKENS. The dashboard
 (services/api/ui.py) signs in once with such a token; its script then calls the same JSON API with

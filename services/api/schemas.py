@@ -1,4 +1,5 @@
-"""What the gateway accepts and what it shows (DESIGN §6), as marshmallow schemas.
+"""What the gateway accepts and what it shows (docs/ARCHITECTURE.md#http-contracts), as marshmallow
+schemas.
 
 Inputs reject unknown fields (shared/web.py's StrictSchema). Outputs name exactly the public
 fields of a record, so a column added to Instance (a key, a path, a pubkey) never reaches a

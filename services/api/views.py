@@ -1,4 +1,5 @@
-"""The gateway's routes (DESIGN §6): decode the request, call one handler, encode the answer.
+"""The gateway's routes (docs/ARCHITECTURE.md#http-contracts): decode the request, call one handler,
+encode the answer.
 
 Commands go through FleetService; reads go to the registry; the live guest view and heal go to the
 guest agent. Errors are raised and leave through shared/web.py's handler.

@@ -1,4 +1,5 @@
-"""The onboarding service's composition root (STYLE.md 3): `create_app(settings)` builds everything.
+"""The onboarding service's composition root (docs/ARCHITECTURE.md#conventions):
+`create_app(settings)` builds everything.
 
 Nothing here does I/O at import. Collaborators can be passed in (tests hand in adapters on their own
 pool or their own OpenBao); whatever is not passed is built from the settings. Per request: a
@@ -54,8 +55,8 @@ DOMAIN_ERRORS = (
 class AnyTenantText(PathConverter):
     """The tenant path segment, matching anything (even '/', control characters or nothing).
 
-    Routing would answer 404 for those; matching them lets the tenant-name rules (DESIGN §6)
-    answer 422 with the reason.
+    Routing would answer 404 for those; matching them lets the tenant-name rules
+    (docs/ARCHITECTURE.md#tenant-names) answer 422 with the reason.
     """
 
     regex = r"[\s\S]*?"

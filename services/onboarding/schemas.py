@@ -1,4 +1,5 @@
-"""What the onboarding service accepts and shows (DESIGN §6), as marshmallow schemas.
+"""What the onboarding service accepts and shows (docs/ARCHITECTURE.md#http-contracts), as
+marshmallow schemas.
 
 Inputs reject unknown fields at every level, and every error message is fixed text: none repeats
 the submitted value, because the values are secrets. Loading the secrets body yields a domain

@@ -1,4 +1,5 @@
-"""The onboarding routes (DESIGN §6): decode the request, call one handler, encode the answer.
+"""The onboarding routes (docs/ARCHITECTURE.md#http-contracts): decode the request, call one
+handler, encode the answer.
 
 The tenant name and the whole body are validated before anything is read or written, so a
 rejected request changes nothing. Errors are raised and leave through shared/web.py's handler.

@@ -1,4 +1,4 @@
-"""Reconciler entrypoint (DESIGN §5).
+"""Reconciler entrypoint (docs/ARCHITECTURE.md#reconcile).
 
     celery -A services.reconciler.worker worker -Q dark.reconcile   # runs the reconcile task
     celery -A services.reconciler.worker beat                       # ticks every interval

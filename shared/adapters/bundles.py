@@ -1,4 +1,4 @@
-"""Credential bundles in Postgres, envelope-encrypted (DESIGN §7).
+"""Credential bundles in Postgres, envelope-encrypted (docs/ARCHITECTURE.md#secrets).
 
 Each bundle gets its own data key from Vault transit; the bundle is sealed locally with AES-256-GCM
 and the row keeps only the wrapped data key, the nonce and the ciphertext. The tenant is bound as
@@ -112,7 +112,7 @@ class EnvelopeBundleStore:
         except psycopg.Error as exc:
             raise _postgres_unavailable(exc, "deleting the bundle", tenant) from None
 
-    # --- the identity claim (DESIGN §4 Invariants) -------------------------------------------
+    # --- the identity claim (docs/ARCHITECTURE.md#invariants) -------------------------------------
 
     def claim(self, tenant: str, instance_id: uuid.UUID) -> tuple[uuid.UUID, bool]:
         """Claim the creation of the tenant's identity; returns (owner, claimed by this call).

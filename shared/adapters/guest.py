@@ -1,4 +1,5 @@
-"""HttpGuestAgent: dark-agent's HTTP API on each VM, over requests (DESIGN §4 and §6).
+"""HttpGuestAgent: dark-agent's HTTP API on each VM, over requests (docs/ARCHITECTURE.md#pipeline
+and docs/ARCHITECTURE.md#http-contracts).
 
 Every failure leaves this module as a GuestError: transport error or timeout → GuestUnreachable,
 503 → GuestUnavailable, 400 → GuestValidation (the guest's own message, masked and bounded),

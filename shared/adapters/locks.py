@@ -6,7 +6,7 @@ SIGKILL), Postgres drops the connection and with it the lock, so no lock outlive
 Locks take connections from a pool of their own (`make_lock_pool`), never from the pool that
 serves queries: a lock is held for a whole step, and its connection must not be the one a registry
 transaction runs on. Whatever pool it is given, a connection goes back exactly as it came out: in
-its own autocommit mode, and with no advisory lock left on it (STYLE 11).
+its own autocommit mode, and with no advisory lock left on it (docs/ARCHITECTURE.md#conventions).
 """
 
 import contextlib

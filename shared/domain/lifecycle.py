@@ -1,4 +1,4 @@
-"""Instance lifecycle (DESIGN §3): statuses and the moves between them."""
+"""Instance lifecycle (docs/ARCHITECTURE.md#lifecycle): statuses and the moves between them."""
 
 from enum import StrEnum
 

@@ -1,7 +1,7 @@
 """Tenant onboarding: the registry's record of a tenant, and the rules onboarding enforces.
 
 The record says whether and when a tenant handed over its secrets; it never holds a secret. The
-secrets themselves live only in Vault (DESIGN §7).
+secrets themselves live only in Vault (docs/ARCHITECTURE.md#secrets).
 """
 
 from dataclasses import dataclass

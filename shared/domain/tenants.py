@@ -1,6 +1,8 @@
-"""Tenant names (DESIGN §6): 1-63 characters after NFC; letters, digits, '-', '_', '.'.
+"""Tenant names (docs/ARCHITECTURE.md#tenant-names): 1-63 characters after NFC; letters, digits,
+'-', '_', '.'.
 
-Decisions where §6 leaves room, all so that two names that look alike are the same name:
+Decisions where docs/ARCHITECTURE.md#tenant-names leaves room, all so that two names that look alike
+are the same name:
 - "letters" are the Unicode L* categories and "digits" are Nd; other numbers (No: '²', '½'; Nl:
   Roman numerals) are not digits.
 - Combining marks (Mn, Mc) are allowed after a letter, digit or another mark: many scripts (e.g.

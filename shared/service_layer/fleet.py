@@ -1,8 +1,8 @@
 """Fleet commands: the service layer behind the gateway's POST and DELETE.
 
 The row is committed before any task is sent; a task carries the instance id and the row's
-continuation token, never anything else (STYLE.md 5). A new row whose first task cannot be sent is
-withdrawn before the 503, so that a client's retry never makes a second VM.
+continuation token, never anything else (docs/ARCHITECTURE.md#conventions). A new row whose first
+task cannot be sent is withdrawn before the 503, so that a client's retry never makes a second VM.
 """
 
 import logging

@@ -1,4 +1,5 @@
-"""Onboarding handlers: store, show and remove a tenant's secrets (DESIGN §6, §7).
+"""Onboarding handlers: store, show and remove a tenant's secrets
+(docs/ARCHITECTURE.md#http-contracts and docs/ARCHITECTURE.md#secrets).
 
 Vault is the source of truth for the secrets and their version; the tenant directory in Postgres
 follows it, and is written after each Vault change. When the directory write fails after Vault
@@ -75,8 +76,8 @@ class Onboarding:
         return presence
 
     def offboard(self, tenant: str, *, force: bool = False) -> None:
-        """Remove the tenant's secrets and its bundle (DESIGN §7: a name reused later starts a new
-        identity); refused while it has live instances unless `force`.
+        """Remove the tenant's secrets and its bundle (docs/ARCHITECTURE.md#secrets: a name reused
+        later starts a new identity); refused while it has live instances unless `force`.
 
         The directory is marked first, so that a failure in between leaves the tenant refused by
         the gateway (with its secrets still in Vault, removed by a retry) rather than accepted with

@@ -1,4 +1,4 @@
-"""The provisioning pipeline and teardown (DESIGN §4) as idempotent steps.
+"""The provisioning pipeline and teardown (docs/ARCHITECTURE.md#pipeline) as idempotent steps.
 
 `Pipeline.advance` is called with an instance id and a continuation token. It takes the instance's
 lock, re-reads the row, drops the message if the token is stale, and runs steps until one has to
@@ -240,8 +240,9 @@ class Pipeline:
                 secrets = self.secrets.read(instance.tenant)
             except SecretsMissing:
                 return self._fail(instance, "tenant not onboarded")
-            # DESIGN §4: nothing secret-bearing goes out unless the VM, read again now, is
-            # RUNNING at the address it was given; another machine may answer there otherwise.
+            # docs/ARCHITECTURE.md#pipeline: nothing secret-bearing goes out unless the VM, read
+            # again now, is RUNNING at the address it was given; another machine may answer there
+            # otherwise.
             vm = self.compute.get_instance(instance.provider_id)
             if vm is None:
                 return self._fail(instance, "the VM disappeared", guest_up=False)
@@ -302,7 +303,8 @@ class Pipeline:
                 vm = self.compute.find_by_name(instance.vm_name)
             if vm is not None:
                 if vm.status != "DELETING":
-                    # Asked for the identity only at the address it was given (DESIGN §4).
+                    # Asked for the identity only at the address it was given
+                    # (docs/ARCHITECTURE.md#pipeline).
                     up = vm.status == "RUNNING" and vm.address == instance.address
                     if not self._salvaged(instance, guest_up=up):
                         return self._wait(instance, GUEST_POLL_SECS)

@@ -1,4 +1,5 @@
-"""Reconcile (DESIGN §5): converge the cloud toward the registry, and record what was done.
+"""Reconcile (docs/ARCHITECTURE.md#reconcile): converge the cloud toward the registry, and record
+what was done.
 
 A pass reads the cloud once (`list_managed`, paged by the adapter) and the registry once (every row
 that is not retired); `decide`, a pure function, joins the two snapshots by provider id and by VM
@@ -171,7 +172,8 @@ def _decide_row(
 def hold_back(
     actions: list[Action], *, cap: int, confirmed: int = 0
 ) -> tuple[list[Action], list[Action]]:
-    """Split `actions` into those a run takes and those it holds back (DESIGN §5 blast radius).
+    """Split `actions` into those a run takes and those it holds back
+    (docs/ARCHITECTURE.md#blast-radius).
 
     All of them are taken when the actions judged from an absence number at most the cap or the
     operator's confirmation; otherwise none of those is, nor any respawn (it replaces a row only
@@ -356,7 +358,7 @@ class _Executor:
     def _creating_identity(self, inst: Instance) -> bool:
         # Its guest may hold the tenant's identity, stored nowhere yet. Failed here with its VM
         # deleted, that identity would be lost and a waiting instance would take the claim over
-        # and init a second time (DESIGN §4 Invariants).
+        # and init a second time (docs/ARCHITECTURE.md#invariants).
         return (
             self.claims is not None
             and inst.status is Status.INITIALIZING

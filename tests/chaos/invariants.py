@@ -17,8 +17,9 @@ def _who(row: dict) -> str:
 
 
 def event_chains(rows: list[dict], events: dict[str, list[dict] | None]) -> list[str]:
-    """Moves only along §3's arrows, each from where the last one ended, nothing after
-    `retired`, and the timeline ends where the row is (notes have from == to)."""
+    """Moves only along the lifecycle's arrows (docs/ARCHITECTURE.md#lifecycle), each from where the
+    last one ended, nothing after `retired`, and the timeline ends where the row is (notes have from
+    == to)."""
     found = []
     for row in rows:
         timeline = events.get(row["id"])

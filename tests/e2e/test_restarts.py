@@ -1,6 +1,6 @@
-"""DESIGN §9: Redis and Postgres restarted under a provision in flight, on servers of the module's
-own (tests/support/private_servers.py), with the whole stack as real processes: gateway, provisioner
-worker, reconcile worker and beat.
+"""docs/ARCHITECTURE.md#invariants: Redis and Postgres restarted under a provision in flight, on
+servers of the module's own (tests/support/private_servers.py), with the whole stack as real
+processes: gateway, provisioner worker, reconcile worker and beat.
 
 The invariants after each restart: the instance in flight reaches ready by itself, with exactly
 one VM, and no process of the stack has died; the gateway answers 503 with Retry-After (never 500)

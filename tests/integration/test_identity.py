@@ -1,4 +1,4 @@
-"""A tenant's identity is created once (DESIGN §4 Invariants), and guest health errors.
+"""A tenant's identity is created once (docs/ARCHITECTURE.md#invariants), and guest health errors.
 
 The pipeline runs in-process over its real adapters: PostgresFleetRegistry and PostgresLocks on
 the session database, YcCompute and HttpGuestAgent against the simulator, EnvelopeBundleStore on
@@ -425,7 +425,7 @@ def test_a_teardown_salvage_racing_offboarding_does_not_store_the_old_identity(h
     assert harness.bundles.get(tenant) is None
 
 
-# --- secrets go only to the VM at the address it was given (DESIGN §4) ----------------------------
+# --- secrets go only to the VM at the address it was given (docs/ARCHITECTURE.md#pipeline) --------
 
 SECRET_BEARING = ("init", "claude", "import")
 

@@ -1,5 +1,5 @@
 """PostgresLocks against the real Postgres, and what a lock helper must never do to the pool it
-takes connections from (STYLE 11: nothing leaks through a pool).
+takes connections from (docs/ARCHITECTURE.md#conventions: nothing leaks through a pool).
 
 The pool-of-one tests are the wiring that went wrong: the lock helper and the registry sharing one
 pool, so that every registry call gets the very connection the last lock ran on.

@@ -1,6 +1,6 @@
-"""Reconcile's blast radius (DESIGN §5) against real Postgres and the YC simulator: a registry
-restored from an old backup, or a run pointed at another folder, deletes nothing and marks nothing
-lost; an operator's one-off confirmation lets exactly one run act."""
+"""Reconcile's blast radius (docs/ARCHITECTURE.md#blast-radius) against real Postgres and the YC
+simulator: a registry restored from an old backup, or a run pointed at another folder, deletes
+nothing and marks nothing lost; an operator's one-off confirmation lets exactly one run act."""
 
 import pytest
 

@@ -1,5 +1,5 @@
-"""PostgresFleetRegistry against the real Postgres (DESIGN §3): creates, compare-and-set transitions
-with their event log, keyset pagination, and Postgres being unreachable.
+"""PostgresFleetRegistry against the real Postgres (docs/ARCHITECTURE.md#lifecycle): creates,
+compare-and-set transitions with their event log, keyset pagination, and Postgres being unreachable.
 
 Each test works on tenants of its own and deletes their rows (events cascade) when it ends.
 """

@@ -1,4 +1,5 @@
-"""Retry backoff (DESIGN §4: backoff everywhere uses full jitter, with a cap)."""
+"""Retry backoff (docs/ARCHITECTURE.md#pipeline: backoff everywhere uses full jitter, with a
+cap)."""
 
 import pytest
 

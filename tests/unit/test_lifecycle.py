@@ -1,4 +1,5 @@
-"""The lifecycle table (DESIGN §3): every pair of statuses is either allowed or refused."""
+"""The lifecycle table (docs/ARCHITECTURE.md#lifecycle): every pair of statuses is either allowed or
+refused."""
 
 import itertools
 
@@ -17,8 +18,8 @@ from shared.domain.lifecycle import (
 )
 
 S = Status
-# Written out from the DESIGN §3 diagram and bullets, independently of ALLOWED.
-DESIGN_MOVES = {
+# Written out from the lifecycle diagram (docs/ARCHITECTURE.md#lifecycle), independently of ALLOWED.
+DOCUMENTED_MOVES = {
     (S.PENDING, S.PROVISIONING),
     (S.PROVISIONING, S.INITIALIZING),
     (S.INITIALIZING, S.READY),
@@ -35,14 +36,14 @@ DESIGN_MOVES = {
     (S.FAILED, S.TEARING_DOWN),
     (S.LOST, S.TEARING_DOWN),
 }
-REFUSED_MOVES = sorted(set(itertools.product(Status, repeat=2)) - DESIGN_MOVES)
+REFUSED_MOVES = sorted(set(itertools.product(Status, repeat=2)) - DOCUMENTED_MOVES)
 
 
 def test_the_table_names_every_status():
     assert set(ALLOWED) == set(Status)
 
 
-@pytest.mark.parametrize(("current", "target"), sorted(DESIGN_MOVES))
+@pytest.mark.parametrize(("current", "target"), sorted(DOCUMENTED_MOVES))
 def test_a_move_the_design_allows_passes(current, target):
     check_transition(current, target)
     assert can_transition(current, target)

@@ -1,5 +1,6 @@
-"""Reconcile's blast radius (DESIGN §5) over the in-memory fakes: at most RECONCILE_MAX_DESTRUCTIVE
-actions judged from an absence (orphan deletes, lost marks) per run, or none of them."""
+"""Reconcile's blast radius (docs/ARCHITECTURE.md#blast-radius) over the in-memory fakes: at most
+RECONCILE_MAX_DESTRUCTIVE actions judged from an absence (orphan deletes, lost marks) per run, or
+none of them."""
 
 from shared.domain.lifecycle import Status
 from shared.service_layer.reconcile import LOST, ORPHAN, RESPAWN, STALL_SECS, STUCK

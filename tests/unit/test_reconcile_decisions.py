@@ -1,4 +1,5 @@
-"""Reconcile's decisions and its run loop over in-memory fakes of the ports (DESIGN §5)."""
+"""Reconcile's decisions and its run loop over in-memory fakes of the ports
+(docs/ARCHITECTURE.md#reconcile)."""
 
 import contextlib
 import dataclasses

@@ -1,4 +1,5 @@
-"""Tenant names (DESIGN §6) and the decisions shared/domain/tenants.py documents beyond it.
+"""Tenant names (docs/ARCHITECTURE.md#tenant-names) and the decisions shared/domain/tenants.py
+documents beyond it.
 
 1-63 characters after NFC; Unicode letters and digits, '-', '_', '.'; not starting with '.';
 no '/', control characters or whitespace; nothing invisible, no emoji.
