@@ -1,10 +1,11 @@
 """HttpGuestAgent: dark-agent's HTTP API on each VM, over requests (DESIGN §4 and §6).
 
 Every failure leaves this module as a GuestError: transport error or timeout → GuestUnreachable,
-503 → GuestUnavailable, 400 → GuestValidation (the guest's own message, masked and bounded),
-anything else → GuestCredentialsError. Bodies are read with a size bound and decoded liberally
-(unknown fields ignored, optional fields defaulted) but strictly typed. Request and response bodies
-of the credential calls carry secrets: only the method, path and status are ever logged.
+503 → GuestUnavailable, 400 → GuestValidation (the guest's own message, masked and bounded by
+`shared.redaction.mask_message`), anything else → GuestCredentialsError. Bodies are read with a
+size bound and decoded liberally (unknown fields ignored, optional fields defaulted) but strictly
+typed. Request and response bodies of the credential calls carry secrets: only the method, path and
+status are ever logged.
 """
 
 import json
@@ -23,23 +24,14 @@ from shared.domain.errors import (
 )
 from shared.domain.guest import ForgeRegistration, GuestHealth, GuestIdentity
 from shared.domain.secrets import Bundle, TenantSecrets
+from shared.redaction import mask_message
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_GUEST_MESSAGE = 300
 _CHUNK_BYTES = 64 * 1024
 _MISSING = object()
 
-# Known token prefixes, then any long unbroken run of token alphabet: a guest that echoes its input
-# in an error must not get a secret into our failure reasons.
-_TOKENISH = re.compile(
-    r"(?:sk-ant-|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-)\S*|[A-Za-z0-9+/=_.\-]{32,}"
-)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-# Secret values shorter than this are masked by the pattern above or not at all: replacing every
-# occurrence of a very short string would garble the message without protecting anything.
-_MIN_MASKED_VALUE = 4
 _SSH_KEY_TYPE = re.compile(r"^(?:ssh-|ecdsa-|sk-)[a-z0-9@.\-]+$")
 
 
@@ -271,20 +263,7 @@ def _guest_message(raw: bytes, secrets: Iterable[str]) -> str:
         message = message.get("message")
     if not isinstance(message, str):
         return ""
-    return mask_guest_message(message, secrets)
-
-
-def mask_guest_message(message: str, secrets: Iterable[str] = ()) -> str:
-    """`message` fit for a failure reason: secret values and token-like runs masked, one line,
-    at most MAX_GUEST_MESSAGE characters."""
-    for value in secrets:
-        if len(value) >= _MIN_MASKED_VALUE:
-            message = message.replace(value, "***")
-    message = _TOKENISH.sub("***", message)
-    message = _CONTROL.sub(" ", message).strip()
-    if len(message) > MAX_GUEST_MESSAGE:
-        message = message[: MAX_GUEST_MESSAGE - 1] + "…"
-    return message
+    return mask_message(message, secrets)
 
 
 def _transport_reason(exc: requests.RequestException) -> str:
