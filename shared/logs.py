@@ -8,6 +8,7 @@ import re
 import sys
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.redaction import redact
 
@@ -48,7 +49,7 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, ensure_ascii=False, default=str))
 
 
-def gunicorn_logconfig(service: str) -> dict:
+def gunicorn_logconfig(service: str) -> dict[str, Any]:
     """Gunicorn's `logconfig_dict`: its own lines in the same JSON shape as the app's, and no
     access log (the app writes one line per request itself, never with headers)."""
     return {

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable
+from typing import Any, TypeVar, overload
 
 import requests
 
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 64 * 1024
 _MISSING = object()
+
+# A decoded JSON object, as the guest sends it.
+JsonObject = dict[str, Any]
+_T = TypeVar("_T")
+_D = TypeVar("_D")
 
 _SSH_KEY_TYPE = re.compile(r"^(?:ssh-|ecdsa-|sk-)[a-z0-9@.\-]+$")
 
@@ -85,7 +91,7 @@ class HttpGuestAgent:
             uptime_secs=uptime,
         )
 
-    def heal(self, address: str) -> dict:
+    def heal(self, address: str) -> JsonObject:
         body, _ = self._call(address, "GET", "/heal")
         return body
 
@@ -124,11 +130,11 @@ class HttpGuestAgent:
         address: str,
         method: str,
         path: str,
-        payload: dict | None = None,
+        payload: JsonObject | None = None,
         *,
         timeout: float | None = None,
         secrets: Iterable[str] = (),
-    ) -> tuple[dict, str]:
+    ) -> tuple[JsonObject, str]:
         """Send one request; returns the decoded JSON object and a label for error messages."""
         what = f"guest {address}: {method} {path}"
         timeout = timeout or self._timeout
@@ -201,7 +207,7 @@ class HttpGuestAgent:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def _json_object(raw: bytes, what: str) -> dict:
+def _json_object(raw: bytes, what: str) -> JsonObject:
     try:
         body = json.loads(raw)
     # RecursionError: deeply nested arrays are valid JSON that exhausts the decoder.
@@ -212,7 +218,23 @@ def _json_object(raw: bytes, what: str) -> dict:
     return body
 
 
-def _field(body: dict, key: str, kind: type | tuple[type, ...], what: str, default=_MISSING):
+@overload
+def _field(body: JsonObject, key: str, kind: type[_T] | tuple[type[_T], ...], what: str) -> _T: ...
+
+
+@overload
+def _field(
+    body: JsonObject, key: str, kind: type[_T] | tuple[type[_T], ...], what: str, default: _D
+) -> _T | _D: ...
+
+
+def _field(
+    body: JsonObject,
+    key: str,
+    kind: type[Any] | tuple[type[Any], ...],
+    what: str,
+    default: Any = _MISSING,
+) -> Any:
     """`body[key]` if it has type `kind`; `default` when absent or null; else the error."""
     value = body.get(key)
     if value is None:
@@ -227,7 +249,7 @@ def _field(body: dict, key: str, kind: type | tuple[type, ...], what: str, defau
     return value
 
 
-def _identity(body: dict, what: str) -> GuestIdentity:
+def _identity(body: JsonObject, what: str) -> GuestIdentity:
     pubkey = _field(body, "ssh_pubkey", str, what)
     parts = pubkey.split()
     if len(parts) < 2 or "\n" in pubkey.strip() or not _SSH_KEY_TYPE.match(parts[0]):

@@ -1,6 +1,6 @@
 """Tenant secrets in Vault's KV v2 through hvac (failure translation: see `vault_client`)."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import hvac
@@ -25,6 +25,7 @@ def tenant_secret_path(tenant: str) -> str:
 
 class _StoredSecrets(NamedTuple):
     secrets: TenantSecrets
+    version: int  # the same as secrets.version, known to be set
     created_time: str
 
 
@@ -72,7 +73,7 @@ class HvacTenantSecrets:
             claude_oauth_token=bool(secrets.claude_oauth_token),
             nks_pat=bool(secrets.nks_pat),
             forges=tuple(forge.name for forge in secrets.forges),
-            version=secrets.version,
+            version=stored.version,
             updated_at=stored.created_time,
         )
 
@@ -105,7 +106,8 @@ class HvacTenantSecrets:
         # repairs it. The message names no field value.
         try:
             metadata = response["data"]["metadata"]
-            secrets = _decode(response["data"]["data"], _version(metadata))
+            version = _version(metadata)
+            secrets = _decode(response["data"]["data"], version)
             created_time = metadata["created_time"]
             if not isinstance(created_time, str):
                 raise TypeError
@@ -114,7 +116,7 @@ class HvacTenantSecrets:
                 "the secrets stored for this tenant are malformed; onboard the tenant again",
                 tenant=tenant,
             ) from None
-        return _StoredSecrets(secrets, created_time)
+        return _StoredSecrets(secrets, version, created_time)
 
 
 def _secrets_unavailable(exc: Exception, doing: str, tenant: str) -> SecretsBackendUnavailable:
@@ -123,14 +125,14 @@ def _secrets_unavailable(exc: Exception, doing: str, tenant: str) -> SecretsBack
     )
 
 
-def _version(metadata: dict) -> int:
+def _version(metadata: dict[str, Any]) -> int:
     version = metadata["version"]
     if type(version) is not int or version < 1:
         raise ValueError
     return version
 
 
-def _encode(secrets: TenantSecrets) -> dict:
+def _encode(secrets: TenantSecrets) -> dict[str, Any]:
     return {
         "claude_oauth_token": secrets.claude_oauth_token.reveal(),
         "nks_pat": secrets.nks_pat.reveal(),

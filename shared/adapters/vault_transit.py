@@ -3,6 +3,8 @@
 
 import base64
 import binascii
+from collections.abc import Callable
+from typing import Any
 
 import hvac
 from hvac.exceptions import InvalidPath
@@ -89,14 +91,17 @@ class TransitKeys:
         except VAULT_FAILURES as exc:
             raise self._failed(exc, "reading") from None
 
-    def _call(self, doing: str, method, *args, **kwargs) -> dict:
+    def _call(
+        self, doing: str, method: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
         """Call a transit endpoint on our key; returns the response's `data` (empty when none)."""
         try:
             response = method(self._key, *args, mount_point=self._mount, **kwargs)
         except VAULT_FAILURES as exc:
             raise self._failed(exc, doing) from None
         # Endpoints answering 204 give a bare requests.Response, not JSON.
-        return response.get("data", {}) if isinstance(response, dict) else {}
+        data: dict[str, Any] = response.get("data", {}) if isinstance(response, dict) else {}
+        return data
 
     def _failed(self, exc: Exception, doing: str) -> BundleBackendUnavailable:
         return BundleBackendUnavailable(
