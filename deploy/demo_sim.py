@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline()
     if not line:
         return proc.wait() or 1

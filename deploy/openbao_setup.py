@@ -33,7 +33,7 @@ import hvac
 import requests
 from hvac.exceptions import Forbidden, InvalidPath, VaultError
 
-from shared.adapters.vault import TransitKeys
+from shared.adapters.vault_transit import TransitKeys
 from shared.settings import Settings, load_settings
 
 POLICY_NAME = "dark-orchestrator"

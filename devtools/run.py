@@ -183,6 +183,7 @@ def _start_simulators(runner: Runner, env: dict) -> None:
         env,
         stdout=subprocess.PIPE,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline()
     if not line:
         raise SystemExit("make run: the simulators did not start; see .run/sim.log")

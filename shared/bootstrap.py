@@ -29,7 +29,9 @@ def build_worker_context(settings: Settings) -> WorkerContext:
     from shared.adapters.guest import HttpGuestAgent
     from shared.adapters.locks import PostgresLocks
     from shared.adapters.registry import PostgresFleetRegistry
-    from shared.adapters.vault import HvacTenantSecrets, TransitKeys, vault_client
+    from shared.adapters.vault_client import vault_client
+    from shared.adapters.vault_kv import HvacTenantSecrets
+    from shared.adapters.vault_transit import TransitKeys
     from shared.adapters.yc import YcCompute
 
     pool = make_pool(settings.database_url, max_size=6)

@@ -1,8 +1,5 @@
-"""Structured logging: one JSON object per line, a request id on every line, secrets masked.
-
-Masking is the second line of defence. The first is that secret-bearing values are never passed to
-a logger at all (they travel as `Secret`/`Bundle`, whose repr is masked).
-"""
+"""Structured logging: one JSON object per line, a request id on every line, secrets masked
+(`shared.redaction.redact` over the whole line)."""
 
 import contextvars
 import json
@@ -11,35 +8,15 @@ import re
 import sys
 import uuid
 from datetime import UTC, datetime
+from typing import Any
+
+from shared.redaction import redact
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-# Values that look like credentials, wherever they appear in a message.
-_PATTERNS = [
-    re.compile(r"sk-ant-[A-Za-z0-9]{2,8}-[A-Za-z0-9_\-]{4,}"),  # Anthropic / Claude tokens
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}"),
-    re.compile(r"\b(?:hvs|hvb|hvr|s)\.[A-Za-z0-9_\-]{20,}"),  # Vault / OpenBao tokens
-    re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr|github_pat|glpat)[_-][A-Za-z0-9_\-]{10,}"),
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"),
-    # key=value / "key": "value" pairs whose key names a secret
-    re.compile(
-        r"(?i)([\"']?\b[\w-]*(?:token|pat|secret|password|passwd|bundle|private_key|authorization)"
-        r"[\w-]*[\"']?\s*[:=]\s*[\"']?)([^\"'\s,}&]+)"
-    ),
-]
-
-
-def redact(text: str) -> str:
-    for pattern in _PATTERNS:
-        if pattern.groups:
-            text = pattern.sub(lambda m: m.group(1) + "***", text)
-        else:
-            text = pattern.sub("***", text)
-    return text
 
 
 def new_request_id(candidate: str | None = None) -> str:
@@ -72,7 +49,7 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, ensure_ascii=False, default=str))
 
 
-def gunicorn_logconfig(service: str) -> dict:
+def gunicorn_logconfig(service: str) -> dict[str, Any]:
     """Gunicorn's `logconfig_dict`: its own lines in the same JSON shape as the app's, and no
     access log (the app writes one line per request itself, never with headers)."""
     return {

@@ -7,6 +7,7 @@ variable. `.env.example` lists every variable; a test keeps the two in step.
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 class SettingsError(ValueError):
@@ -78,7 +79,8 @@ def env(
     parse: Callable[[str], object] = _str,
     doc: str = "",
     secret: bool = False,
-):
+) -> Any:
+    """A dataclass field read from `name` (typed, like `field`, as whatever it is assigned to)."""
     return field(
         default=default, repr=not secret, metadata={"env": name, "parse": parse, "doc": doc}
     )
@@ -125,9 +127,11 @@ class Settings:
     guest_max_response_bytes: int = env("DARK_GUEST_MAX_RESPONSE_BYTES", 1_048_576, _int)
 
     api_bind: str = env("DARK_BIND", "127.0.0.1:8080", _bind)
-    api_tokens: frozenset = env("DARK_API_TOKENS", frozenset(), _tokens, secret=True)
+    api_tokens: frozenset[str] = env("DARK_API_TOKENS", frozenset(), _tokens, secret=True)
     onboarding_bind: str = env("DARK_ONBOARDING_BIND", "127.0.0.1:8081", _bind)
-    onboarding_tokens: frozenset = env("DARK_ONBOARDING_TOKENS", frozenset(), _tokens, secret=True)
+    onboarding_tokens: frozenset[str] = env(
+        "DARK_ONBOARDING_TOKENS", frozenset(), _tokens, secret=True
+    )
     max_instances_per_tenant: int = env("DARK_MAX_INSTANCES_PER_TENANT", 5, _nonneg_int)
     session_secret: str | None = env(
         "DARK_SESSION_SECRET",
@@ -171,7 +175,7 @@ class Settings:
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for f in fields(Settings):
         name = f.metadata["env"]
         raw = environ.get(name, "")

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from typing import Any
 
 import grpc
 from flask import Flask, jsonify, request
@@ -20,7 +21,7 @@ def _error(status: int, code: str, message: str):
     return jsonify({"error": {"code": code, "message": message}}), status
 
 
-def _body(*, allow_list: bool = False) -> dict | list:
+def _body(*, allow_list: bool = False) -> Any:  # a dict, or a list when allowed
     body = request.get_json(silent=True)
     if not isinstance(body, dict) and not (allow_list and isinstance(body, list)):
         raise ApiError("INVALID_ARGUMENT", "expected a JSON object")

@@ -111,7 +111,8 @@ class _Identity:
         if not isinstance(forges, list) or not all(_is_registration(f) for f in forges):
             raise _Malformed("malformed bundle: bad forge registrations")
         try:
-            raw = base64.b64decode(bundle.get("ssh_private_key"), validate=True)
+            # A missing or non-string key raises TypeError, caught below.
+            raw = base64.b64decode(bundle.get("ssh_private_key"), validate=True)  # type: ignore[arg-type]
             key = Ed25519PrivateKey.from_private_bytes(raw)
         except (TypeError, ValueError):
             raise _Malformed("malformed bundle: bad identity") from None

@@ -42,7 +42,8 @@ class GuestServer(ThreadingHTTPServer):
         # HTTPServer.server_bind resolves the address with getfqdn(): a reverse-DNS lookup per VM
         # that can stall for seconds on a machine without DNS.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        # An IP server's address is (host, port, ...); typeshed allows a Unix socket path too.
+        self.server_name, self.server_port = self.server_address[:2]  # type: ignore[assignment]
 
 
 def start_listener(vm_id: str, address: str, port: int, answer: Answer) -> GuestServer:

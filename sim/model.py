@@ -96,7 +96,7 @@ class Fault:
         return (self.count or 0) > 0 if self.until is None else now < self.until
 
     def to_json(self) -> dict:
-        out = {"method": self.method, "code": self.code, "where": self.where}
+        out: dict[str, object] = {"method": self.method, "code": self.code, "where": self.where}
         if self.until is not None:
             out["seconds_left"] = max(0.0, round(self.until - time.time(), 3))
         else:

@@ -44,8 +44,8 @@ from shared.domain.errors import GuestError, GuestUnreachable, InstanceNotFound
 from shared.domain.lifecycle import Status
 from shared.domain.records import Instance
 from shared.domain.tenants import normalize_tenant
-from shared.logs import redact
 from shared.ports import FleetRegistry, GuestAgent
+from shared.redaction import redact
 from shared.service_layer.fleet import FleetService
 from shared.web import ApiError, json_body, present_headers, public, query_args
 

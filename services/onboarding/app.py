@@ -18,7 +18,8 @@ from shared.adapters.bundles import PostgresBundleRemover
 from shared.adapters.db import make_pool
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.tenants import PostgresTenantDirectory
-from shared.adapters.vault import HvacTenantSecrets, vault_client
+from shared.adapters.vault_client import vault_client
+from shared.adapters.vault_kv import HvacTenantSecrets
 from shared.domain.errors import (
     InvalidTenantName,
     RegistryUnavailable,

@@ -14,7 +14,8 @@ from shared.adapters.registry import PostgresFleetRegistry
 from shared.bootstrap import PerProcess, build_worker_context
 from shared.celery_app import MAX_COUNTDOWN_SECS, TASK_PROVISION, TASK_TEARDOWN, make_celery
 from shared.domain.errors import DomainError, RegistryUnavailable
-from shared.logs import configure_logging, redact, request_id_var
+from shared.logs import configure_logging, request_id_var
+from shared.redaction import redact
 from shared.service_layer.fleet import CeleryDispatcher
 from shared.service_layer.pipeline import Pipeline, backoff, resume_unfinished
 from shared.settings import load_settings

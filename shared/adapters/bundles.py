@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.vault import TransitKeys
+from shared.adapters.vault_transit import TransitKeys
 from shared.domain.errors import (
     BundleBackendUnavailable,
     BundleIntegrityError,

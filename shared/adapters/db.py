@@ -7,6 +7,7 @@ that several processes starting at once apply each exactly once.
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg.rows import RowFactory, dict_row
@@ -17,9 +18,18 @@ from shared.domain.errors import RegistryUnavailable
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _MIGRATION_LOCK = 0x6461726B  # "dark": one advisory-lock key for the whole schema
 
+# A row as the adapters read it by default (`dict_row`): column name to value.
+Row = dict[str, Any]
+RowT = TypeVar("RowT")
+
 
 def make_pool(
-    database_url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 5, **kwargs
+    database_url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    timeout: float = 5,
+    **kwargs: Any,
 ) -> ConnectionPool:
     """A pool that checks connections before use, so a Postgres restart costs one failed attempt.
 
@@ -48,14 +58,30 @@ def make_lock_pool(database_url: str, *, max_size: int = 2) -> ConnectionPool:
     return make_pool(database_url, min_size=1, max_size=max_size, autocommit=True)
 
 
+@overload
+def pooled_cursor(
+    pool: ConnectionPool, unavailable: str, *, timeout: float | None = None
+) -> contextlib.AbstractContextManager[psycopg.Cursor[Row]]: ...
+
+
+@overload
+def pooled_cursor(
+    pool: ConnectionPool,
+    unavailable: str,
+    *,
+    row_factory: RowFactory[RowT],
+    timeout: float | None = None,
+) -> contextlib.AbstractContextManager[psycopg.Cursor[RowT]]: ...
+
+
 @contextlib.contextmanager
 def pooled_cursor(
     pool: ConnectionPool,
     unavailable: str,
     *,
-    row_factory: RowFactory = dict_row,
+    row_factory: RowFactory[Any] = dict_row,
     timeout: float | None = None,
-) -> Iterator[psycopg.Cursor]:
+) -> Iterator[psycopg.Cursor[Any]]:
     """A cursor in a transaction of its own: committed at the end, rolled back on an error.
 
     The transaction is explicit, so it holds whatever mode the pooled connection is in.

@@ -2,10 +2,11 @@
 and docs/ARCHITECTURE.md#http-contracts).
 
 Every failure leaves this module as a GuestError: transport error or timeout → GuestUnreachable,
-503 → GuestUnavailable, 400 → GuestValidation (the guest's own message, masked and bounded),
-anything else → GuestCredentialsError. Bodies are read with a size bound and decoded liberally
-(unknown fields ignored, optional fields defaulted) but strictly typed. Request and response bodies
-of the credential calls carry secrets: only the method, path and status are ever logged.
+503 → GuestUnavailable, 400 → GuestValidation (the guest's own message, masked and bounded by
+`shared.redaction.mask_message`), anything else → GuestCredentialsError. Bodies are read with a
+size bound and decoded liberally (unknown fields ignored, optional fields defaulted) but strictly
+typed. Request and response bodies of the credential calls carry secrets: only the method, path and
+status are ever logged.
 """
 
 import json
@@ -13,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable
+from typing import Any, TypeVar, overload
 
 import requests
 
@@ -24,23 +26,19 @@ from shared.domain.errors import (
 )
 from shared.domain.guest import ForgeRegistration, GuestHealth, GuestIdentity
 from shared.domain.secrets import Bundle, TenantSecrets
+from shared.redaction import mask_message
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_GUEST_MESSAGE = 300
 _CHUNK_BYTES = 64 * 1024
 _MISSING = object()
 
-# Known token prefixes, then any long unbroken run of token alphabet: a guest that echoes its input
-# in an error must not get a secret into our failure reasons.
-_TOKENISH = re.compile(
-    r"(?:sk-ant-|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-)\S*|[A-Za-z0-9+/=_.\-]{32,}"
-)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-# Secret values shorter than this are masked by the pattern above or not at all: replacing every
-# occurrence of a very short string would garble the message without protecting anything.
-_MIN_MASKED_VALUE = 4
+# A decoded JSON object, as the guest sends it.
+JsonObject = dict[str, Any]
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+
 _SSH_KEY_TYPE = re.compile(r"^(?:ssh-|ecdsa-|sk-)[a-z0-9@.\-]+$")
 
 
@@ -94,7 +92,7 @@ class HttpGuestAgent:
             uptime_secs=uptime,
         )
 
-    def heal(self, address: str) -> dict:
+    def heal(self, address: str) -> JsonObject:
         body, _ = self._call(address, "GET", "/heal")
         return body
 
@@ -133,11 +131,11 @@ class HttpGuestAgent:
         address: str,
         method: str,
         path: str,
-        payload: dict | None = None,
+        payload: JsonObject | None = None,
         *,
         timeout: float | None = None,
         secrets: Iterable[str] = (),
-    ) -> tuple[dict, str]:
+    ) -> tuple[JsonObject, str]:
         """Send one request; returns the decoded JSON object and a label for error messages."""
         what = f"guest {address}: {method} {path}"
         timeout = timeout or self._timeout
@@ -210,7 +208,7 @@ class HttpGuestAgent:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def _json_object(raw: bytes, what: str) -> dict:
+def _json_object(raw: bytes, what: str) -> JsonObject:
     try:
         body = json.loads(raw)
     # RecursionError: deeply nested arrays are valid JSON that exhausts the decoder.
@@ -221,7 +219,23 @@ def _json_object(raw: bytes, what: str) -> dict:
     return body
 
 
-def _field(body: dict, key: str, kind: type | tuple[type, ...], what: str, default=_MISSING):
+@overload
+def _field(body: JsonObject, key: str, kind: type[_T] | tuple[type[_T], ...], what: str) -> _T: ...
+
+
+@overload
+def _field(
+    body: JsonObject, key: str, kind: type[_T] | tuple[type[_T], ...], what: str, default: _D
+) -> _T | _D: ...
+
+
+def _field(
+    body: JsonObject,
+    key: str,
+    kind: type[Any] | tuple[type[Any], ...],
+    what: str,
+    default: Any = _MISSING,
+) -> Any:
     """`body[key]` if it has type `kind`; `default` when absent or null; else the error."""
     value = body.get(key)
     if value is None:
@@ -236,7 +250,7 @@ def _field(body: dict, key: str, kind: type | tuple[type, ...], what: str, defau
     return value
 
 
-def _identity(body: dict, what: str) -> GuestIdentity:
+def _identity(body: JsonObject, what: str) -> GuestIdentity:
     pubkey = _field(body, "ssh_pubkey", str, what)
     parts = pubkey.split()
     if len(parts) < 2 or "\n" in pubkey.strip() or not _SSH_KEY_TYPE.match(parts[0]):
@@ -272,20 +286,7 @@ def _guest_message(raw: bytes, secrets: Iterable[str]) -> str:
         message = message.get("message")
     if not isinstance(message, str):
         return ""
-    return mask_guest_message(message, secrets)
-
-
-def mask_guest_message(message: str, secrets: Iterable[str] = ()) -> str:
-    """`message` fit for a failure reason: secret values and token-like runs masked, one line,
-    at most MAX_GUEST_MESSAGE characters."""
-    for value in secrets:
-        if len(value) >= _MIN_MASKED_VALUE:
-            message = message.replace(value, "***")
-    message = _TOKENISH.sub("***", message)
-    message = _CONTROL.sub(" ", message).strip()
-    if len(message) > MAX_GUEST_MESSAGE:
-        message = message[: MAX_GUEST_MESSAGE - 1] + "…"
-    return message
+    return mask_message(message, secrets)
 
 
 def _transport_reason(exc: requests.RequestException) -> str:

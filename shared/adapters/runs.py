@@ -6,12 +6,13 @@ clock for every run, so stored runs can be compared with each other (they never 
 
 import contextlib
 from datetime import UTC
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.db import pooled_cursor
+from shared.adapters.db import Row, pooled_cursor
 
 MAX_LATEST = 100
 _SELECT = (
@@ -38,10 +39,19 @@ class PostgresReconcileRuns:
                 " VALUES (clock_timestamp(), %s, %s) RETURNING id",
                 (dry_run, trigger),
             ).fetchone()
-        return row["id"]
+        # INSERT … RETURNING always gives a row.
+        assert row is not None
+        run_id: int = row["id"]
+        return run_id
 
     def finish(
-        self, run_id: int, *, outcome: str, counts: dict, actions: list, errors: list
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        counts: dict[str, Any],
+        actions: list[Any],
+        errors: list[Any],
     ) -> None:
         """Record that the run finished now, how (`OUTCOMES`), and what it did (JSON-ready)."""
         if outcome not in OUTCOMES:
@@ -53,7 +63,7 @@ class PostgresReconcileRuns:
                 (outcome, Jsonb(counts), Jsonb(actions), Jsonb(errors), run_id),
             )
 
-    def latest(self, limit: int = 20) -> list[dict]:
+    def latest(self, limit: int = 20) -> list[Row]:
         """The newest runs first, as plain dicts (timestamps are UTC datetimes; an unfinished
         run — still going, or its process died — has `finished_at` None)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LATEST:
@@ -62,18 +72,18 @@ class PostgresReconcileRuns:
             rows = cur.execute(_LATEST, (limit,)).fetchall()
         return [_utc(row) for row in rows]
 
-    def last_real_run(self) -> dict | None:
+    def last_real_run(self) -> Row | None:
         """The newest finished run that was not a dry run (as `latest` gives it), or None.
         A dry run changes nothing, so it leaves what the last real run said standing."""
         with self._cursor() as cur:
             row = cur.execute(_LAST_REAL).fetchone()
         return None if row is None else _utc(row)
 
-    def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
+    def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor[Row]]:
         return pooled_cursor(self._pool, "the registry database is unreachable")
 
 
-def _utc(row: dict) -> dict:
+def _utc(row: Row) -> Row:
     row["started_at"] = row["started_at"].astimezone(UTC)
     if row["finished_at"] is not None:
         row["finished_at"] = row["finished_at"].astimezone(UTC)

@@ -9,13 +9,13 @@ for tenants that are not onboarded.
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.db import pooled_cursor
+from shared.adapters.db import Row, pooled_cursor
 from shared.domain.tenant_records import TenantRecord
 from shared.domain.tenants import normalize_tenant
 
@@ -53,6 +53,8 @@ class PostgresTenantDirectory:
                 ).format(_COLUMNS),
                 (normalize_tenant(tenant), version),
             ).fetchone()
+        # An upsert with RETURNING always gives a row.
+        assert row is not None
         return _record(row)
 
     def record_offboarded(self, tenant: str) -> TenantRecord | None:
@@ -92,11 +94,11 @@ class PostgresTenantDirectory:
         record = self.get(tenant)
         return record is not None and record.onboarded
 
-    def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
+    def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor[Row]]:
         return pooled_cursor(self._pool, "the tenant directory database is unreachable")
 
 
-def _record(row: dict) -> TenantRecord:
+def _record(row: Row) -> TenantRecord:
     return TenantRecord(
         name=row["name"],
         onboarded_at=_utc(row["onboarded_at"]),
@@ -106,5 +108,5 @@ def _record(row: dict) -> TenantRecord:
     )
 
 
-def _utc(value):
+def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None

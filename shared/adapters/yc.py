@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from yandex.cloud.compute.v1 import instance_pb2
@@ -202,10 +202,15 @@ class YcCompute:
             request = isvc.ListInstancesRequest(
                 folder_id=self._settings.yc_folder_id, page_size=PAGE_SIZE, page_token=page_token
             )
-            response = self._call(
-                f"list VMs in folder {self._settings.yc_folder_id}",
-                lambda c, request=request: c.instances.List(request, timeout=self._timeout),
-            )
+
+            def list_page(
+                c: _Clients, request: isvc.ListInstancesRequest = request
+            ) -> isvc.ListInstancesResponse:
+                # The generated stubs are untyped (grpc ships no types): name what comes back.
+                page: isvc.ListInstancesResponse = c.instances.List(request, timeout=self._timeout)
+                return page
+
+            response = self._call(f"list VMs in folder {self._settings.yc_folder_id}", list_page)
             for instance in response.instances:
                 if all(instance.labels.get(k) == v for k, v in labels.items()):
                     yield _cloud_vm(instance)
@@ -220,17 +225,17 @@ class YcCompute:
         # its own, derived from that failure (still deterministic, still one delete per attempt).
         key = uuid.uuid5(_DELETE_KEYS, provider_id)
         for _ in range(_MAX_DELETE_ATTEMPTS):
-            try:
-                state = _operation_state(
-                    self._call(
-                        f"delete VM {provider_id}",
-                        lambda c, key=key: c.instances.Delete(
-                            isvc.DeleteInstanceRequest(instance_id=provider_id),
-                            timeout=self._timeout,
-                            metadata=(("idempotency-key", str(key)),),
-                        ),
-                    )
+
+            def delete(c: _Clients, key: uuid.UUID = key) -> operation_pb2.Operation:
+                operation: operation_pb2.Operation = c.instances.Delete(
+                    isvc.DeleteInstanceRequest(instance_id=provider_id),
+                    timeout=self._timeout,
+                    metadata=(("idempotency-key", str(key)),),
                 )
+                return operation
+
+            try:
+                state = _operation_state(self._call(f"delete VM {provider_id}", delete))
             except CloudNotFound:
                 return None
             if not state.done:
@@ -268,7 +273,7 @@ class YcCompute:
             root_certificates = Path(s.yc_root_cert).read_bytes() if s.yc_root_cert else None
         except OSError as exc:
             raise CloudPermanent(f"YC_ROOT_CERT: cannot read {s.yc_root_cert}: {exc}") from None
-        credentials: dict[str, object] = {}
+        credentials: dict[str, Any] = {}
         if s.yc_iam_token:
             credentials["iam_token"] = s.yc_iam_token
         else:
@@ -293,7 +298,7 @@ class YcCompute:
             raise CloudPermanent(f"cannot set up the YC SDK: {exc}") from None
 
 
-def _read_sa_key(path: str) -> dict:
+def _read_sa_key(path: str) -> dict[str, Any]:
     try:
         key = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:

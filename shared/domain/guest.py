@@ -16,7 +16,7 @@ class ForgeRegistration:
     host: str | None = None
     registered: bool = False
 
-    def public_summary(self) -> dict:
+    def public_summary(self) -> dict[str, object]:
         """The JSON the registry stores and the API shows for this forge."""
         return {"name": self.name, "host": self.host, "registered": self.registered}
 

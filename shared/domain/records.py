@@ -3,6 +3,7 @@
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from shared.domain.lifecycle import Status
 
@@ -29,7 +30,7 @@ class Instance:
     address: str | None = None
     reason: str | None = None
     ssh_pubkey: str | None = None
-    forges: tuple = ()  # public forge registration summary from the guest
+    forges: tuple[dict[str, Any], ...] = ()  # public forge registration summary from the guest
     teardown_mode: str | None = None  # "keep" | "retire" once a teardown is requested
     request_key: str | None = None  # the API's Idempotency-Key, if given
     # The pipeline's continuation token (migrations/0003): only a message carrying it may act.
@@ -52,7 +53,7 @@ class CloudVm:
     provider_id: str
     name: str
     status: str  # YC status name: PROVISIONING, RUNNING, STOPPED, DELETING, ...
-    labels: dict = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     address: str | None = None
     created_at: datetime | None = None
 
@@ -69,6 +70,6 @@ class OperationState:
 class VmSpec:
     name: str
     idempotency_key: str
-    labels: dict
+    labels: dict[str, str]
     image_id: str
     user_data: str | None = None

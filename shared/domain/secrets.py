@@ -1,6 +1,7 @@
 """Secret-holding value types. Their repr and str never show the value."""
 
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 
 class Secret:
@@ -30,7 +31,7 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self):  # never pickled into a queue or cache by accident
+    def __reduce__(self) -> NoReturn:  # never pickled into a queue or cache by accident
         raise TypeError("Secret values are not serialisable")
 
 
@@ -65,12 +66,12 @@ class Bundle:
 
     __slots__ = ("_data",)
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):
             raise TypeError("bundle must be a JSON object")
         self._data = data
 
-    def reveal(self) -> dict:
+    def reveal(self) -> dict[str, Any]:
         return self._data
 
     def __repr__(self) -> str:
@@ -84,5 +85,5 @@ class Bundle:
     def __hash__(self) -> int:
         return id(self)
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("Bundle values are not serialisable")

@@ -20,7 +20,8 @@ from shared.adapters.bundles import (
     rotate_bundle_key,
 )
 from shared.adapters.db import make_pool, migrate
-from shared.adapters.vault import TransitKeys, vault_client
+from shared.adapters.vault_client import vault_client
+from shared.adapters.vault_transit import TransitKeys
 from shared.domain.errors import BundleBackendUnavailable, BundleIntegrityError
 from shared.domain.secrets import Bundle
 from shared.settings import Settings

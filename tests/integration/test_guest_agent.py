@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 
-from shared.adapters.guest import MAX_GUEST_MESSAGE, HttpGuestAgent, mask_guest_message
+from shared.adapters.guest import HttpGuestAgent
 from shared.domain.errors import (
     GuestCredentialsError,
     GuestUnavailable,
@@ -17,6 +17,7 @@ from shared.domain.errors import (
 )
 from shared.domain.guest import ForgeRegistration, GuestHealth
 from shared.domain.secrets import Bundle, ForgeCredential, Secret, TenantSecrets
+from shared.redaction import MAX_MESSAGE, mask_message
 from tests.support.processes import wait_until
 
 TIMEOUT = 2.0
@@ -168,7 +169,7 @@ def test_claude_before_init_is_a_credentials_error(agent, booted_vm):
 
 
 def test_a_guest_message_is_masked_and_bounded():
-    message = mask_guest_message(
+    message = mask_message(
         "token sk-ant-api03-abcdef rejected; also ghp_0123 and hunter22\n"
         + "x" * 40
         + " end" * 200,
@@ -177,7 +178,7 @@ def test_a_guest_message_is_masked_and_bounded():
     assert "sk-ant" not in message and "ghp_" not in message and "hunter22" not in message
     assert "x" * 40 not in message and "\n" not in message
     assert message.startswith("token *** rejected; also *** and ***")
-    assert len(message) <= MAX_GUEST_MESSAGE
+    assert len(message) <= MAX_MESSAGE
 
 
 def test_a_deleted_vm_is_unreachable(simulator, agent, booted_vm):

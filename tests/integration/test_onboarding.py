@@ -24,7 +24,8 @@ from services.onboarding.app import create_app
 from shared.adapters.bundles import PostgresBundleRemover
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.tenants import PostgresTenantDirectory
-from shared.adapters.vault import HvacTenantSecrets, vault_client
+from shared.adapters.vault_client import vault_client
+from shared.adapters.vault_kv import HvacTenantSecrets
 from shared.domain.lifecycle import Status
 from shared.logs import JsonFormatter
 from tests.support.onboarding import (

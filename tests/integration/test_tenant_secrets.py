@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 import pytest
 
-from shared.adapters.vault import HvacTenantSecrets, tenant_secret_path, vault_client
+from shared.adapters.vault_client import vault_client
+from shared.adapters.vault_kv import HvacTenantSecrets, tenant_secret_path
 from shared.domain.errors import (
     InvalidTenantName,
     SecretsBackendUnavailable,

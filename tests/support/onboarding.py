@@ -7,7 +7,7 @@ soon as a response (body or headers) holds any of them.
 import secrets
 from urllib.parse import quote
 
-from shared.adapters.vault import tenant_secret_path
+from shared.adapters.vault_kv import tenant_secret_path
 from shared.settings import load_settings
 
 TOKEN = "onboarding-test-" + secrets.token_hex(8)

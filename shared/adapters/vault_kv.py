@@ -1,54 +1,15 @@
-"""Vault through hvac: tenant secrets in KV v2, and the transit key that wraps bundle data keys.
+"""Tenant secrets in Vault's KV v2 through hvac (failure translation: see `vault_client`)."""
 
-Every SDK or transport failure is translated here into a domain error whose message names the
-operation and the exception class only. Never `str(exc)`: it carries server text and URLs. Chaining
-is suppressed (`from None`) because requests' exceptions keep the prepared request, whose body may
-hold the very secrets being written, and error reporters walk `__cause__`.
-"""
-
-import base64
-import binascii
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import hvac
-import requests
-from hvac.exceptions import InvalidPath, InvalidRequest, VaultError
+from hvac.exceptions import InvalidPath, InvalidRequest
 
-from shared.domain.errors import (
-    BundleBackendUnavailable,
-    SecretsBackendUnavailable,
-    SecretsConflict,
-    SecretsMissing,
-)
+from shared.adapters.vault_client import VAULT_FAILURES
+from shared.domain.errors import SecretsBackendUnavailable, SecretsConflict, SecretsMissing
 from shared.domain.secrets import ForgeCredential, Secret, SecretsPresence, TenantSecrets
 from shared.domain.tenants import normalize_tenant
-from shared.settings import Settings, SettingsError
-
-# requests' transport errors (refused, reset, timeout) are not VaultErrors; both mean "try later".
-_VAULT_FAILURES = (VaultError, requests.RequestException)
-
-BUNDLE_KEY_TYPE = "aes256-gcm96"
-DATA_KEY_BYTES = 32
-
-
-def vault_client(settings: Settings) -> hvac.Client:
-    """An hvac client configured from settings alone.
-
-    The token is always passed explicitly: given None, hvac would silently fall back to
-    $VAULT_TOKEN or ~/.vault-token, i.e. to whatever identity the process happens to inherit.
-    """
-    if not settings.vault_token:
-        raise SettingsError("VAULT_TOKEN: required to talk to Vault")
-    return hvac.Client(
-        url=settings.vault_addr,
-        token=settings.vault_token,
-        namespace=settings.vault_namespace,
-        timeout=settings.vault_timeout,
-    )
-
-
-# --- tenant secrets (KV v2) -------------------------------------------------------------------
 
 
 def tenant_secret_path(tenant: str) -> str:
@@ -64,6 +25,7 @@ def tenant_secret_path(tenant: str) -> str:
 
 class _StoredSecrets(NamedTuple):
     secrets: TenantSecrets
+    version: int  # the same as secrets.version, known to be set
     created_time: str
 
 
@@ -92,7 +54,7 @@ class HvacTenantSecrets:
                     "tenant secrets were changed by someone else; read them again", tenant=tenant
                 ) from None
             raise _secrets_unavailable(exc, "writing tenant secrets", tenant) from None
-        except _VAULT_FAILURES as exc:
+        except VAULT_FAILURES as exc:
             raise _secrets_unavailable(exc, "writing tenant secrets", tenant) from None
         try:
             return _version(response["data"])
@@ -111,7 +73,7 @@ class HvacTenantSecrets:
             claude_oauth_token=bool(secrets.claude_oauth_token),
             nks_pat=bool(secrets.nks_pat),
             forges=tuple(forge.name for forge in secrets.forges),
-            version=secrets.version,
+            version=stored.version,
             updated_at=stored.created_time,
         )
 
@@ -120,7 +82,7 @@ class HvacTenantSecrets:
         path = tenant_secret_path(tenant)
         try:
             self._kv.delete_metadata_and_all_versions(path, mount_point=self._mount)
-        except _VAULT_FAILURES as exc:
+        except VAULT_FAILURES as exc:
             raise _secrets_unavailable(exc, "deleting tenant secrets", tenant) from None
 
     def _read(self, tenant: str) -> _StoredSecrets:
@@ -136,7 +98,7 @@ class HvacTenantSecrets:
             if not exc.errors:
                 raise SecretsMissing("tenant not onboarded", tenant=tenant) from None
             raise _secrets_unavailable(exc, "reading tenant secrets", tenant) from None
-        except _VAULT_FAILURES as exc:
+        except VAULT_FAILURES as exc:
             raise _secrets_unavailable(exc, "reading tenant secrets", tenant) from None
         # A stored value we cannot decode is reported as the backend failing, not as "missing":
         # the tenant is onboarded, so "not onboarded" would be a lie that fails the instance, and
@@ -144,7 +106,8 @@ class HvacTenantSecrets:
         # repairs it. The message names no field value.
         try:
             metadata = response["data"]["metadata"]
-            secrets = _decode(response["data"]["data"], _version(metadata))
+            version = _version(metadata)
+            secrets = _decode(response["data"]["data"], version)
             created_time = metadata["created_time"]
             if not isinstance(created_time, str):
                 raise TypeError
@@ -153,7 +116,7 @@ class HvacTenantSecrets:
                 "the secrets stored for this tenant are malformed; onboard the tenant again",
                 tenant=tenant,
             ) from None
-        return _StoredSecrets(secrets, created_time)
+        return _StoredSecrets(secrets, version, created_time)
 
 
 def _secrets_unavailable(exc: Exception, doing: str, tenant: str) -> SecretsBackendUnavailable:
@@ -162,14 +125,14 @@ def _secrets_unavailable(exc: Exception, doing: str, tenant: str) -> SecretsBack
     )
 
 
-def _version(metadata: dict) -> int:
+def _version(metadata: dict[str, Any]) -> int:
     version = metadata["version"]
     if type(version) is not int or version < 1:
         raise ValueError
     return version
 
 
-def _encode(secrets: TenantSecrets) -> dict:
+def _encode(secrets: TenantSecrets) -> dict[str, Any]:
     return {
         "claude_oauth_token": secrets.claude_oauth_token.reveal(),
         "nks_pat": secrets.nks_pat.reveal(),
@@ -201,101 +164,3 @@ def _decode(data: object, version: int) -> TenantSecrets:
         forges=tuple(decoded),
         version=version,
     )
-
-
-# --- transit ----------------------------------------------------------------------------------
-
-
-class TransitKeys:
-    """The transit key that wraps per-bundle data keys. It never sees a bundle.
-
-    Every failure, including Vault refusing to decrypt, is BundleBackendUnavailable: a caller must
-    never mistake it for "no bundle".
-    """
-
-    def __init__(self, client: hvac.Client, mount: str = "transit", *, key_name: str) -> None:
-        self._transit = client.secrets.transit
-        self._mount = mount
-        self._key = key_name
-
-    def data_key(self) -> tuple[bytes, str]:
-        """A fresh 256-bit data key: (plaintext, wrapped under the key's latest version)."""
-        data = self._call("generating a data key", self._transit.generate_data_key, "plaintext")
-        try:
-            plaintext = base64.b64decode(data["plaintext"], validate=True)
-            wrapped = data["ciphertext"]
-        except (KeyError, TypeError, binascii.Error):
-            raise self._unexpected("generating a data key") from None
-        if len(plaintext) != DATA_KEY_BYTES or not isinstance(wrapped, str):
-            raise self._unexpected("generating a data key")
-        return plaintext, wrapped
-
-    def unwrap(self, wrapped: str) -> bytes:
-        data = self._call("unwrapping a data key", self._transit.decrypt_data, wrapped)
-        try:
-            return base64.b64decode(data["plaintext"], validate=True)
-        except (KeyError, TypeError, binascii.Error):
-            raise self._unexpected("unwrapping a data key") from None
-
-    def rewrap(self, wrapped: str) -> str:
-        """The same data key wrapped under the latest key version; Vault never reveals it."""
-        data = self._call("rewrapping a data key", self._transit.rewrap_data, wrapped)
-        try:
-            rewrapped = data["ciphertext"]
-        except (KeyError, TypeError):
-            raise self._unexpected("rewrapping a data key") from None
-        if not isinstance(rewrapped, str):
-            raise self._unexpected("rewrapping a data key")
-        return rewrapped
-
-    def rotate(self) -> None:
-        self._call("rotating", self._transit.rotate_key)
-
-    def latest_version(self) -> int:
-        data = self._call("reading", self._transit.read_key)
-        version = data.get("latest_version") if isinstance(data, dict) else None
-        if type(version) is not int:
-            raise self._unexpected("reading")
-        return version
-
-    def set_min_decryption_version(self, version: int) -> None:
-        """Wrapped keys older than `version` stop decrypting (and rewrapping) from now on."""
-        self._call(
-            "raising the minimum decryption version",
-            self._transit.update_key_configuration,
-            min_decryption_version=version,
-        )
-
-    def ensure_key(self) -> None:
-        """Create the key if it is missing; for set-up scripts.
-
-        Created explicitly because transit's encrypt endpoint would upsert a mistyped key name.
-        """
-        try:
-            self._transit.read_key(name=self._key, mount_point=self._mount)
-        except InvalidPath as exc:
-            # As in KV: an empty error list is a missing key, a named error a missing mount.
-            if exc.errors:
-                raise self._failed(exc, "reading") from None
-            self._call("creating", self._transit.create_key, key_type=BUNDLE_KEY_TYPE)
-        except _VAULT_FAILURES as exc:
-            raise self._failed(exc, "reading") from None
-
-    def _call(self, doing: str, method, *args, **kwargs) -> dict:
-        """Call a transit endpoint on our key; returns the response's `data` (empty when none)."""
-        try:
-            response = method(self._key, *args, mount_point=self._mount, **kwargs)
-        except _VAULT_FAILURES as exc:
-            raise self._failed(exc, doing) from None
-        # Endpoints answering 204 give a bare requests.Response, not JSON.
-        return response.get("data", {}) if isinstance(response, dict) else {}
-
-    def _failed(self, exc: Exception, doing: str) -> BundleBackendUnavailable:
-        return BundleBackendUnavailable(
-            f"Vault transit failed {doing} with key {self._key!r} ({type(exc).__name__})"
-        )
-
-    def _unexpected(self, doing: str) -> BundleBackendUnavailable:
-        return BundleBackendUnavailable(
-            f"Vault transit answered {doing} with key {self._key!r} with an unexpected body"
-        )
