@@ -14,7 +14,8 @@ import sys
 
 from shared.adapters.bundles import rotate_bundle_key
 from shared.adapters.db import make_pool
-from shared.adapters.vault import TransitKeys, vault_client
+from shared.adapters.vault_client import vault_client
+from shared.adapters.vault_transit import TransitKeys
 from shared.domain.errors import BundleBackendUnavailable
 from shared.settings import Settings, load_settings
 
