@@ -4,6 +4,24 @@
 lock, re-reads the row, drops the message if the token is stale, and runs steps until one has to
 wait. It never sleeps: a wait becomes a `Step` with a delay, and the caller schedules the next
 message (a short countdown) carrying a fresh token, so one worker slot serves many VMs in flight.
+
+The steps: pending → provisioning (create the VM, poll its operation) → initializing (the guest's
+health, then the credentials hand-over of `shared.service_layer.credentials`) → ready; a
+teardown deletes the VM (keeping the identity its guest may hold first) and retires the row.
+
+The races, and what closes each:
+- Two messages for one instance (a redelivery, a resume, a teardown request): each step runs under
+  the instance's lock and only for the row's current token; a busy lock sends the message back
+  with the same token, so whichever chain moves the token on makes the other stale.
+- The lock vanishes with its Postgres connection mid-step: a wait writes the new token
+  compare-and-set on the old one, so of two chains inside the step only one continues.
+- A worker killed after the create was sent: the operation id is persisted the moment it is known,
+  the VM name is unique per provision, and a create that conflicts adopts the VM of that name; a
+  create whose operation failed transiently retries under a fresh idempotency key.
+- A teardown or reconcile moves the row while a step runs: every write is compare-and-set on the
+  status, and a conflict ends this chain (theirs carries the new token).
+- The tenant's last VM retired with mode=retire: the bundle is deleted before the row is retired,
+  so a crash between the two retries the delete.
 """
 
 import logging
