@@ -29,8 +29,8 @@ from shared.adapters.locks import PostgresLocks
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.yc import YcCompute
+from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import Status
-from shared.service_layer.pipeline import managed_labels
 from shared.service_layer.reconcile import OPEN_STATUSES, reconcile_once
 from shared.settings import load_settings
 from tests.support.processes import start_simulator

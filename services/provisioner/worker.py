@@ -17,7 +17,8 @@ from shared.domain.errors import DomainError, RegistryUnavailable
 from shared.logs import configure_logging, request_id_var
 from shared.redaction import redact
 from shared.service_layer.fleet import CeleryDispatcher
-from shared.service_layer.pipeline import Pipeline, backoff, resume_unfinished
+from shared.service_layer.pipeline import Pipeline, resume_unfinished
+from shared.service_layer.retry import backoff
 from shared.settings import load_settings
 
 settings = load_settings()

@@ -4,6 +4,24 @@
 lock, re-reads the row, drops the message if the token is stale, and runs steps until one has to
 wait. It never sleeps: a wait becomes a `Step` with a delay, and the caller schedules the next
 message (a short countdown) carrying a fresh token, so one worker slot serves many VMs in flight.
+
+The steps: pending → provisioning (create the VM, poll its operation) → initializing (the guest's
+health, then the credentials hand-over of `shared.service_layer.credentials`) → ready; a
+teardown deletes the VM (keeping the identity its guest may hold first) and retires the row.
+
+The races, and what closes each:
+- Two messages for one instance (a redelivery, a resume, a teardown request): each step runs under
+  the instance's lock and only for the row's current token; a busy lock sends the message back
+  with the same token, so whichever chain moves the token on makes the other stale.
+- The lock vanishes with its Postgres connection mid-step: a wait writes the new token
+  compare-and-set on the old one, so of two chains inside the step only one continues.
+- A worker killed after the create was sent: the operation id is persisted the moment it is known,
+  the VM name is unique per provision, and a create that conflicts adopts the VM of that name; a
+  create whose operation failed transiently retries under a fresh idempotency key.
+- A teardown or reconcile moves the row while a step runs: every write is compare-and-set on the
+  status, and a conflict ends this chain (theirs carries the new token).
+- The tenant's last VM retired with mode=retire: the bundle is deleted before the row is retired,
+  so a crash between the two retries the delete.
 """
 
 import logging
@@ -11,8 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from celery.utils.time import get_exponential_backoff_interval
+from typing import assert_never
 
 from shared.domain.errors import (
     BundleBackendUnavailable,
@@ -23,40 +40,33 @@ from shared.domain.errors import (
     DomainError,
     GuestError,
     InstanceNotFound,
-    SecretsBackendUnavailable,
-    SecretsMissing,
     TransitionConflict,
 )
+from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import Instance, VmSpec
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
-from shared.service_layer.identity import GuestStepFailed, Provided, TenantIdentity, guest_call
+from shared.service_layer.credentials import (
+    AwaitIdentity,
+    BackendDown,
+    CloudRetry,
+    Failed,
+    NotUp,
+    Provided,
+    TenantIdentity,
+    at_its_address,
+)
+from shared.service_layer.retry import MAX_BACKOFF_SECS
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MANAGED_BY = "dark-orchestrator"
 OPERATION_POLL_SECS = 1.0
 GUEST_POLL_SECS = 2.0
 LOCK_BUSY_SECS = 1.0
 BACKEND_RETRY_SECS = 5.0
-MAX_BACKOFF_SECS = 30.0
 # How long a teardown tries to keep the identity of a guest that answers nothing (see _salvaged).
 SALVAGE_SECS = 60.0
-
-
-def managed_labels(deployment: str) -> dict[str, str]:
-    return {"managed-by": MANAGED_BY, "deployment": deployment}
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before retry `attempt`: anywhere from 0 to min(cap, 2^attempt) (full jitter), so
-    that the workers retrying after one outage do not all come back at the same moment."""
-    return float(
-        get_exponential_backoff_interval(
-            factor=1, retries=max(0, attempt), maximum=int(MAX_BACKOFF_SECS), full_jitter=True
-        )
-    )
 
 
 @dataclass(frozen=True)
@@ -66,10 +76,6 @@ class Step:
     delay: float | None = None
     token: uuid.UUID | None = None
     transient: CloudError | None = None  # a cloud error to retry with backoff and a cap
-
-    @property
-    def done(self) -> bool:
-        return self.delay is None and self.transient is None
 
 
 DONE = Step()
@@ -95,12 +101,13 @@ class Pipeline:
         self.registry = registry
         self.compute = compute
         self.guest = guest
-        self.secrets = secrets
         self.bundles = bundles
         self.locks = locks
         self.settings = settings
         self.clock = clock
-        self.identity = TenantIdentity(guest=guest, bundles=bundles, registry=registry)
+        self.identity = TenantIdentity(
+            guest=guest, bundles=bundles, registry=registry, secrets=secrets, compute=compute
+        )
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -232,47 +239,34 @@ class Pipeline:
         return self._fail(instance, f"cloud could not create the VM: {error}")
 
     def _initializing(self, instance: Instance) -> Step:
-        address = instance.address
+        """Health, then the credentials hand-over; then ready, a wait, or failed."""
         waited = (self.clock() - instance.status_changed_at).total_seconds()
         try:
-            self.guest.health(address)
-            try:
-                secrets = self.secrets.read(instance.tenant)
-            except SecretsMissing:
-                return self._fail(instance, "tenant not onboarded")
-            # docs/ARCHITECTURE.md#pipeline: nothing secret-bearing goes out unless the VM, read
-            # again now, is RUNNING at the address it was given; another machine may answer there
-            # otherwise.
-            vm = self.compute.get_instance(instance.provider_id)
-            if vm is None:
-                return self._fail(instance, "the VM disappeared", guest_up=False)
-            if vm.status != "RUNNING":
-                return self._not_up(instance, waited, f"the VM is {vm.status}", guest_up=False)
-            if vm.address != address:
-                reason = f"the VM's address changed from {address} to {vm.address}; sent it nothing"
-                return self._fail(instance, reason, guest_up=False)
-            provided = self.identity.provide(instance, secrets)
-            if provided is None:
+            self.guest.health(instance.address)
+        except GuestError as exc:
+            # Unreachable, 503, or a health answer that is not one: not ready yet.
+            return self._not_up(instance, waited, str(exc))
+        outcome = self.identity.hand_over(instance)
+        match outcome:
+            case Provided():
+                return self._ready(instance, outcome)
+            case AwaitIdentity():
                 # Another instance is creating the tenant's identity: import it once stored.
                 return self._wait(instance, GUEST_POLL_SECS)
-            guest_call("claude", self.guest.claude, address, secrets)
-            return self._ready(instance, provided)
-        except GuestError as exc:
-            # Unreachable, 503, or a health answer that is not one (500, not JSON, oversized):
-            # the guest is not ready yet. Other calls' permanent errors are GuestStepFailed.
-            return self._not_up(instance, waited, str(exc))
-        except (SecretsBackendUnavailable, BundleBackendUnavailable) as exc:
-            # Never proceed without them, and never read "unavailable" as "absent".
-            log.warning(
-                "credentials backend unavailable: %s", exc, extra={"instance_id": instance.id}
-            )
-            return self._wait(instance, BACKEND_RETRY_SECS)
-        except GuestStepFailed as exc:
-            return self._fail(instance, exc.reason)
-        except CloudTransient as exc:
-            return Step(transient=exc)
-        except CloudError as exc:
-            return self._fail(instance, f"cloud error: {exc}")
+            case NotUp(why=why, guest_up=guest_up):
+                return self._not_up(instance, waited, why, guest_up=guest_up)
+            case Failed(reason=reason, guest_up=guest_up):
+                return self._fail(instance, reason, guest_up=guest_up)
+            case BackendDown(error=error):
+                # Never proceed without them, and never read "unavailable" as "absent".
+                log.warning(
+                    "credentials backend unavailable: %s", error, extra={"instance_id": instance.id}
+                )
+                return self._wait(instance, BACKEND_RETRY_SECS)
+            case CloudRetry(error=error):
+                return Step(transient=error)
+            case _:
+                assert_never(outcome)
 
     def _not_up(self, instance: Instance, waited: float, why: str, *, guest_up=True) -> Step:
         boot_timeout = self.settings.guest_boot_timeout
@@ -305,7 +299,7 @@ class Pipeline:
                 if vm.status != "DELETING":
                     # Asked for the identity only at the address it was given
                     # (docs/ARCHITECTURE.md#pipeline).
-                    up = vm.status == "RUNNING" and vm.address == instance.address
+                    up = at_its_address(vm, instance.address)
                     if not self._salvaged(instance, guest_up=up):
                         return self._wait(instance, GUEST_POLL_SECS)
                     op = self.compute.delete_instance(vm.provider_id)

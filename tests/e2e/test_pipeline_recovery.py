@@ -6,7 +6,7 @@ import secrets
 
 import psycopg
 
-from shared.service_layer.pipeline import managed_labels
+from shared.domain.labels import managed_labels
 
 
 def tenant_name(prefix: str) -> str:

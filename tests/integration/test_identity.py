@@ -119,7 +119,7 @@ class Driver:
             except WorkerKilled:
                 self.killed += 1  # the broker redelivers the same message
                 continue
-            if step.done:
+            if step.delay is None and step.transient is None:  # done
                 return self.pipeline.registry.get(self.instance_id)
             if step.transient is not None:
                 time.sleep(0.2)

@@ -1,30 +1,62 @@
-"""A tenant's identity is created once: the initializing step's credential
-calls, and keeping an identity that a guest holds before its VM goes.
+"""The credentials hand-over: the tenant's identity onto a guest, created once.
+
+The pipeline's initializing step checks the guest's health, then calls `TenantIdentity.hand_over`:
+read the tenant's secrets, read the VM again, give the guest the tenant's identity (for the
+tenant's first VM init → export → store → claude; for every other one import → claude). The
+answer is an outcome (`Provided`, `AwaitIdentity`, `NotUp`, `Failed`, `BackendDown`, `CloudRetry`)
+that the pipeline turns into ready, a wait, or failed. Before a VM goes, the pipeline asks this
+module to keep the identity its guest may hold (`salvage`, `release`).
 
 With the real dark-agent every *init* registers another SSH key on the tenant's forges, so *init*
 runs once per tenant until offboarding. The instance that inserted the tenant's identity claim
 (a row, unlike an advisory lock it survives its holder's connection) is the only one that may
 init. It stores the bundle insert-only before anything else, so the identity is durable as soon
 as it exists; the Claude token is node-local and not part of the bundle, so it comes after. Every
-other instance waits for the bundle and imports it. A retry of the owner (its worker killed after
-*init*) first asks its guest to export what it already holds instead of creating another.
+other instance waits for the bundle and imports it.
+
+The races, and what closes each:
+- Two instances of a tenant without an identity initialise at once: only the claim's owner inits;
+  the others poll (`AwaitIdentity`) until the bundle is stored, then import it.
+- The owner's worker is killed after *init*, before the bundle is stored: its retry is not the
+  call that made the claim, so it first asks its guest to export what it already holds (a 409
+  "not initialised" means nothing) instead of creating another identity.
+- The owner can no longer store a bundle (ready, failed, retired or lost) while its claim is
+  pending: a waiter takes the claim over, compare-and-set on that owner, so two waiters never both
+  do.
+- The tenant is offboarded while its identity is being created: the store refuses once the claim
+  is gone, and with no bundle either the row fails (OFFBOARDED); that identity is abandoned, and a
+  re-onboarded tenant gets a new one.
+- Another machine answers at the address (the VM stopped, replaced or re-addressed since the health
+  check): nothing secret-bearing goes out unless the VM, read again just before, is RUNNING at the
+  address it was given (`vm_check`); a teardown asks for the identity only at that address
+  (`at_its_address`).
+- The owner fails, or is torn down, mid-init: before the row says failed and before the VM is
+  deleted, what its guest holds is stored or the claim released (`salvage`), so a waiter sees the
+  identity stored or released, never taken over while it is being kept.
+- A secrets or bundle backend is down: never read as "absent"; the step waits (`BackendDown`).
 """
 
 import logging
 from dataclasses import dataclass
 
 from shared.domain.errors import (
+    BundleBackendUnavailable,
+    CloudError,
+    CloudTransient,
+    DomainError,
     GuestCredentialsError,
     GuestError,
     GuestUnavailable,
     GuestUnreachable,
     GuestValidation,
+    SecretsBackendUnavailable,
+    SecretsMissing,
 )
 from shared.domain.guest import GuestIdentity
 from shared.domain.lifecycle import Status
-from shared.domain.records import Instance
+from shared.domain.records import CloudVm, Instance
 from shared.domain.secrets import Bundle, TenantSecrets
-from shared.ports import BundleStore, FleetRegistry, GuestAgent
+from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +65,76 @@ _CANNOT_FINISH = frozenset({Status.READY, Status.FAILED, Status.RETIRED, Status.
 
 
 OFFBOARDED = "the tenant was offboarded while its identity was being created"
+
+
+# --- outcomes of the hand-over --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Provided:
+    """The guest holds the tenant's identity and Claude token: the row moves to ready."""
+
+    identity: GuestIdentity
+    reason: str  # for the row's move to ready
+
+
+@dataclass(frozen=True)
+class AwaitIdentity:
+    """Another instance is creating the tenant's identity: poll, and import it once stored."""
+
+
+@dataclass(frozen=True)
+class NotUp:
+    """The guest (or its VM) is not ready yet: wait, until the boot timeout."""
+
+    why: str
+    guest_up: bool = True  # whether the guest may be asked for its identity if this fails
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The instance fails with `reason`."""
+
+    reason: str
+    guest_up: bool = True
+
+
+@dataclass(frozen=True)
+class BackendDown:
+    """The secrets or the bundle backend is unavailable: wait, never proceed without it."""
+
+    error: DomainError
+
+
+@dataclass(frozen=True)
+class CloudRetry:
+    """Reading the VM failed transiently: retry with backoff and a cap."""
+
+    error: CloudTransient
+
+
+Outcome = Provided | AwaitIdentity | NotUp | Failed | BackendDown | CloudRetry
+
+
+# --- decisions (pure) -----------------------------------------------------------------------------
+
+
+def at_its_address(vm: CloudVm, address: str | None) -> bool:
+    """Whether the VM is RUNNING at the address the row was given: only then is it asked or sent
+    anything that bears the tenant's identity."""
+    return vm.status == "RUNNING" and vm.address == address
+
+
+def vm_check(vm: CloudVm | None, address: str | None) -> NotUp | Failed | None:
+    """What stops the hand-over given the VM read again now; None when it may go ahead."""
+    if vm is None:
+        return Failed("the VM disappeared", guest_up=False)
+    if vm.status != "RUNNING":
+        return NotUp(f"the VM is {vm.status}", guest_up=False)
+    if vm.address != address:
+        reason = f"the VM's address changed from {address} to {vm.address}; sent it nothing"
+        return Failed(reason, guest_up=False)
+    return None
 
 
 class GuestStepFailed(Exception):
@@ -51,14 +153,20 @@ _REJECTED = {
 }
 
 
+def refusal(what: str, exc: GuestValidation | GuestCredentialsError) -> str:
+    """What the row says when the guest refuses credentials call `what` for good."""
+    if isinstance(exc, GuestValidation):
+        return f"{_REJECTED[what]}: {_guest_detail(exc)}"
+    return f"guest credentials error during {what}: {exc}"
+
+
 def guest_call(what: str, call, *args):
-    """Run one credentials call; permanent guest errors become a reason naming the call."""
+    """Run one credentials call; permanent guest errors become a reason naming the call.
+    Anything else a guest answers (unreachable, 503, not JSON) means it is not up yet."""
     try:
         return call(*args)
-    except GuestValidation as exc:
-        raise GuestStepFailed(f"{_REJECTED[what]}: {_guest_detail(exc)}") from None
-    except GuestCredentialsError as exc:
-        raise GuestStepFailed(f"guest credentials error during {what}: {exc}") from None
+    except (GuestValidation, GuestCredentialsError) as exc:
+        raise GuestStepFailed(refusal(what, exc)) from None
 
 
 def _guest_detail(exc: GuestValidation) -> str:
@@ -73,17 +181,51 @@ def _not_initialised(exc: GuestCredentialsError) -> bool:
     return exc.details.get("status") == 409
 
 
-@dataclass(frozen=True)
-class Provided:
-    identity: GuestIdentity
-    reason: str  # for the row's move to ready
-
-
 class TenantIdentity:
-    def __init__(self, *, guest: GuestAgent, bundles: BundleStore, registry: FleetRegistry) -> None:
+    def __init__(
+        self,
+        *,
+        guest: GuestAgent,
+        bundles: BundleStore,
+        registry: FleetRegistry,
+        secrets: TenantSecretStore,
+        compute: Compute,
+    ) -> None:
         self.guest = guest
         self.bundles = bundles
         self.registry = registry
+        self.secrets = secrets
+        self.compute = compute
+
+    def hand_over(self, instance: Instance) -> Outcome:
+        """Give the guest of an initializing instance, whose health check just passed, the
+        tenant's identity and Claude token; the outcome says what the pipeline does next."""
+        address = instance.address
+        try:
+            try:
+                secrets = self.secrets.read(instance.tenant)
+            except SecretsMissing:
+                return Failed("tenant not onboarded")
+            refused = vm_check(self.compute.get_instance(instance.provider_id), address)
+            if refused is not None:
+                return refused
+            provided = self.provide(instance, secrets)
+            if provided is None:
+                return AwaitIdentity()
+            guest_call("claude", self.guest.claude, address, secrets)
+            return provided
+        except GuestError as exc:
+            # Unreachable, 503, or an answer that is not one (500, not JSON, oversized): the
+            # guest is not ready yet. The calls' permanent errors are GuestStepFailed.
+            return NotUp(str(exc))
+        except (SecretsBackendUnavailable, BundleBackendUnavailable) as exc:
+            return BackendDown(exc)
+        except GuestStepFailed as exc:
+            return Failed(exc.reason)
+        except CloudTransient as exc:
+            return CloudRetry(exc)
+        except CloudError as exc:
+            return Failed(f"cloud error: {exc}")
 
     def provide(self, instance: Instance, secrets: TenantSecrets) -> Provided | None:
         """Give the instance's guest the tenant's identity; None while another instance is
@@ -143,9 +285,9 @@ class TenantIdentity:
         except GuestCredentialsError as exc:
             if _not_initialised(exc):
                 return None
-            raise GuestStepFailed(f"guest credentials error during export: {exc}") from None
+            raise GuestStepFailed(refusal("export", exc)) from None
         except GuestValidation as exc:
-            raise GuestStepFailed(f"{_REJECTED['export']}: {_guest_detail(exc)}") from None
+            raise GuestStepFailed(refusal("export", exc)) from None
 
     def _cannot_finish(self, owner) -> bool:
         row = self.registry.get(owner)
