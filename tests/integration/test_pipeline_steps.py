@@ -12,12 +12,14 @@ import time
 import uuid
 
 import pytest
-from shared.adapters.vault import HvacTenantSecrets, TransitKeys, vault_client
 
 from shared.adapters.bundles import EnvelopeBundleStore
 from shared.adapters.guest import HttpGuestAgent
 from shared.adapters.locks import PostgresLocks
 from shared.adapters.registry import PostgresFleetRegistry
+from shared.adapters.vault_client import vault_client
+from shared.adapters.vault_kv import HvacTenantSecrets
+from shared.adapters.vault_transit import TransitKeys
 from shared.adapters.yc import YcCompute
 from shared.domain.lifecycle import Status
 from shared.domain.secrets import ForgeCredential, Secret, TenantSecrets
