@@ -29,7 +29,7 @@ from shared.domain.errors import (
 )
 from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import Instance, VmSpec
-from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
+from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, Locks, TenantSecretStore
 from shared.service_layer.identity import GuestStepFailed, Provided, TenantIdentity, guest_call
 from shared.settings import Settings
 
@@ -88,7 +88,7 @@ class Pipeline:
         guest: GuestAgent,
         secrets: TenantSecretStore,
         bundles: BundleStore,
-        locks,
+        locks: Locks,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
