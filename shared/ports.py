@@ -1,9 +1,10 @@
 """Ports: the small interfaces the shared logic needs, implemented by shared/adapters."""
 
-# Lazy annotations: inside FleetRegistry, `list` names the method, and `list[...]` must stay the
-# builtin.
+# Inside FleetRegistry and TenantDirectory, `list` names a method: their annotations spell the
+# builtin `builtins.list`.
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -47,14 +48,14 @@ class FleetRegistry(Protocol):
         statuses: Iterable[Status] | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[Instance], str | None]:
+    ) -> tuple[builtins.list[Instance], str | None]:
         """A page of rows, newest first, and the cursor of the next page (None on the last).
 
         `limit` is 1..MAX_PAGE_SIZE (ValueError otherwise); a cursor this registry did not hand
         out → InvalidCursor.
         """
 
-    def list_by_statuses(self, statuses: Iterable[Status]) -> list[Instance]:
+    def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         """Every row in one of `statuses`, oldest first (for reconcile and resuming work)."""
 
     def count_live(self, tenant: str) -> int:
@@ -96,7 +97,7 @@ class FleetRegistry(Protocol):
         """Append an event that changes no status (from = to = the current one): an action taken
         on the instance, such as reconcile deleting its leftover VM. InstanceNotFound if no row."""
 
-    def events(self, instance_id: uuid.UUID) -> list[Event]:
+    def events(self, instance_id: uuid.UUID) -> builtins.list[Event]:
         """The row's lifecycle events, oldest first ([] for an unknown id)."""
 
     def withdraw(self, instance_id: uuid.UUID, token: uuid.UUID) -> bool:
@@ -241,7 +242,7 @@ class TenantDirectory(Protocol):
 
     def get(self, tenant: str) -> TenantRecord | None: ...
 
-    def list(self) -> list[TenantRecord]:
+    def list(self) -> builtins.list[TenantRecord]:
         """Every tenant the directory knows, onboarded or not, by name."""
 
     def is_onboarded(self, tenant: str) -> bool: ...

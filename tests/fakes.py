@@ -4,9 +4,11 @@ cloud or queue. Each keeps what it was asked in plain attributes that tests insp
 checks that each one still matches its Protocol.
 """
 
-# Lazy annotations: inside FakeRegistry and FakeTenants, `list` names the method.
+# Inside FakeRegistry and FakeTenants, `list` names a method: their annotations spell the builtin
+# `builtins.list`.
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import itertools
@@ -61,7 +63,7 @@ class FakeRegistry:
 
     def __init__(self, rows: Iterable[Instance] = (), *, now: datetime | None = None) -> None:
         self.rows: dict[uuid.UUID, Instance] = {row.id: row for row in rows}
-        self.history: list[tuple] = []
+        self.history: builtins.list[tuple] = []
         self.now = now or datetime.now(UTC)
 
     def create(
@@ -100,7 +102,7 @@ class FakeRegistry:
         statuses: Iterable[Status] | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[Instance], str | None]:
+    ) -> tuple[builtins.list[Instance], str | None]:
         if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be from 1 to {MAX_PAGE_SIZE}")
         wanted = None if statuses is None else set(statuses)
@@ -119,7 +121,7 @@ class FakeRegistry:
         more = start + limit < len(rows)
         return page, str(start + limit) if more else None
 
-    def list_by_statuses(self, statuses: Iterable[Status]) -> list[Instance]:
+    def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         wanted = set(statuses)
         return [row for row in self.rows.values() if row.status in wanted]
 
@@ -171,7 +173,7 @@ class FakeRegistry:
         status = self._row(instance_id).status
         self.history.append((instance_id, status, status, reason))
 
-    def events(self, instance_id: uuid.UUID) -> list[Event]:
+    def events(self, instance_id: uuid.UUID) -> builtins.list[Event]:
         return [
             Event(instance_id=i, at=self.now, from_status=old, to_status=new, reason=reason)
             for i, old, new, reason in self.history
@@ -347,7 +349,7 @@ class FakeTenants:
     def get(self, tenant: str) -> TenantRecord | None:
         return self.records.get(tenant)
 
-    def list(self) -> list[TenantRecord]:
+    def list(self) -> builtins.list[TenantRecord]:
         return [self.records[name] for name in sorted(self.records)]
 
     def is_onboarded(self, tenant: str) -> bool:

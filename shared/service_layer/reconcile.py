@@ -76,7 +76,6 @@ class ActionKind(StrEnum):
     RESUME_TEARDOWN = "resume_teardown"
 
 
-KINDS = tuple(ActionKind)
 # Judged from an absence: capped per run by RECONCILE_MAX_DESTRUCTIVE.
 DESTRUCTIVE = frozenset({ActionKind.ORPHAN, ActionKind.LOST})
 
@@ -99,7 +98,7 @@ class Action:
         """The action as the run record stores it (JSON-ready)."""
         inst, vm = self.instance, self.vm
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "instance_id": str(inst.id) if inst else None,
             "tenant": inst.tenant if inst else None,
             "vm_id": vm.provider_id if vm else None,
@@ -241,7 +240,7 @@ def reconcile_once(
             log.info("another reconcile is running; this one does nothing")
             return None
         run_id = runs.start(dry_run=dry_run, trigger=trigger)
-        counts = dict.fromkeys(KINDS, 0)
+        counts = {kind.value: 0 for kind in ActionKind}
         records: list[dict] = []
         errors: list[dict] = []
         outcome = DRY_RUN if dry_run else APPLIED
