@@ -1,17 +1,20 @@
 """Ports: the small interfaces the shared logic needs, implemented by shared/adapters."""
 
-# Lazy annotations: inside FleetRegistry, `list` names the method, and `list[...]` must stay the
-# builtin.
+# Inside FleetRegistry and TenantDirectory, `list` names a method: their annotations spell the
+# builtin `builtins.list`.
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from shared.domain.guest import GuestHealth, GuestIdentity
 from shared.domain.lifecycle import Status
 from shared.domain.records import CloudVm, Event, Instance, OperationState, VmSpec
 from shared.domain.secrets import Bundle, SecretsPresence, TenantSecrets
+from shared.domain.tenant_records import TenantRecord
 
 # The largest page `FleetRegistry.list` returns; the API validates `limit` against it.
 MAX_PAGE_SIZE = 500
@@ -45,14 +48,14 @@ class FleetRegistry(Protocol):
         statuses: Iterable[Status] | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[Instance], str | None]:
+    ) -> tuple[builtins.list[Instance], str | None]:
         """A page of rows, newest first, and the cursor of the next page (None on the last).
 
         `limit` is 1..MAX_PAGE_SIZE (ValueError otherwise); a cursor this registry did not hand
         out → InvalidCursor.
         """
 
-    def list_by_statuses(self, statuses: Iterable[Status]) -> list[Instance]:
+    def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         """Every row in one of `statuses`, oldest first (for reconcile and resuming work)."""
 
     def count_live(self, tenant: str) -> int:
@@ -94,7 +97,7 @@ class FleetRegistry(Protocol):
         """Append an event that changes no status (from = to = the current one): an action taken
         on the instance, such as reconcile deleting its leftover VM. InstanceNotFound if no row."""
 
-    def events(self, instance_id: uuid.UUID) -> list[Event]:
+    def events(self, instance_id: uuid.UUID) -> builtins.list[Event]:
         """The row's lifecycle events, oldest first ([] for an unknown id)."""
 
     def withdraw(self, instance_id: uuid.UUID, token: uuid.UUID) -> bool:
@@ -174,3 +177,89 @@ class BundleStore(Protocol):
 
     def release(self, tenant: str, owner: uuid.UUID) -> None:
         """Drop `owner`'s claim while no bundle is stored."""
+
+
+class IdentityClaims(Protocol):
+    """Read-only view of the identity claims (reconcile): which instance is creating a tenant's
+    identity. Needs no transit key. Raises BundleBackendUnavailable when it cannot answer."""
+
+    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+        """The claim's owner while the tenant has no stored bundle; None otherwise."""
+
+
+class BundleRemover(Protocol):
+    """Removes a tenant's identity (offboarding): needs no transit key."""
+
+    def delete(self, tenant: str) -> None:
+        """Removes the bundle and the identity claim together, in one transaction; idempotent.
+        Raises RegistryUnavailable when the database cannot be reached."""
+
+
+class Locks(Protocol):
+    """Named cross-process locks, taken without waiting. A lock never outlives its holder (a
+    process killed while holding one loses it). Raises RegistryUnavailable when the lock backend
+    cannot be reached, before or while the lock is held."""
+
+    def hold(self, key: str) -> AbstractContextManager[bool]:
+        """Try to take the lock named `key`; the context yields whether it was taken, and
+        releases it on exit if it was. Never blocks waiting for another holder."""
+
+
+class ReconcileRuns(Protocol):
+    """The record of reconcile runs, each stamped by one clock so runs compare (they never
+    overlap: a run is recorded under the reconcile lock). Raises RegistryUnavailable when the
+    database cannot be reached."""
+
+    def start(self, *, dry_run: bool, trigger: str) -> int:
+        """Record that a run starts now; returns its id."""
+
+    def finish(
+        self, run_id: int, *, outcome: str, counts: dict, actions: list, errors: list
+    ) -> None:
+        """Record that the run finished now, how (`applied`, `dry_run` or `refused`; anything
+        else → ValueError) and what it did (JSON-ready)."""
+
+    def latest(self, limit: int = 20) -> list[dict]:
+        """The newest runs first, as plain dicts (an unfinished run has `finished_at` None).
+        `limit` is 1..100 (ValueError otherwise)."""
+
+    def last_real_run(self) -> dict | None:
+        """The newest finished run that was not a dry run (as `latest` gives it), or None."""
+
+
+class TenantDirectory(Protocol):
+    """Onboarding state per tenant (times and the secrets' version; never the secrets). Written by
+    the onboarding service after each change to the secrets, read by the gateway and reconcile to
+    refuse provisioning for a tenant that is not onboarded. Raises RegistryUnavailable when the
+    database cannot be reached."""
+
+    def record_onboarded(self, tenant: str, version: int) -> TenantRecord:
+        """The tenant's secrets are stored at `version` (a positive int, ValueError otherwise).
+        Re-onboarding keeps the first onboarded_at; the version never moves backwards."""
+
+    def record_offboarded(self, tenant: str) -> TenantRecord | None:
+        """The tenant's secrets are gone; None (and no row made) for a tenant never recorded."""
+
+    def get(self, tenant: str) -> TenantRecord | None: ...
+
+    def list(self) -> builtins.list[TenantRecord]:
+        """Every tenant the directory knows, onboarded or not, by name."""
+
+    def is_onboarded(self, tenant: str) -> bool: ...
+
+
+class TaskDispatcher(Protocol):
+    """Sends the pipeline's messages: a message carries the instance id and its continuation
+    token, nothing else; the row's status picks the task (teardown or provision)."""
+
+    def send(
+        self,
+        instance: Instance,
+        token: uuid.UUID,
+        *,
+        request_id: str | None,
+        countdown: float = 0,
+        task_id: str | None = None,
+    ) -> str:
+        """Queue the message (after `countdown` seconds, under `task_id` when given); returns the
+        task id. Raises DispatchUnavailable when the task queue cannot be reached."""

@@ -38,7 +38,7 @@ from services.api.auth import require_bearer
 from shared.adapters.fleet_stats import STATUS_DURATION_BUCKETS, FleetStats, PostgresFleetStats
 from shared.domain.errors import RegistryUnavailable
 from shared.domain.lifecycle import Status
-from shared.service_layer.reconcile import KINDS
+from shared.service_layer.reconcile import ActionKind
 from shared.settings import Settings
 from shared.web import public
 
@@ -133,7 +133,7 @@ def _fleet_families(stats: FleetStats):
         "Actions taken by reconcile runs that were not dry runs, by kind (held-back ones are not).",
         labels=["kind"],
     )
-    for kind in sorted(set(KINDS) | set(stats.reconcile_actions)):
+    for kind in sorted({kind.value for kind in ActionKind} | set(stats.reconcile_actions)):
         actions.add_metric([kind], stats.reconcile_actions.get(kind, 0))
     yield actions
 

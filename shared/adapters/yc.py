@@ -39,7 +39,7 @@ from shared.domain.errors import (
     CloudPermanent,
     CloudTransient,
 )
-from shared.domain.records import CloudVm, OperationState, VmSpec
+from shared.domain.records import CloudVm, OperationState, VmSpec, VmStatus
 from shared.settings import Settings, SettingsError
 
 PAGE_SIZE = 1000  # YC's maximum
@@ -334,7 +334,7 @@ def _cloud_vm(instance: instance_pb2.Instance) -> CloudVm:
     return CloudVm(
         provider_id=instance.id,
         name=instance.name,
-        status=instance_pb2.Instance.Status.Name(instance.status),
+        status=VmStatus.from_cloud(instance_pb2.Instance.Status.Name(instance.status)),
         labels=dict(instance.labels),
         address=address,
         created_at=(

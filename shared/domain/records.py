@@ -3,6 +3,7 @@
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from shared.domain.lifecycle import Status
@@ -46,13 +47,41 @@ class Event:
     reason: str | None = None
 
 
+class VmStatus(StrEnum):
+    """A VM's status as the cloud names it (YC's Instance.Status). A str: compares equal to, and
+    serialises as, the cloud's name."""
+
+    STATUS_UNSPECIFIED = "STATUS_UNSPECIFIED"
+    PROVISIONING = "PROVISIONING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RESTARTING = "RESTARTING"
+    UPDATING = "UPDATING"
+    ERROR = "ERROR"
+    CRASHED = "CRASHED"
+    DELETING = "DELETING"
+    # A name this code does not know (a newer cloud API): neither running nor on its way out,
+    # which is how every status but RUNNING and DELETING is treated.
+    UNKNOWN = "UNKNOWN"
+
+    @classmethod
+    def from_cloud(cls, name: str) -> "VmStatus":
+        """The member for the cloud's status name; UNKNOWN for a name not listed here."""
+        try:
+            return cls(name)
+        except ValueError:
+            return cls.UNKNOWN
+
+
 @dataclass(frozen=True)
 class CloudVm:
     """What the cloud says about one VM."""
 
     provider_id: str
     name: str
-    status: str  # YC status name: PROVISIONING, RUNNING, STOPPED, DELETING, ...
+    status: VmStatus
     labels: dict[str, str] = field(default_factory=dict)
     address: str | None = None
     created_at: datetime | None = None

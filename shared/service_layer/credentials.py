@@ -54,7 +54,7 @@ from shared.domain.errors import (
 )
 from shared.domain.guest import GuestIdentity
 from shared.domain.lifecycle import Status
-from shared.domain.records import CloudVm, Instance
+from shared.domain.records import CloudVm, Instance, VmStatus
 from shared.domain.secrets import Bundle, TenantSecrets
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
 
@@ -122,14 +122,14 @@ Outcome = Provided | AwaitIdentity | NotUp | Failed | BackendDown | CloudRetry
 def at_its_address(vm: CloudVm, address: str | None) -> bool:
     """Whether the VM is RUNNING at the address the row was given: only then is it asked or sent
     anything that bears the tenant's identity."""
-    return vm.status == "RUNNING" and vm.address == address
+    return vm.status == VmStatus.RUNNING and vm.address == address
 
 
 def vm_check(vm: CloudVm | None, address: str | None) -> NotUp | Failed | None:
     """What stops the hand-over given the VM read again now; None when it may go ahead."""
     if vm is None:
         return Failed("the VM disappeared", guest_up=False)
-    if vm.status != "RUNNING":
+    if vm.status != VmStatus.RUNNING:
         return NotUp(f"the VM is {vm.status}", guest_up=False)
     if vm.address != address:
         reason = f"the VM's address changed from {address} to {vm.address}; sent it nothing"

@@ -22,7 +22,7 @@ from shared.domain.errors import (
 from shared.domain.lifecycle import Status, can_tear_down
 from shared.domain.records import Instance
 from shared.domain.tenants import normalize_tenant
-from shared.ports import FleetRegistry
+from shared.ports import FleetRegistry, TaskDispatcher, TenantDirectory
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ class FleetService:
     def __init__(
         self,
         registry: FleetRegistry,
-        dispatcher: CeleryDispatcher,
+        dispatcher: TaskDispatcher,
         *,
         max_instances_per_tenant: int,
-        tenants=None,
+        tenants: TenantDirectory | None = None,
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher

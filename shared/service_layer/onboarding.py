@@ -12,16 +12,22 @@ from shared.domain.errors import RegistryUnavailable, SecretsConflict, SecretsMi
 from shared.domain.secrets import SecretsPresence, TenantSecrets
 from shared.domain.tenant_records import SecretsVersionMismatch, TenantHasLiveInstances
 from shared.domain.tenants import normalize_tenant
+from shared.ports import BundleRemover, FleetRegistry, TenantDirectory, TenantSecretStore
 
 log = logging.getLogger("dark.onboarding")
 
 
 class Onboarding:
-    """`secrets` is a TenantSecretStore, `tenants` a PostgresTenantDirectory, `fleet` anything
-    with `count_live(tenant)` (the fleet registry), and `bundles` anything with `delete(tenant)`
-    that removes the tenant's bundle and identity claim."""
+    """`fleet` is read only for the tenant's live instances (`count_live`); `bundles` removes the
+    tenant's bundle and identity claim."""
 
-    def __init__(self, secrets, tenants, fleet, bundles) -> None:
+    def __init__(
+        self,
+        secrets: TenantSecretStore,
+        tenants: TenantDirectory,
+        fleet: FleetRegistry,
+        bundles: BundleRemover,
+    ) -> None:
         self._secrets = secrets
         self._tenants = tenants
         self._fleet = fleet

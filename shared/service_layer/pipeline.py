@@ -44,8 +44,8 @@ from shared.domain.errors import (
 )
 from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import IN_FLIGHT, Status
-from shared.domain.records import Instance, VmSpec
-from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
+from shared.domain.records import Instance, VmSpec, VmStatus
+from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, Locks, TenantSecretStore
 from shared.service_layer.credentials import (
     AwaitIdentity,
     BackendDown,
@@ -94,7 +94,7 @@ class Pipeline:
         guest: GuestAgent,
         secrets: TenantSecretStore,
         bundles: BundleStore,
-        locks,
+        locks: Locks,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -183,7 +183,7 @@ class Pipeline:
             return self._fail(instance, f"cloud error: {exc}")
         if vm is None:
             return self._fail(instance, "the VM disappeared while it was being created")
-        if vm.status != "RUNNING":
+        if vm.status != VmStatus.RUNNING:
             return self._wait(instance, OPERATION_POLL_SECS)
         if not vm.address:
             return self._fail(instance, "the VM has no public IPv4 address")
@@ -296,7 +296,7 @@ class Pipeline:
             else:
                 vm = self.compute.find_by_name(instance.vm_name)
             if vm is not None:
-                if vm.status != "DELETING":
+                if vm.status != VmStatus.DELETING:
                     # Asked for the identity only at the address it was given
                     # (docs/ARCHITECTURE.md#pipeline).
                     up = at_its_address(vm, instance.address)

@@ -39,12 +39,21 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from shared.domain.errors import DomainError, TransitionConflict
 from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import IN_FLIGHT, Status
-from shared.domain.records import CloudVm, Instance
-from shared.ports import Compute, FleetRegistry
+from shared.domain.records import CloudVm, Instance, VmStatus
+from shared.ports import (
+    Compute,
+    FleetRegistry,
+    IdentityClaims,
+    Locks,
+    ReconcileRuns,
+    TaskDispatcher,
+    TenantDirectory,
+)
 from shared.service_layer.fleet import FleetService
 from shared.service_layer.retry import MAX_BACKOFF_SECS
 from shared.settings import Settings
@@ -56,16 +65,21 @@ RECONCILE_LOCK = "reconcile"
 # twice that without a touch means no chain is left.
 STALL_SECS = 2 * MAX_BACKOFF_SECS
 
-ORPHAN = "orphan"
-LEFTOVER_VM = "leftover_vm"
-STUCK = "stuck"
-LOST = "lost"
-RESPAWN = "respawn"
-RESUME = "resume"
-RESUME_TEARDOWN = "resume_teardown"
-KINDS = (ORPHAN, LEFTOVER_VM, STUCK, LOST, RESPAWN, RESUME, RESUME_TEARDOWN)
+
+class ActionKind(StrEnum):
+    """What reconcile does about one VM or row; the value is what run records and metrics say."""
+
+    ORPHAN = "orphan"
+    LEFTOVER_VM = "leftover_vm"
+    STUCK = "stuck"
+    LOST = "lost"
+    RESPAWN = "respawn"
+    RESUME = "resume"
+    RESUME_TEARDOWN = "resume_teardown"
+
+
 # Judged from an absence: capped per run by RECONCILE_MAX_DESTRUCTIVE.
-DESTRUCTIVE = frozenset({ORPHAN, LOST})
+DESTRUCTIVE = frozenset({ActionKind.ORPHAN, ActionKind.LOST})
 
 # How a run ended (the run record's `outcome`).
 APPLIED, DRY_RUN, REFUSED = "applied", "dry_run", "refused"
@@ -73,12 +87,11 @@ APPLIED, DRY_RUN, REFUSED = "applied", "dry_run", "refused"
 LOST_REASON = "VM vanished from the cloud"
 # Every status but retired: the rows that can still own a VM or a chain of work.
 OPEN_STATUSES = frozenset(Status) - {Status.RETIRED}
-_DELETING = "DELETING"  # a VM already on its way out is left alone
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str
+    kind: ActionKind
     detail: str
     instance: Instance | None = None
     vm: CloudVm | None = None
@@ -87,7 +100,7 @@ class Action:
         """The action as the run record stores it (JSON-ready)."""
         inst, vm = self.instance, self.vm
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "instance_id": str(inst.id) if inst else None,
             "tenant": inst.tenant if inst else None,
             "vm_id": vm.provider_id if vm else None,
@@ -130,12 +143,14 @@ def decide(
 
     actions = []
     for vm in ours:
-        if vm.provider_id in row_ids or vm.name in row_names or vm.status == _DELETING:
+        if vm.provider_id in row_ids or vm.name in row_names or vm.status is VmStatus.DELETING:
             continue
         # A VM whose age is unknown is never old enough: deleting it is the irreversible choice.
         age = (now - vm.created_at).total_seconds() if vm.created_at else None
         if age is not None and age > settings.reconcile_orphan_grace:
-            actions.append(Action(ORPHAN, f"no instance row; created {int(age)} s ago", vm=vm))
+            actions.append(
+                Action(ActionKind.ORPHAN, f"no instance row; created {int(age)} s ago", vm=vm)
+            )
     for row in rows:
         vm = (by_id.get(row.provider_id) if row.provider_id else None) or by_name.get(row.vm_name)
         actions.extend(_decide_row(row, vm, settings, now))
@@ -145,28 +160,31 @@ def decide(
 def _decide_row(
     row: Instance, vm: CloudVm | None, settings: Settings, now: datetime
 ) -> list[Action]:
-    live_vm = vm if vm is not None and vm.status != _DELETING else None
+    live_vm = vm if vm is not None and vm.status is not VmStatus.DELETING else None
     if row.status in IN_FLIGHT:
         in_status = (now - row.status_changed_at).total_seconds()
         if in_status > settings.reconcile_stuck:
             detail = f"stuck in {row.status.value} for {int(in_status)} s"
-            return [Action(STUCK, detail, row, live_vm)]
+            return [Action(ActionKind.STUCK, detail, row, live_vm)]
         idle = (now - row.updated_at).total_seconds()
         if idle > STALL_SECS:
-            return [Action(RESUME, f"no progress for {int(idle)} s", row, vm)]
+            return [Action(ActionKind.RESUME, f"no progress for {int(idle)} s", row, vm)]
     elif row.status is Status.READY:
         if vm is None and row.status_changed_at < now:
-            lost = Action(LOST, LOST_REASON, row)
+            lost = Action(ActionKind.LOST, LOST_REASON, row)
             if settings.reconcile_respawn_lost:
-                return [lost, Action(RESPAWN, f"a fresh instance for tenant {row.tenant}", row)]
+                return [
+                    lost,
+                    Action(ActionKind.RESPAWN, f"a fresh instance for tenant {row.tenant}", row),
+                ]
             return [lost]
     elif row.status is Status.TEARING_DOWN:
         idle = (now - row.updated_at).total_seconds()
         if idle > STALL_SECS:
-            return [Action(RESUME_TEARDOWN, f"no progress for {int(idle)} s", row, vm)]
+            return [Action(ActionKind.RESUME_TEARDOWN, f"no progress for {int(idle)} s", row, vm)]
     elif row.status in (Status.FAILED, Status.LOST) and live_vm is not None:
         detail = f"the instance is {row.status.value} but its VM is still in the cloud"
-        return [Action(LEFTOVER_VM, detail, row, live_vm)]
+        return [Action(ActionKind.LEFTOVER_VM, detail, row, live_vm)]
     return []
 
 
@@ -183,7 +201,7 @@ def hold_back(
     destructive = sum(a.kind in DESTRUCTIVE for a in actions)
     if destructive <= max(cap, confirmed):
         return list(actions), []
-    held = DESTRUCTIVE | {RESPAWN}
+    held = DESTRUCTIVE | {ActionKind.RESPAWN}
     return [a for a in actions if a.kind not in held], [a for a in actions if a.kind in held]
 
 
@@ -201,16 +219,16 @@ def _held_back_result(destructive: int, cap: int) -> str:
 def reconcile_once(
     registry: FleetRegistry,
     compute: Compute,
-    runs,
-    locks,
+    runs: ReconcileRuns,
+    locks: Locks,
     settings: Settings,
     *,
     now: datetime,
     dry_run: bool,
     trigger: str,
-    dispatch,
-    tenants=None,
-    claims=None,
+    dispatch: TaskDispatcher,
+    tenants: TenantDirectory | None = None,
+    claims: IdentityClaims | None = None,
     confirm_destructive: int = 0,
 ) -> RunSummary | None:
     """One reconcile pass, recorded in `runs`; None (and nothing recorded) when another pass holds
@@ -225,7 +243,7 @@ def reconcile_once(
             log.info("another reconcile is running; this one does nothing")
             return None
         run_id = runs.start(dry_run=dry_run, trigger=trigger)
-        counts = dict.fromkeys(KINDS, 0)
+        counts = {kind.value: 0 for kind in ActionKind}
         records: list[dict] = []
         errors: list[dict] = []
         outcome = DRY_RUN if dry_run else APPLIED
@@ -308,12 +326,12 @@ def _snapshot_and_decide(
 class _Executor:
     registry: FleetRegistry
     compute: Compute
-    locks: object
-    dispatch: object
+    locks: Locks
+    dispatch: TaskDispatcher
     fleet: FleetService
     request_id: str
-    claims: object = None
-    marked_lost: set = field(default_factory=set)
+    claims: IdentityClaims | None = None
+    marked_lost: set[uuid.UUID] = field(default_factory=set)
 
     def carry_out(self, action: Action, dry_run: bool, errors: list) -> dict:
         record = action.record()
@@ -338,12 +356,12 @@ class _Executor:
             if not taken:
                 return "skipped: a pipeline step holds the instance; the next run looks again"
             handlers = {
-                STUCK: self._stuck,
-                LEFTOVER_VM: self._leftover_vm,
-                LOST: self._lost,
-                RESPAWN: self._respawn,
-                RESUME: self._resume,
-                RESUME_TEARDOWN: self._resume,
+                ActionKind.STUCK: self._stuck,
+                ActionKind.LEFTOVER_VM: self._leftover_vm,
+                ActionKind.LOST: self._lost,
+                ActionKind.RESPAWN: self._respawn,
+                ActionKind.RESUME: self._resume,
+                ActionKind.RESUME_TEARDOWN: self._resume,
             }
             return handlers[action.kind](action)
 

@@ -13,6 +13,7 @@ from shared.adapters.registry import PostgresFleetRegistry
 from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
 from shared.domain.lifecycle import Status
 from shared.service_layer.fleet import FleetService
+from tests.fakes import FakeDispatcher, queue_down
 
 
 @pytest.fixture
@@ -26,24 +27,6 @@ def tenant(pg_pool):
     yield name
     with pg_pool.connection() as conn:
         conn.execute("DELETE FROM instances WHERE tenant = %s", (name,))
-
-
-class Dispatcher:
-    """Records what was sent; `on_send(instance)` runs first and may raise."""
-
-    def __init__(self, on_send=None) -> None:
-        self.on_send = on_send
-        self.sent: list[uuid.UUID] = []
-
-    def send(self, instance, token, *, request_id, task_id=None, countdown=0) -> str:
-        if self.on_send is not None:
-            self.on_send(instance)
-        self.sent.append(instance.id)
-        return task_id
-
-
-def queue_down(_instance) -> None:
-    raise DispatchUnavailable("the task queue is unreachable")
 
 
 def fleet(registry, dispatcher) -> FleetService:
@@ -78,7 +61,9 @@ def test_withdraw_keeps_a_row_whose_token_or_status_moved_on(registry, tenant):
 
 def test_a_new_request_the_queue_cannot_take_leaves_no_row(registry, tenant):
     with pytest.raises(DispatchUnavailable, match="nothing was recorded"):
-        fleet(registry, Dispatcher(queue_down)).provision(tenant, request_key=None, request_id=None)
+        fleet(registry, FakeDispatcher(queue_down)).provision(
+            tenant, request_key=None, request_id=None
+        )
     assert registry.list(tenant=tenant) == ([], None)
     assert registry.count_live(tenant) == 0
 
@@ -89,7 +74,7 @@ def test_a_row_a_worker_resumed_meanwhile_is_answered_as_accepted(registry, tena
         registry.update(instance.id, Status.PENDING, wake_token=uuid.uuid4())
         raise DispatchUnavailable("the task queue is unreachable")
 
-    instance, task_id = fleet(registry, Dispatcher(resumed_then_down)).provision(
+    instance, task_id = fleet(registry, FakeDispatcher(resumed_then_down)).provision(
         tenant, request_key=None, request_id=None
     )
     assert task_id
@@ -98,11 +83,11 @@ def test_a_row_a_worker_resumed_meanwhile_is_answered_as_accepted(registry, tena
 
 
 def test_a_repeated_request_whose_row_was_accepted_earlier_keeps_its_row(registry, tenant):
-    first, _ = fleet(registry, Dispatcher()).provision(
+    first, _ = fleet(registry, FakeDispatcher()).provision(
         tenant, request_key="order-1", request_id=None
     )
     with pytest.raises(DispatchUnavailable):
-        fleet(registry, Dispatcher(queue_down)).provision(
+        fleet(registry, FakeDispatcher(queue_down)).provision(
             tenant, request_key="order-1", request_id=None
         )
     assert [i.id for i in registry.list(tenant=tenant)[0]] == [first.id]
@@ -117,7 +102,7 @@ def test_when_the_registry_fails_too_the_answer_names_the_row_it_keeps(registry,
             raise RegistryUnavailable("the fleet registry database is unreachable")
 
     with pytest.raises(DispatchUnavailable) as raised:
-        fleet(WithdrawFails(), Dispatcher(queue_down)).provision(
+        fleet(WithdrawFails(), FakeDispatcher(queue_down)).provision(
             tenant, request_key=None, request_id=None
         )
     [row] = registry.list(tenant=tenant)[0]
@@ -131,12 +116,12 @@ def test_a_repeat_accepted_while_the_first_request_is_failing_is_never_withdrawn
     answers = {}
 
     def repeat_succeeds_first(_instance) -> None:
-        answers["r2"], _ = fleet(registry, Dispatcher()).provision(
+        answers["r2"], _ = fleet(registry, FakeDispatcher()).provision(
             tenant, request_key="k-repeat", request_id=None
         )
         raise DispatchUnavailable("the task queue is unreachable")
 
-    r1, _ = fleet(registry, Dispatcher(on_send=repeat_succeeds_first)).provision(
+    r1, _ = fleet(registry, FakeDispatcher(on_send=repeat_succeeds_first)).provision(
         tenant, request_key="k-repeat", request_id=None
     )
     kept = registry.get(answers["r2"].id)

@@ -23,6 +23,7 @@ from shared.domain.lifecycle import Status
 from shared.service_layer.reconcile import LOST_REASON, STALL_SECS, reconcile_once
 from shared.settings import load_settings
 from tests.conftest import PG_ADMIN_DSN
+from tests.fakes import FakeDispatcher
 from tests.support.processes import wait_until
 from tests.support.stack import private_database
 
@@ -35,17 +36,6 @@ def pool():
         pool = make_pool(url, max_size=6)
         yield pool
         pool.close()
-
-
-class Dispatch:
-    """Records the pipeline messages reconcile sends (the e2e tests send them through Redis)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple] = []
-
-    def send(self, instance, token, *, request_id=None, task_id=None):
-        self.sent.append((instance.id, instance.status, token))
-        return "task-id"
 
 
 class Harness:
@@ -67,7 +57,7 @@ class Harness:
         self.registry = PostgresFleetRegistry(pool)
         self.runs = PostgresReconcileRuns(pool)
         self.locks = PostgresLocks(pool)
-        self.dispatch = Dispatch()
+        self.dispatch = FakeDispatcher()  # the e2e tests send through Redis
         self.directory = PostgresTenantDirectory(pool)
         self.tenants: list[str] = []
 

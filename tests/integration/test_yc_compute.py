@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.adapters.yc import YcCompute
 from shared.domain.errors import CloudConflict, CloudPermanent, CloudTransient
-from shared.domain.records import VmSpec
+from shared.domain.records import VmSpec, VmStatus
 from shared.settings import SettingsError, load_settings
 from tests.support.processes import wait_until
 
@@ -83,7 +83,7 @@ def test_create_runs_a_vm_with_a_public_loopback_address(compute, simulator, fol
     assert done.provider_id == started.provider_id
 
     vm = compute.get_instance(started.provider_id)
-    assert vm.status == "RUNNING"
+    assert vm.status is VmStatus.RUNNING
     assert vm.name == vm_spec.name
     assert vm.labels == vm_spec.labels
     address = ipaddress.ip_address(vm.address)

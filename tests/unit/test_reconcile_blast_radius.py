@@ -3,7 +3,7 @@ RECONCILE_MAX_DESTRUCTIVE actions judged from an absence (orphan deletes, lost m
 none of them."""
 
 from shared.domain.lifecycle import Status
-from shared.service_layer.reconcile import LOST, ORPHAN, RESPAWN, STALL_SECS, STUCK
+from shared.service_layer.reconcile import STALL_SECS, ActionKind
 from tests.unit.test_reconcile_decisions import (
     NOW,
     STUCK_SECS,
@@ -24,14 +24,16 @@ def test_a_run_over_the_default_cap_of_10_deletes_no_orphan_and_marks_nothing_lo
     gone = [make_row("ready") for _ in range(3)]
     w = world(vms, gone)
     summary = w.reconcile()
-    assert w.compute.deleted == [] and w.registry.events == []
+    assert w.compute.deleted == [] and w.registry.history == []
     assert all(w.registry.rows[row.id].status is Status.READY for row in gone)
     assert w.runs.runs[1]["outcome"] == "refused"
     assert summary.outcome == "refused"
     assert summary.counts["held_back"] == 11 and summary.counts["destructive"] == 11
     held = [r for r in summary.actions if r["held_back"]]
-    assert sorted(r["kind"] for r in held) == [LOST] * 3 + [ORPHAN] * 8
-    assert {r["vm_id"] for r in held if r["kind"] == ORPHAN} == {vm.provider_id for vm in vms}
+    assert sorted(r["kind"] for r in held) == [ActionKind.LOST] * 3 + [ActionKind.ORPHAN] * 8
+    assert {r["vm_id"] for r in held if r["kind"] == ActionKind.ORPHAN} == {
+        vm.provider_id for vm in vms
+    }
     assert all(r["result"].startswith("held back: 11 actions judged from an absence") for r in held)
     assert all('{"confirm_destructive": 11}' in r["result"] for r in held)
 
@@ -66,17 +68,17 @@ def test_actions_judged_from_the_row_still_run_in_a_refused_run():
     assert sorted(w.compute.deleted) == sorted([stuck_vm.provider_id, failed_vm.provider_id])
     assert [sent[0] for sent in w.dispatch.sent] == [teardown.id]
     acted = {r["kind"] for r in summary.actions if not r["held_back"]}
-    assert acted == {STUCK, "leftover_vm", "resume_teardown"}
+    assert acted == {ActionKind.STUCK, "leftover_vm", "resume_teardown"}
 
 
 def test_a_respawn_is_held_back_with_its_lost_mark():
     gone = [make_row("ready", tenant=f"t{n}") for n in range(2)]
     w = world([], gone)
     summary = w.reconcile(reconcile_max_destructive=1, reconcile_respawn_lost=True)
-    assert w.dispatch.sent == [] and w.registry.events == []
+    assert w.dispatch.sent == [] and w.registry.history == []
     assert len(w.registry.rows) == 2, "no fresh instance was provisioned"
     held = sorted(r["kind"] for r in summary.actions if r["held_back"])
-    assert held == [LOST, LOST, RESPAWN, RESPAWN]
+    assert held == [ActionKind.LOST, ActionKind.LOST, ActionKind.RESPAWN, ActionKind.RESPAWN]
     # Respawns are not destructive: the confirmation names only the lost marks.
     assert summary.counts["destructive"] == 2 and summary.counts["held_back"] == 4
 
@@ -109,7 +111,12 @@ def test_hold_back_splits_only_absence_judged_actions_and_their_respawns():
     stuck = make_row("initializing", in_status=STUCK_SECS + 1)
     actions = decide(vms, [lost, stuck], settings(reconcile_respawn_lost=True), NOW)
     allowed, held = hold_back(actions, cap=2, confirmed=0)
-    assert [a.kind for a in allowed] == [STUCK]
-    assert sorted(a.kind for a in held) == [LOST, ORPHAN, ORPHAN, RESPAWN]
+    assert [a.kind for a in allowed] == [ActionKind.STUCK]
+    assert sorted(a.kind for a in held) == [
+        ActionKind.LOST,
+        ActionKind.ORPHAN,
+        ActionKind.ORPHAN,
+        ActionKind.RESPAWN,
+    ]
     assert hold_back(actions, cap=2, confirmed=3) == (actions, [])
     assert hold_back(actions, cap=3, confirmed=0) == (actions, [])

@@ -1,35 +1,32 @@
 """Reconcile's decisions and its run loop over in-memory fakes of the ports
 (docs/ARCHITECTURE.md#reconcile)."""
 
-import contextlib
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.domain.errors import (
-    CloudTransient,
-    DispatchUnavailable,
-    InstanceNotFound,
-    TransitionConflict,
-)
-from shared.domain.lifecycle import IN_FLIGHT, Status, check_transition
-from shared.domain.records import CloudVm, Instance, OperationState, vm_name_for
+from shared.domain.lifecycle import IN_FLIGHT, Status
+from shared.domain.records import CloudVm, Instance, VmStatus, vm_name_for
 from shared.service_layer.reconcile import (
-    LEFTOVER_VM,
-    LOST,
     LOST_REASON,
-    ORPHAN,
-    RESPAWN,
-    RESUME,
-    RESUME_TEARDOWN,
     STALL_SECS,
-    STUCK,
+    ActionKind,
     decide,
     reconcile_once,
 )
 from shared.settings import Settings
+from tests.fakes import (
+    FakeClaims,
+    FakeCompute,
+    FakeDispatcher,
+    FakeLocks,
+    FakeRegistry,
+    FakeRuns,
+    FakeTenants,
+    queue_down,
+)
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 DEPLOYMENT = "prod-eu"
@@ -50,7 +47,9 @@ def ago(seconds: float) -> datetime:
     return NOW - timedelta(seconds=seconds)
 
 
-def make_vm(name=None, *, age=3600.0, labels=OURS, status="RUNNING", created=True) -> CloudVm:
+def make_vm(
+    name=None, *, age=3600.0, labels=OURS, status=VmStatus.RUNNING, created=True
+) -> CloudVm:
     return CloudVm(
         provider_id="fhm" + uuid.uuid4().hex[:17],
         name=name or f"vm-{uuid.uuid4().hex[:8]}",
@@ -88,7 +87,9 @@ def test_orphan_is_deleted_only_once_older_than_the_grace_period():
     old = make_vm(age=GRACE + 0.001)
     at_grace = make_vm(age=GRACE)
     young = make_vm(age=5)
-    assert kinds(decide([old, at_grace, young], [], settings(), NOW)) == [(ORPHAN, None, old)]
+    assert kinds(decide([old, at_grace, young], [], settings(), NOW)) == [
+        (ActionKind.ORPHAN, None, old)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,7 @@ def test_a_vm_without_both_of_our_labels_is_never_touched(labels):
     stuck = make_row("provisioning", vm=make_vm(labels=labels), in_status=10 * STUCK_SECS)
     actions = decide([foreign], [failed, stuck], settings(), NOW)
     assert all(a.vm is None for a in actions)
-    assert kinds(actions) == [(STUCK, stuck.id, None)]
+    assert kinds(actions) == [(ActionKind.STUCK, stuck.id, None)]
 
 
 def test_a_vm_with_a_row_by_provider_id_or_by_name_is_not_an_orphan():
@@ -119,7 +120,7 @@ def test_a_vm_with_a_row_by_provider_id_or_by_name_is_not_an_orphan():
 
 
 def test_an_orphan_already_deleting_or_of_unknown_age_is_left_alone():
-    deleting = make_vm(status="DELETING")
+    deleting = make_vm(status=VmStatus.DELETING)
     ageless = make_vm(created=False)
     assert decide([deleting, ageless], [], settings(), NOW) == []
 
@@ -132,20 +133,22 @@ def test_in_flight_rows_past_the_stuck_timeout_fail_with_their_vm(status):
     vm = make_vm()
     row = make_row(status, vm=vm, in_status=STUCK_SECS + 5)
     (action,) = decide([vm], [row], settings(), NOW)
-    assert (action.kind, action.instance, action.vm) == (STUCK, row, vm)
+    assert (action.kind, action.instance, action.vm) == (ActionKind.STUCK, row, vm)
     assert action.detail == f"stuck in {status} for {STUCK_SECS + 5} s"
 
 
 def test_stuck_is_time_in_the_status_even_while_the_pipeline_keeps_polling():
     polled = make_row("initializing", in_status=STUCK_SECS + 1, idle=1)
     at_limit = make_row("initializing", in_status=STUCK_SECS, idle=1)
-    assert kinds(decide([], [polled, at_limit], settings(), NOW)) == [(STUCK, polled.id, None)]
+    assert kinds(decide([], [polled, at_limit], settings(), NOW)) == [
+        (ActionKind.STUCK, polled.id, None)
+    ]
 
 
 def test_a_stuck_row_whose_vm_is_already_deleting_fails_without_a_second_delete():
-    vm = make_vm(status="DELETING")
+    vm = make_vm(status=VmStatus.DELETING)
     row = make_row("provisioning", vm=vm, in_status=STUCK_SECS + 1)
-    assert kinds(decide([vm], [row], settings(), NOW)) == [(STUCK, row.id, None)]
+    assert kinds(decide([vm], [row], settings(), NOW)) == [(ActionKind.STUCK, row.id, None)]
 
 
 # --- teardowns, leftovers, drift ------------------------------------------------------------------
@@ -155,7 +158,7 @@ def test_a_teardown_without_progress_is_resumed_and_a_live_one_is_not():
     stalled = make_row("tearing_down", in_status=3600, idle=STALL_SECS + 1)
     live = make_row("tearing_down", in_status=3600, idle=STALL_SECS)
     actions = decide([], [stalled, live], settings(), NOW)
-    assert kinds(actions) == [(RESUME_TEARDOWN, stalled.id, None)]
+    assert kinds(actions) == [(ActionKind.RESUME_TEARDOWN, stalled.id, None)]
 
 
 @pytest.mark.parametrize("status", ["pending", "provisioning", "initializing"])
@@ -163,27 +166,32 @@ def test_in_flight_work_without_progress_is_resumed_and_live_work_is_not(status)
     stalled = make_row(status, in_status=STALL_SECS + 10, idle=STALL_SECS + 1)
     live = make_row(status, in_status=STALL_SECS + 10, idle=STALL_SECS)
     actions = decide([], [stalled, live], settings(), NOW)
-    assert kinds(actions) == [(RESUME, stalled.id, None)]
+    assert kinds(actions) == [(ActionKind.RESUME, stalled.id, None)]
     assert actions[0].detail == f"no progress for {int(STALL_SECS) + 1} s"
 
 
 @pytest.mark.parametrize("status", ["failed", "lost"])
 def test_the_vm_of_a_failed_or_lost_row_is_deleted(status):
-    vm, deleting = make_vm(age=1), make_vm(status="DELETING")
+    vm, deleting = make_vm(age=1), make_vm(status=VmStatus.DELETING)
     row = make_row(status, vm=vm)
     already = make_row(status, vm=deleting)
     without = make_row(status)
     actions = decide([vm, deleting], [row, already, without], settings(), NOW)
-    assert kinds(actions) == [(LEFTOVER_VM, row.id, vm)]
+    assert kinds(actions) == [(ActionKind.LEFTOVER_VM, row.id, vm)]
 
 
 def test_a_ready_row_whose_vm_vanished_is_lost_and_respawned_only_when_enabled():
     gone = make_row("ready")
     present_vm = make_vm()
     present = make_row("ready", vm=present_vm)
-    assert kinds(decide([present_vm], [gone, present], settings(), NOW)) == [(LOST, gone.id, None)]
+    assert kinds(decide([present_vm], [gone, present], settings(), NOW)) == [
+        (ActionKind.LOST, gone.id, None)
+    ]
     respawning = decide([present_vm], [gone, present], settings(reconcile_respawn_lost=True), NOW)
-    assert kinds(respawning) == [(LOST, gone.id, None), (RESPAWN, gone.id, None)]
+    assert kinds(respawning) == [
+        (ActionKind.LOST, gone.id, None),
+        (ActionKind.RESPAWN, gone.id, None),
+    ]
 
 
 def test_a_row_that_became_ready_after_the_pass_began_is_not_judged():
@@ -195,145 +203,13 @@ def test_a_row_that_became_ready_after_the_pass_began_is_not_judged():
 # --- runs, over fakes of the ports ----------------------------------------------------------------
 
 
-class FakeRegistry:
-    def __init__(self, rows=()) -> None:
-        self.rows = {row.id: row for row in rows}
-        self.events: list[tuple] = []
-
-    def list_by_statuses(self, statuses):
-        return [r for r in self.rows.values() if r.status in set(statuses)]
-
-    def get(self, instance_id):
-        return self.rows.get(instance_id)
-
-    def transition(self, instance_id, expected, target, reason=None, **fields):
-        row = self.rows[instance_id]
-        check_transition(expected, target)
-        if row.status is not expected:
-            raise TransitionConflict(f"instance {instance_id} is {row.status.value}")
-        self.events.append((instance_id, row.status, target, reason))
-        return self._set(instance_id, status=target, reason=reason, **fields)
-
-    def update(self, instance_id, expected, **fields):
-        if self.rows[instance_id].status is not expected:
-            raise TransitionConflict("moved on")
-        return self._set(instance_id, **fields)
-
-    def note(self, instance_id, reason):
-        if instance_id not in self.rows:
-            raise InstanceNotFound("no such instance")
-        status = self.rows[instance_id].status
-        self.events.append((instance_id, status, status, reason))
-
-    def create(self, tenant, *, request_key=None, max_live=None):
-        for row in self.rows.values():
-            if (row.tenant, row.request_key) == (tenant, request_key):
-                return row, False
-        row = dataclasses.replace(make_row("pending", tenant=tenant), request_key=request_key)
-        self.rows[row.id] = row
-        return row, True
-
-    def withdraw(self, instance_id, token):
-        row = self.rows.get(instance_id)
-        if row is None or row.status is not Status.PENDING or row.wake_token != token:
-            return False
-        del self.rows[instance_id]
-        return True
-
-    def _set(self, instance_id, **fields):
-        row = dataclasses.replace(self.rows[instance_id], updated_at=NOW, **fields)
-        self.rows[instance_id] = row
-        return row
-
-
-class FakeCompute:
-    def __init__(self, vms=(), *, failing=(), broken_listing=False) -> None:
-        self.vms = {vm.provider_id: vm for vm in vms}
-        self.failing = set(failing)
-        self.broken_listing = broken_listing
-        self.deleted: list[str] = []
-
-    def list_managed(self, labels):
-        for n, vm in enumerate(list(self.vms.values())):
-            if self.broken_listing and n == 1:
-                raise CloudTransient("cloud API unavailable", code="UNAVAILABLE")
-            if all(vm.labels.get(k) == v for k, v in labels.items()):
-                yield vm
-
-    def delete_instance(self, provider_id):
-        if provider_id in self.failing:
-            raise CloudTransient("cloud quota exceeded", code="RESOURCE_EXHAUSTED")
-        if self.vms.pop(provider_id, None) is None:
-            return None
-        self.deleted.append(provider_id)
-        return OperationState(operation_id="op-" + provider_id, done=False)
-
-
-class FakeRuns:
-    def __init__(self) -> None:
-        self.runs: dict[int, dict] = {}
-
-    def start(self, *, dry_run, trigger):
-        run_id = len(self.runs) + 1
-        self.runs[run_id] = {"dry_run": dry_run, "trigger": trigger, "finished": False}
-        return run_id
-
-    def finish(self, run_id, *, counts, actions, errors, outcome=None):
-        self.runs[run_id].update(
-            counts=counts, actions=actions, errors=errors, outcome=outcome, finished=True
-        )
-
-
-class FakeLocks:
-    def __init__(self, held=()) -> None:
-        self.held = set(held)
-
-    @contextlib.contextmanager
-    def hold(self, key):
-        if key in self.held:
-            yield False
-            return
-        self.held.add(key)
-        try:
-            yield True
-        finally:
-            self.held.discard(key)
-
-
-class FakeTenants:
-    def __init__(self, onboarded=()) -> None:
-        self.onboarded = set(onboarded)
-
-    def is_onboarded(self, tenant):
-        return tenant in self.onboarded
-
-
-class FakeClaims:
-    """The identity claims: which instance is creating a tenant's identity (no bundle yet)."""
-
-    def __init__(self) -> None:
-        self.pending: dict = {}
-
-    def pending_claim(self, tenant):
-        return self.pending.get(tenant)
-
-
-class FakeDispatch:
-    def __init__(self) -> None:
-        self.sent: list[tuple] = []
-
-    def send(self, instance, token, *, request_id=None, task_id=None):
-        self.sent.append((instance.id, instance.status, token))
-        return "task-id"
-
-
 @dataclasses.dataclass
 class World:
     registry: FakeRegistry
     compute: FakeCompute
     runs: FakeRuns
     locks: FakeLocks
-    dispatch: FakeDispatch
+    dispatch: FakeDispatcher
     tenants: FakeTenants
     claims: FakeClaims = dataclasses.field(default_factory=FakeClaims)
 
@@ -360,7 +236,9 @@ class World:
 def world(vms=(), rows=(), **compute_options) -> World:
     compute = FakeCompute(vms, **compute_options)
     tenants = FakeTenants(row.tenant for row in rows)
-    return World(FakeRegistry(rows), compute, FakeRuns(), FakeLocks(), FakeDispatch(), tenants)
+    return World(
+        FakeRegistry(rows, now=NOW), compute, FakeRuns(), FakeLocks(), FakeDispatcher(), tenants
+    )
 
 
 def mixed_world() -> tuple[World, dict]:
@@ -379,7 +257,7 @@ def mixed_world() -> tuple[World, dict]:
 
 
 def snapshot(w: World):
-    return dict(w.registry.rows), list(w.registry.events), dict(w.compute.vms)
+    return dict(w.registry.rows), list(w.registry.history), dict(w.compute.vms)
 
 
 def without_results(records):
@@ -416,7 +294,7 @@ def test_a_real_run_acts_and_leaves_an_event_on_every_instance_it_touched():
     w, subject = mixed_world()
     summary = w.reconcile(reconcile_respawn_lost=True)
     assert summary.errors == []
-    rows, events = w.registry.rows, w.registry.events
+    rows, events = w.registry.rows, w.registry.history
     by_instance = {}
     for instance_id, _from, to, reason in events:
         by_instance.setdefault(instance_id, []).append((to, reason))
@@ -478,7 +356,7 @@ def test_a_stuck_row_not_creating_its_tenants_identity_fails_with_its_vm():
 def test_no_respawn_for_a_tenant_that_was_offboarded():
     lost = make_row("ready", tenant="gone-tenant")
     w = world([], [lost])
-    w.tenants.onboarded.clear()
+    w.tenants.record_offboarded("gone-tenant")
     summary = w.reconcile(reconcile_respawn_lost=True)
     assert [r["result"] for r in summary.actions] == ["marked lost", "error"]
     assert "not onboarded" in summary.errors[0]["error"]
@@ -502,7 +380,7 @@ def test_a_listing_that_fails_halfway_decides_nothing():
     rows = [make_row("ready", vm=vm) for vm in ready_vms]
     w = world(ready_vms, rows, broken_listing=True)
     summary = w.reconcile()
-    assert summary.actions == [] and w.registry.events == []
+    assert summary.actions == [] and w.registry.history == []
     assert summary.errors == [{"kind": "snapshot", "error": "cloud API unavailable"}]
 
 
@@ -538,14 +416,10 @@ def test_a_respawn_made_while_the_queue_is_down_is_kept_for_a_later_resume():
     """No later run respawns an instance that is already lost: its replacement row must outlive a
     queue outage (workers resume it on reconnecting) instead of being taken back like a 503."""
     w, subject = mixed_world()
-
-    def queue_down(*_args, **_kwargs):
-        raise DispatchUnavailable("the task queue is unreachable")
-
-    w.dispatch.send = queue_down
+    w.dispatch.on_send = queue_down
     summary = w.reconcile(reconcile_respawn_lost=True)
     lost = subject["lost"]
     (fresh,) = [r for r in w.registry.rows.values() if r.request_key == f"respawn:{lost.id}"]
     assert fresh.status is Status.PENDING
-    (record,) = [r for r in summary.actions if r["kind"] == RESPAWN]
+    (record,) = [r for r in summary.actions if r["kind"] == ActionKind.RESPAWN]
     assert record["result"] == f"provisioned instance {fresh.id}"
