@@ -524,6 +524,7 @@ def test_list_pages_newest_first_and_filters(api, registry):
         ({"tenant": ".bad"}, "tenant"),
         ({"sort": "asc"}, "sort"),
         ({"cursor": ""}, "cursor"),
+        ({"limit": ["10", "20"]}, "limit"),  # a key given twice is not a guess
     ],
 )
 def test_bad_list_queries_are_422(api, query, field):
