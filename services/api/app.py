@@ -6,7 +6,7 @@ their own pool, or a Celery app on their own Redis DB); whatever is not passed i
 settings. Per request: a request id (the caller's X-Request-Id when well-formed), then the token
 (or dashboard session) check, then the view; when the response leaves, one JSON log line, the
 request's metrics (services/api/metrics.py), and security headers. Every failure leaves in
-shared/web.py's one error shape.
+shared/web/errors.py's one error shape.
 """
 
 import logging
@@ -19,7 +19,7 @@ from redis.retry import Retry
 
 from services.api.auth import install_operator_auth
 from services.api.metrics import install_metrics, record_request
-from services.api.openapi import build_openapi
+from services.api.openapi import DOCUMENT, METRICS_OPERATIONS
 from services.api.ui import install_ui
 from services.api.views import Gateway, bp
 from shared.adapters.db import make_pool
@@ -42,7 +42,12 @@ from shared.domain.errors import (
 )
 from shared.service_layer.fleet import CeleryDispatcher, FleetService
 from shared.settings import Settings
-from shared.web import install_error_handler, install_request_hooks, install_security_headers
+from shared.web import (
+    install_error_handler,
+    install_request_hooks,
+    install_security_headers,
+    new_api,
+)
 
 log = logging.getLogger("dark.api")
 
@@ -100,7 +105,6 @@ def create_app(
             "postgres": _postgres_probe(settings.database_url),
             "redis": _redis_probe(celery_app.conf.broker_url),
         },
-        openapi=build_openapi(),
     )
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
@@ -108,8 +112,11 @@ def create_app(
     install_operator_auth(app, settings)
     # On every response; the dashboard's pages keep the policy they set (services/api/ui.py).
     install_security_headers(app)
-    app.register_blueprint(bp)
+    # The routes and, from their declarations, the OpenAPI document (services/api/openapi.py).
+    api = new_api(app, **DOCUMENT)
+    api.register_blueprint(bp)
     install_metrics(app, settings, PostgresFleetStats(pool))
+    api.spec.path(rule=next(app.url_map.iter_rules("metrics")), operations=METRICS_OPERATIONS)
     install_ui(app, settings)
     return app
 

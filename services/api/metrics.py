@@ -1,7 +1,7 @@
 """`GET /metrics`: the gateway's Prometheus endpoint.
 
 Two sources:
-- HTTP requests, counted by the request hooks' after_request (shared/web.py, which app.py hands
+- HTTP requests, counted by the request hooks' after_request (shared/web/hooks.py; app.py hands
   `record_request`): by method, route (the URL rule, never the path, so that the series stay few)
   and status, with a latency histogram by method and route.
   Gunicorn runs several worker processes, and a scrape is answered by one of them; so under

@@ -1,10 +1,10 @@
 """What the gateway accepts and what it shows (docs/ARCHITECTURE.md#http-contracts), as marshmallow
 schemas.
 
-Inputs reject unknown fields (shared/web.py's StrictSchema). Outputs name exactly the public
-fields of a record, so a column added to Instance (a key, a path, a pubkey) never reaches a
-response by accident; every output field is dump_only because the server owns it. The OpenAPI
-document is generated from these.
+Inputs reject unknown fields (shared/web/parsing.py's StrictSchema). Outputs name exactly the
+public fields of a record, so a column added to Instance (a key, a path, a pubkey) never reaches a
+response by accident; every output field is dump_only because the server owns it. The routes in
+views.py declare which schema each reads and answers with; the OpenAPI document comes from that.
 """
 
 import re
@@ -14,8 +14,8 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from shared.domain.errors import InvalidTenantName
 from shared.domain.lifecycle import Status
-from shared.domain.tenants import MAX_TENANT_LENGTH, normalize_tenant
-from shared.web import StrictSchema
+from shared.domain.tenants import normalize_tenant
+from shared.web import TENANT_CONSTRAINTS, TENANT_RULE, StrictSchema
 
 MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 50
@@ -45,11 +45,8 @@ class UtcDateTime(fields.DateTime):
 
 def _tenant_field(**kwargs) -> TenantName:
     return TenantName(
-        metadata={
-            "description": f"1 to {MAX_TENANT_LENGTH} letters, digits, '-', '_', '.' (NFC); "
-            "not starting with '.'",
-            "example": "acme",
-        },
+        # The spec states the rule validation enforces (shared/web/openapi.py says how exactly).
+        metadata={"description": TENANT_RULE, "example": "acme", **TENANT_CONSTRAINTS},
         **kwargs,
     )
 

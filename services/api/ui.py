@@ -52,8 +52,8 @@ def install_ui(app: Flask, settings: Settings) -> None:
 
 @bp.after_request
 def _page_headers(response):
-    # The app's security headers (shared/web.py) add nosniff, no referrer and no framing, and keep
-    # what is set here. connect-src 'self' keeps the page script's calls on the gateway.
+    # The app's security headers (shared/web/hooks.py) add nosniff, no referrer and no framing, and
+    # keep what is set here. connect-src 'self' keeps the page script's calls on the gateway.
     response.headers["Content-Security-Policy"] = PAGE_CONTENT_SECURITY_POLICY
     # Pages carry the CSRF token: the app's no-store. Static files: revalidated, so updates show.
     if request.endpoint == "ui.static":

@@ -2,7 +2,7 @@
 encode the answer.
 
 Commands go through FleetService; reads go to the registry; the live guest view and heal go to the
-guest agent. Errors are raised and leave through shared/web.py's handler.
+guest agent. Errors are raised and leave through shared/web/errors.py's handler.
 """
 
 import dataclasses
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from celery import Celery, states
-from flask import Blueprint, current_app, g, request
+from flask import current_app, g
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import NotFound
@@ -28,6 +28,7 @@ from services.api.schemas import (
     ListQuery,
     ProvisionHeaders,
     ProvisionRequest,
+    Readiness,
     ReconcileAccepted,
     ReconcileRequest,
     ReconcileRunList,
@@ -47,11 +48,25 @@ from shared.domain.tenants import normalize_tenant
 from shared.ports import FleetRegistry, GuestAgent
 from shared.redaction import redact
 from shared.service_layer.fleet import FleetService
-from shared.web import ApiError, json_body, present_headers, public, query_args
+from shared.web import (
+    ApiBlueprint,
+    ApiError,
+    add_open_routes,
+    error_responses,
+    public,
+    tenant_parameter,
+)
 
 log = logging.getLogger("dark.api")
 
-bp = Blueprint("gateway", __name__)
+bp = ApiBlueprint("gateway", __name__)
+
+_LOCATION = {
+    "Location": {
+        "description": "the instance's path, tenant percent-encoded",
+        "schema": {"type": "string"},
+    }
+}
 
 OPENCODE_PORT = 4096
 # The detail view waits this long for the guest: a slow guest must not make the API slow.
@@ -73,7 +88,6 @@ class Gateway:
     producer: Celery  # sends only (see shared.celery_app.producer_app)
     agent_port: int
     probes: dict[str, Callable[[], None]]
-    openapi: dict
 
 
 def _gateway() -> Gateway:
@@ -82,20 +96,43 @@ def _gateway() -> Gateway:
 
 # --- commands --------------------------------------------------------------------------------
 
+_INSTANCE = [tenant_parameter()]
+_TASK = [
+    {
+        "in": "path",
+        "name": "task_id",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+]
 
-@bp.post("/instances")
-def provision():
-    body = ProvisionRequest().load(json_body())
-    headers = ProvisionHeaders().load(present_headers("Idempotency-Key"))
+
+@bp.route("/instances", methods=["POST"])
+@bp.arguments(ProvisionRequest)
+@bp.arguments(ProvisionHeaders, location="headers")
+@bp.response(
+    202, InstanceAccepted, description="accepted; the same key → this again", headers=_LOCATION
+)
+@error_responses(bp, 400, 401, 409, 413, 415, 422, 503)
+def provision(body: dict, headers: dict):
+    """Write a pending instance and enqueue its provisioning
+
+    A 503 leaves no instance behind, so retrying never makes a second VM; only when the registry
+    failed as well does it keep the instance, and `details.instance_id` names it. A repeat with
+    an `Idempotency-Key` whose instance was accepted earlier keeps that instance.
+    """
     instance, task_id = _gateway().fleet.provision(
         body["tenant"], request_key=headers.get("idempotency_key"), request_id=g.request_id
     )
     return _accepted(instance, task_id)
 
 
-@bp.delete("/instances/<tenant>/<uuid:instance_id>")
-def teardown(tenant: str, instance_id: uuid.UUID):
-    query = TeardownQuery().load(query_args())
+@bp.route("/instances/<tenant>/<uuid:instance_id>", methods=["DELETE"], parameters=_INSTANCE)
+@bp.arguments(TeardownQuery, location="query")
+@bp.response(202, InstanceAccepted, description="accepted", headers=_LOCATION)
+@error_responses(bp, 401, 404, 409, 422, 503)
+def teardown(query: dict, tenant: str, instance_id: uuid.UUID):
+    """Enqueue the instance's teardown (idempotent)"""
     # FleetService normalises the tenant and treats another tenant's instance as unknown.
     instance, task_id = _gateway().fleet.teardown(
         tenant, instance_id, mode=query["mode"], request_id=g.request_id
@@ -103,10 +140,12 @@ def teardown(tenant: str, instance_id: uuid.UUID):
     return _accepted(instance, task_id)
 
 
-@bp.post("/instances/<tenant>/<uuid:instance_id>/heal")
-def heal(tenant: str, instance_id: uuid.UUID):
-    if request.get_data():
-        HealRequest().load(json_body())
+@bp.route("/instances/<tenant>/<uuid:instance_id>/heal", methods=["POST"], parameters=_INSTANCE)
+@bp.arguments(HealRequest, location="json_or_empty", required=False)
+@bp.response(200, HealReport, description="what the guest said, or why it did not")
+@error_responses(bp, 400, 401, 404, 409, 415, 422, 503)
+def heal(_body: dict, tenant: str, instance_id: uuid.UUID):
+    """Drive the guest's self-repair and return its report"""
     instance = _owned_instance(tenant, instance_id)
     if instance.status is not Status.READY or not instance.address:
         raise ApiError(
@@ -118,17 +157,24 @@ def heal(tenant: str, instance_id: uuid.UUID):
     try:
         report = _gateway().guest.heal(instance.address)
     except GuestUnreachable as exc:
-        return HealReport().dump({"reachable": False, "heal": None, "error": redact(str(exc))})
+        return {"reachable": False, "heal": None, "error": redact(str(exc))}
     except GuestError as exc:
-        return HealReport().dump({"reachable": True, "heal": None, "error": redact(str(exc))})
-    return HealReport().dump({"reachable": True, "heal": report, "error": None})
+        return {"reachable": True, "heal": None, "error": redact(str(exc))}
+    return {"reachable": True, "heal": report, "error": None}
 
 
-@bp.post("/reconcile")
-def trigger_reconcile():
-    """Ask for a reconcile run now. Runs stay one at a time: a run that finds another one going
-    records nothing, so a burst of requests cannot overlap runs."""
-    body = ReconcileRequest().load(json_body() if request.get_data() else {})
+@bp.route("/reconcile", methods=["POST"])
+@bp.arguments(ReconcileRequest, location="json_or_empty", required=False)
+@bp.response(202, ReconcileAccepted, description="queued")
+@error_responses(bp, 400, 401, 415, 422, 503)
+def trigger_reconcile(body: dict):
+    """Run a reconcile now (one at a time; a concurrent one records nothing)
+
+    A run over RECONCILE_MAX_DESTRUCTIVE actions judged from an absence takes none of them and is
+    recorded refused; `confirm_destructive` approves that many for this one run.
+    """
+    # Runs stay one at a time: a run that finds another one going records nothing, so a burst of
+    # requests cannot overlap runs.
     task_id = send_reconcile(
         _gateway().producer,
         trigger="api",
@@ -140,38 +186,46 @@ def trigger_reconcile():
         body["dry_run"],
         body["confirm_destructive"],
     )
-    return ReconcileAccepted().dump({"task_id": task_id}), 202
+    return {"task_id": task_id}
 
 
 # --- reads -----------------------------------------------------------------------------------
 
 
-@bp.get("/reconcile/runs")
-def reconcile_runs():
-    query = ReconcileRunsQuery().load(query_args())
-    return ReconcileRunList().dump({"items": _gateway().runs.latest(query["limit"])})
+@bp.route("/reconcile/runs")
+@bp.arguments(ReconcileRunsQuery, location="query")
+@bp.response(200, ReconcileRunList, description="newest first")
+@error_responses(bp, 401, 422, 503)
+def reconcile_runs(query: dict):
+    """The latest reconcile runs, newest first, with their actions"""
+    return {"items": _gateway().runs.latest(query["limit"])}
 
 
-@bp.get("/instances")
-def list_instances():
-    query = ListQuery().load(query_args())
+@bp.route("/instances")
+@bp.arguments(ListQuery, location="query")
+@bp.response(200, InstancePage, description="a page")
+@error_responses(bp, 401, 422, 503)
+def list_instances(query: dict):
+    """List instances, newest first"""
     items, next_cursor = _gateway().registry.list(
         tenant=query.get("tenant"),
         statuses=[query["status"]] if "status" in query else None,
         limit=query["limit"],
         cursor=query.get("cursor"),
     )
-    return InstancePage().dump({"items": items, "next_cursor": next_cursor})
+    return {"items": items, "next_cursor": next_cursor}
 
 
-@bp.get("/tenants")
-def list_tenants():
-    """Every tenant the directory knows, whether it is onboarded, and its live VMs; no secrets.
+@bp.route("/tenants")
+@bp.arguments(TenantsQuery, location="query")
+@bp.response(200, TenantList, description="by name")
+@error_responses(bp, 401, 422, 503)
+def list_tenants(_query: dict):
+    """Tenants, whether each is onboarded, and their live VMs (no secrets)
 
     Tenants with live instances but no directory row (onboarded before the directory existed, or
     rows written by hand) are listed too, as not onboarded.
     """
-    TenantsQuery().load(query_args())
     gateway = _gateway()
     live = gateway.registry.live_counts()
     records = {record.name: record for record in gateway.tenants.list()}
@@ -188,11 +242,14 @@ def list_tenants():
         for name in sorted(records.keys() | live.keys())
         for record in [records.get(name)]
     ]
-    return TenantList().dump({"items": items})
+    return {"items": items}
 
 
-@bp.get("/instances/<tenant>/<uuid:instance_id>")
+@bp.route("/instances/<tenant>/<uuid:instance_id>", parameters=_INSTANCE)
+@bp.response(200, InstanceDetail, description="the instance")
+@error_responses(bp, 401, 404, 422, 503)
 def show_instance(tenant: str, instance_id: uuid.UUID):
+    """An instance, its entry points and a live look at its guest"""
     instance = _owned_instance(tenant, instance_id)
     address = _current_address(instance)
     entry_points = None
@@ -202,24 +259,28 @@ def show_instance(tenant: str, instance_id: uuid.UUID):
             "opencode_url": f"http://{_host(address)}:{OPENCODE_PORT}",
             "agent_url": f"http://{_host(address)}:{agent_port}",
         }
-    return InstanceDetail().dump(
-        {
-            "instance": instance,
-            "entry_points": entry_points,
-            "guest": _guest_view(instance),
-            "ssh_pubkey": instance.ssh_pubkey,
-        }
-    )
+    return {
+        "instance": instance,
+        "entry_points": entry_points,
+        "guest": _guest_view(instance),
+        "ssh_pubkey": instance.ssh_pubkey,
+    }
 
 
-@bp.get("/instances/<tenant>/<uuid:instance_id>/events")
+@bp.route("/instances/<tenant>/<uuid:instance_id>/events", parameters=_INSTANCE)
+@bp.response(200, EventList, description="oldest first")
+@error_responses(bp, 401, 404, 422, 503)
 def instance_events(tenant: str, instance_id: uuid.UUID):
+    """The instance's lifecycle timeline"""
     instance = _owned_instance(tenant, instance_id)
-    return EventList().dump({"items": _gateway().registry.events(instance.id)})
+    return {"items": _gateway().registry.events(instance.id)}
 
 
-@bp.get("/tasks/<task_id>")
+@bp.route("/tasks/<task_id>", parameters=_TASK)
+@bp.response(200, TaskState, description="the state")
+@error_responses(bp, 401, 404, 503)
 def task_state(task_id: str):
+    """A Celery task's state"""
     if not _TASK_ID.match(task_id):
         raise NotFound("no such task")
     try:
@@ -230,23 +291,22 @@ def task_state(task_id: str):
             503, "result_backend_unavailable", "task states cannot be read right now"
         ) from None
     # The state only: a task's result or traceback is the worker's business, not the caller's.
-    return TaskState().dump(
-        {"task_id": task_id, "state": state, "ready": state in states.READY_STATES}
-    )
+    return {"task_id": task_id, "state": state, "ready": state in states.READY_STATES}
 
 
 # --- open endpoints --------------------------------------------------------------------------
 
+add_open_routes(bp)
 
-@bp.get("/health")
+
+@bp.route("/ready")
 @public
-def health():
-    return {"status": "ok"}
-
-
-@bp.get("/ready")
-@public
+@bp.doc(security=[])
+# Documented only: the answer is the checks as they are.
+@bp.alt_response(200, schema=Readiness, description="ready", success=True)
+@error_responses(bp, 503)
 def ready():
+    """Readiness: Postgres and Redis answer"""
     checks = {}
     for name, probe in _gateway().probes.items():
         try:
@@ -259,12 +319,6 @@ def ready():
     if failed:
         raise ApiError(503, "not_ready", f"unavailable: {', '.join(failed)}", checks)
     return checks
-
-
-@bp.get("/openapi.json")
-@public
-def openapi():
-    return _gateway().openapi
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -305,7 +359,7 @@ def _guest_view(instance: Instance) -> dict:
 
 
 def _accepted(instance: Instance, task_id: str | None):
-    body = InstanceAccepted().dump({"instance": instance, "task_id": task_id})
+    body = {"instance": instance, "task_id": task_id}
     # Percent-encoded: a header carries Latin-1 only, and tenant names are any letters.
     location = f"/instances/{quote(instance.tenant, safe='')}/{instance.id}"
     return body, 202, {"Location": location}

@@ -12,7 +12,7 @@ import logging
 from flask import Flask
 from werkzeug.routing import PathConverter
 
-from services.onboarding.openapi import build_openapi
+from services.onboarding.openapi import DOCUMENT
 from services.onboarding.views import OnboardingService, bp
 from shared.adapters.bundles import PostgresBundleRemover
 from shared.adapters.db import make_pool
@@ -35,6 +35,7 @@ from shared.web import (
     install_error_handler,
     install_request_hooks,
     install_security_headers,
+    new_api,
 )
 
 log = logging.getLogger("dark.onboarding")
@@ -84,7 +85,7 @@ def create_app(
     app.url_map.merge_slashes = False
     app.url_map.converters["tenant"] = AnyTenantText
     app.extensions["dark_onboarding"] = OnboardingService(
-        onboarding=Onboarding(secrets, tenants, fleet_counts, bundles), openapi=build_openapi()
+        onboarding=Onboarding(secrets, tenants, fleet_counts, bundles)
     )
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
@@ -98,5 +99,7 @@ def create_app(
         )
     )
     install_security_headers(app)
-    app.register_blueprint(bp)
+    # The routes and, from their declarations, the OpenAPI document (see openapi.py).
+    api = new_api(app, **DOCUMENT)
+    api.register_blueprint(bp)
     return app

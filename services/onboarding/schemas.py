@@ -8,7 +8,7 @@ TenantSecrets whose values are `Secret`s (masked repr) from then on. Outputs nev
 
 import re
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
 from shared.domain.secrets import ForgeCredential, Secret, TenantSecrets
 from shared.domain.tenants import MAX_TENANT_LENGTH
@@ -123,6 +123,13 @@ class SecretsIn(StrictSchema):
         validate=_forge_list,
         metadata={"description": f"at most {MAX_FORGES}, unique names; [] for none"},
     )
+
+    @pre_load
+    def an_object(self, data: object, **_kwargs) -> object:
+        # Said before marshmallow's own "Invalid input type.", in words a client understands.
+        if not isinstance(data, dict):
+            raise ValidationError("the body must be a JSON object")
+        return data
 
     @post_load
     def to_secrets(self, data: dict, **_kwargs) -> TenantSecrets:

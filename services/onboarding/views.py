@@ -2,13 +2,16 @@
 handler, encode the answer.
 
 The tenant name and the whole body are validated before anything is read or written, so a
-rejected request changes nothing. Errors are raised and leave through shared/web.py's handler.
+rejected request changes nothing. Each route's decorators declare what it reads and answers with,
+which is also its OpenAPI operation. Errors are raised and leave through shared/web/errors.py's
+handler.
 """
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
-from flask import Blueprint, current_app, render_template
-from marshmallow import ValidationError
+from flask import current_app, render_template
 
 from services.onboarding.schemas import (
     CLAUDE_TOKEN_PREFIX,
@@ -19,11 +22,20 @@ from services.onboarding.schemas import (
     SecretsStatus,
     etag,
 )
+from shared.domain.secrets import TenantSecrets
 from shared.domain.tenants import normalize_tenant
 from shared.service_layer.onboarding import Onboarding
-from shared.web import PAGE_CONTENT_SECURITY_POLICY, json_body, present_headers, public, query_args
+from shared.web import (
+    PAGE_CONTENT_SECURITY_POLICY,
+    TENANT_RULE,
+    ApiBlueprint,
+    add_open_routes,
+    error_responses,
+    public,
+    tenant_parameter,
+)
 
-bp = Blueprint("onboarding", __name__)
+bp = ApiBlueprint("onboarding", __name__)
 
 # Forge rows on the page; the API takes up to MAX_FORGES.
 PAGE_FORGE_ROWS = 3
@@ -34,51 +46,77 @@ class OnboardingService:
     """Everything the views use, built once by create_app."""
 
     onboarding: Onboarding
-    openapi: dict
 
 
 def _service() -> OnboardingService:
     return current_app.extensions["dark_onboarding"]
 
 
-@bp.put("/tenants/<tenant:tenant>/secrets")
-def put_secrets(tenant: str):
-    tenant = normalize_tenant(tenant)
-    body = json_body()
-    if not isinstance(body, dict):
-        raise ValidationError({"_schema": ["the body must be a JSON object"]})
-    secrets = SecretsIn().load(body)
-    expected_version = SecretsHeaders().load(present_headers("If-Match"))
+_TENANT = [tenant_parameter(f"{TENANT_RULE}; percent-encoded in the path")]
+_ETAG = {"ETag": {"description": 'the version, quoted ("3")', "schema": {"type": "string"}}}
+
+
+def _tenant_first(view: Callable) -> Callable:
+    """Check the path's tenant name before anything else (its body, its headers) is read."""
+
+    @functools.wraps(view)
+    def check(*args, tenant: str, **kwargs):
+        return view(*args, tenant=normalize_tenant(tenant), **kwargs)
+
+    return check
+
+
+@bp.route("/tenants/<tenant:tenant>/secrets", methods=["PUT"], parameters=_TENANT)
+@_tenant_first
+@bp.arguments(SecretsIn)
+@bp.arguments(SecretsHeaders, location="headers")
+@bp.response(204, description="stored", headers=_ETAG)
+@error_responses(bp, 400, 401, 409, 412, 413, 415, 422, 503)
+def put_secrets(secrets: TenantSecrets, expected_version: int | None, tenant: str):
+    """Store the tenant's secrets (replacing the stored set)
+
+    Without If-Match the write is checked against the version read just before it, so of two
+    racing writers one gets 409 instead of silently overwriting the other.
+    """
     version = _service().onboarding.store(tenant, secrets, expected_version=expected_version)
     return _no_content({"ETag": etag(version)})
 
 
-@bp.get("/tenants/<tenant:tenant>/secrets")
+@bp.route("/tenants/<tenant:tenant>/secrets", methods=["GET"], parameters=_TENANT)
+@_tenant_first
+@bp.response(200, SecretsStatus, description="the status", headers=_ETAG)
+@error_responses(bp, 401, 404, 422, 503)
 def get_secrets(tenant: str):
-    tenant = normalize_tenant(tenant)
+    """Which secrets are set, their version and when; never a value"""
     presence = _service().onboarding.status(tenant)
-    body = SecretsStatus().dump(
-        {
-            "tenant": tenant,
-            "presence": presence,
-            "version": presence.version,
-            "updated_at": presence.updated_at,
-        }
-    )
+    body = {
+        "tenant": tenant,
+        "presence": presence,
+        "version": presence.version,
+        "updated_at": presence.updated_at,
+    }
     return body, 200, {"ETag": etag(presence.version)}
 
 
-@bp.delete("/tenants/<tenant:tenant>/secrets")
-def delete_secrets(tenant: str):
-    tenant = normalize_tenant(tenant)
-    query = OffboardQuery().load(query_args())
+@bp.route("/tenants/<tenant:tenant>/secrets", methods=["DELETE"], parameters=_TENANT)
+@_tenant_first
+@bp.arguments(OffboardQuery, location="query")
+@bp.response(204, description="offboarded (or was not onboarded)")
+@error_responses(bp, 401, 409, 422, 503)
+def delete_secrets(query: dict, tenant: str):
+    """Offboard: remove the tenant's secrets (idempotent)
+
+    Refused with 409 while the tenant has live instances, unless force=true.
+    """
     _service().onboarding.offboard(tenant, force=query["force"])
     return _no_content()
 
 
-@bp.get("/")
+@bp.route("/")
 @public
+@bp.doc(security=[], responses={"200": {"description": "text/html"}})
 def page():
+    """The onboarding page (HTML); its API calls use the token typed in"""
     html = render_template(
         "index.html",
         forge_rows=range(PAGE_FORGE_ROWS),
@@ -88,16 +126,7 @@ def page():
     return html, 200, {"Content-Security-Policy": PAGE_CONTENT_SECURITY_POLICY}
 
 
-@bp.get("/health")
-@public
-def health():
-    return {"status": "ok"}
-
-
-@bp.get("/openapi.json")
-@public
-def openapi():
-    return _service().openapi
+add_open_routes(bp)
 
 
 def _no_content(headers: dict[str, str] | None = None):

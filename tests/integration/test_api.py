@@ -22,8 +22,10 @@ from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.tenants import PostgresTenantDirectory
 from shared.celery_app import QUEUE_PROVISION, TASK_PROVISION, TASK_TEARDOWN, make_celery
 from shared.domain.lifecycle import Status
+from shared.domain.tenants import MAX_TENANT_LENGTH
 from shared.logs import JsonFormatter
 from shared.settings import load_settings
+from shared.web import TENANT_PATTERN
 from tests.support.processes import VENV_BIN, free_port, spawn, stop_process, wait_until
 
 TOKEN = "api-test-token-" + secrets.token_hex(8)
@@ -522,6 +524,7 @@ def test_list_pages_newest_first_and_filters(api, registry):
         ({"tenant": ".bad"}, "tenant"),
         ({"sort": "asc"}, "sort"),
         ({"cursor": ""}, "cursor"),
+        ({"limit": ["10", "20"]}, "limit"),  # a key given twice is not a guess
     ],
 )
 def test_bad_list_queries_are_422(api, query, field):
@@ -799,7 +802,9 @@ def test_openapi_documents_every_route_from_the_schemas(app, api):
             continue
         path = rule.rule.replace("<uuid:", "{").replace("<", "{").replace(">", "}")
         routes.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
-    assert {path: set(ops) for path, ops in doc["paths"].items()} == routes
+    # A path item holds its operations and, for a path with parameters, the "parameters".
+    documented = {path: set(item) - {"parameters"} for path, item in doc["paths"].items()}
+    assert documented == routes
 
     instance = doc["components"]["schemas"]["InstanceOut"]
     assert set(instance["properties"]) == INSTANCE_FIELDS
@@ -807,6 +812,26 @@ def test_openapi_documents_every_route_from_the_schemas(app, api):
     provision_body = doc["components"]["schemas"]["ProvisionRequest"]
     assert provision_body["required"] == ["tenant"]
     assert provision_body["additionalProperties"] is False
+
+
+def test_the_document_states_the_tenant_rule_that_validation_enforces(api):
+    doc = api.get("/openapi.json", auth=False).get_json()
+    rule = {"minLength": 1, "maxLength": MAX_TENANT_LENGTH, "pattern": TENANT_PATTERN}
+
+    parameters = [
+        parameter
+        for item in doc["paths"].values()
+        for operation in [item, *(op for op in item.values() if isinstance(op, dict))]
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] == "tenant"
+    ]
+    in_path = [p for p in parameters if p["in"] == "path"]
+    assert len(in_path) == 3  # the instance, its events, heal (DELETE shares GET's path)
+    assert [p for p in parameters if p["in"] == "query"]  # GET /instances?tenant=
+    for parameter in parameters:
+        assert rule.items() <= parameter["schema"].items(), parameter
+    body = doc["components"]["schemas"]["ProvisionRequest"]["properties"]["tenant"]
+    assert rule.items() <= body.items()
 
 
 # --- gunicorn ----------------------------------------------------------------------------------

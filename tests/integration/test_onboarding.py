@@ -27,7 +27,9 @@ from shared.adapters.tenants import PostgresTenantDirectory
 from shared.adapters.vault_client import vault_client
 from shared.adapters.vault_kv import HvacTenantSecrets
 from shared.domain.lifecycle import Status
+from shared.domain.tenants import MAX_TENANT_LENGTH
 from shared.logs import JsonFormatter
+from shared.web import TENANT_PATTERN
 from tests.support.onboarding import (
     API_TOKEN,
     SUBMITTED,
@@ -207,6 +209,20 @@ def test_the_openapi_document_lists_every_route(app, api):
             assert method.lower() in doc["paths"][path], (path, method)
     put = doc["paths"]["/tenants/{tenant}/secrets"]["put"]
     assert {"204", "409", "412", "413", "422", "503"} <= set(put["responses"])
+
+
+def test_the_document_states_the_tenant_rule_that_validation_enforces(api):
+    doc = api("GET", "/openapi.json").get_json()
+
+    (parameter,) = doc["paths"]["/tenants/{tenant}/secrets"]["parameters"]
+    assert parameter["in"] == "path"
+    assert parameter["name"] == "tenant"
+    assert parameter["schema"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_TENANT_LENGTH,
+        "pattern": TENANT_PATTERN,
+    }
 
 
 def test_the_page_is_plain_html_with_password_inputs_and_a_strict_policy(app):

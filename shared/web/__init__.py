@@ -1,0 +1,71 @@
+"""HTTP plumbing shared by the Flask services, one module per concern:
+
+- errors.py: the one error shape, and the handler that answers every failure in it;
+- parsing.py: strict input (one JSON document, no unknown fields, no repeated query keys) and the
+  webargs parser that applies it to the routes' declared schemas;
+- auth.py: bearer tokens and the `@public` mark;
+- hooks.py: request ids, the request log line, security headers;
+- openapi.py: flask-smorest wiring, so that each route's declaration is its documentation.
+
+Each service's app factory wires these in; its views and schemas stay its own. The names below
+are re-exported for `from shared.web import ...`.
+"""
+
+from shared.web.auth import BearerTokens, bearer_token_check, is_public_endpoint, public
+from shared.web.errors import (
+    RETRY_AFTER_SECS,
+    ApiError,
+    DomainErrorTable,
+    error_response,
+    field_errors,
+    install_error_handler,
+)
+from shared.web.hooks import (
+    API_CONTENT_SECURITY_POLICY,
+    PAGE_CONTENT_SECURITY_POLICY,
+    install_request_hooks,
+    install_security_headers,
+)
+from shared.web.openapi import (
+    TENANT_CONSTRAINTS,
+    TENANT_PATTERN,
+    TENANT_RULE,
+    ApiBlueprint,
+    OpenApi,
+    add_open_routes,
+    error_responses,
+    new_api,
+    tenant_parameter,
+)
+from shared.web.parsing import StrictParser, StrictSchema, json_body, present_headers, query_args
+
+__all__ = [
+    "API_CONTENT_SECURITY_POLICY",
+    "PAGE_CONTENT_SECURITY_POLICY",
+    "RETRY_AFTER_SECS",
+    "TENANT_CONSTRAINTS",
+    "TENANT_PATTERN",
+    "TENANT_RULE",
+    "ApiBlueprint",
+    "ApiError",
+    "BearerTokens",
+    "DomainErrorTable",
+    "OpenApi",
+    "StrictParser",
+    "StrictSchema",
+    "add_open_routes",
+    "bearer_token_check",
+    "error_response",
+    "error_responses",
+    "field_errors",
+    "install_error_handler",
+    "install_request_hooks",
+    "install_security_headers",
+    "is_public_endpoint",
+    "json_body",
+    "new_api",
+    "present_headers",
+    "public",
+    "query_args",
+    "tenant_parameter",
+]

@@ -1,0 +1,81 @@
+"""Bearer tokens: the realm's configured tokens, compared in constant time, and the before_request
+check that lets a request through only with one of them (or to a view marked `@public`)."""
+
+import hashlib
+import hmac
+from collections.abc import Callable
+
+from flask import current_app, request
+
+from shared.web.errors import ApiError
+
+
+def public(view: Callable) -> Callable:
+    """Mark a view as reachable without a token (liveness, the OpenAPI document, a page), or as
+    deciding access itself."""
+    view.public = True
+    return view
+
+
+class BearerTokens:
+    """The tokens configured for one realm, compared in constant time."""
+
+    def __init__(self, tokens: frozenset[str], *, realm: str) -> None:
+        self.challenge = f'Bearer realm="{realm}"'
+        # Fixed-length digests, so that neither the content nor the length of a configured token
+        # shows in the time a comparison takes.
+        self._digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
+
+    def valid(self, supplied: str) -> bool:
+        digest = hashlib.sha256(supplied.encode()).digest()
+        # Compare against every token, without stopping at the first match.
+        return any([hmac.compare_digest(digest, known) for known in self._digests])
+
+    def require(self, authorization: str) -> None:
+        """Pass only if the Authorization header value carries one of the tokens; else a 401."""
+        supplied = _bearer(authorization)
+        if supplied is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a bearer token is required",
+                headers={"WWW-Authenticate": self.challenge},
+            )
+        if not self.valid(supplied):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the bearer token is not valid",
+                headers={"WWW-Authenticate": f'{self.challenge}, error="invalid_token"'},
+            )
+
+
+def bearer_token_check(
+    tokens: frozenset[str], *, realm: str, open_endpoints: frozenset[str] = frozenset()
+) -> Callable[[], None]:
+    """A before_request hook that lets a request through only with one of `tokens`.
+
+    Views marked `@public` and the endpoints in `open_endpoints` (e.g. Flask's "static") need no
+    token. With no tokens configured every other route answers 401: empty never means open.
+    """
+    bearer_tokens = BearerTokens(tokens, realm=realm)
+
+    def check() -> None:
+        if request.endpoint in open_endpoints or is_public_endpoint():
+            return
+        bearer_tokens.require(request.headers.get("Authorization", ""))
+
+    return check
+
+
+def is_public_endpoint() -> bool:
+    view = current_app.view_functions.get(request.endpoint)
+    return view is not None and getattr(view, "public", False)
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
