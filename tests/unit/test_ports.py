@@ -10,7 +10,6 @@ import typing
 
 import pytest
 from psycopg_pool import ConnectionPool
-from shared.adapters.vault import HvacTenantSecrets
 
 from shared import ports
 from shared.adapters.bundles import (
@@ -23,6 +22,7 @@ from shared.adapters.locks import PostgresLocks
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
+from shared.adapters.vault_kv import HvacTenantSecrets
 from shared.adapters.yc import YcCompute
 from tests.fakes import (
     FakeClaims,
