@@ -16,7 +16,8 @@ from shared.celery_app import MAX_COUNTDOWN_SECS, TASK_PROVISION, TASK_TEARDOWN,
 from shared.domain.errors import DomainError, RegistryUnavailable
 from shared.logs import configure_logging, redact, request_id_var
 from shared.service_layer.fleet import CeleryDispatcher
-from shared.service_layer.pipeline import Pipeline, backoff, resume_unfinished
+from shared.service_layer.pipeline import Pipeline, resume_unfinished
+from shared.service_layer.retry import backoff
 from shared.settings import load_settings
 
 settings = load_settings()

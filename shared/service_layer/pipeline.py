@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from celery.utils.time import get_exponential_backoff_interval
-
 from shared.domain.errors import (
     BundleBackendUnavailable,
     CloudConflict,
@@ -31,6 +29,7 @@ from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import Instance, VmSpec
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
 from shared.service_layer.identity import GuestStepFailed, Provided, TenantIdentity, guest_call
+from shared.service_layer.retry import MAX_BACKOFF_SECS
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,23 +39,12 @@ OPERATION_POLL_SECS = 1.0
 GUEST_POLL_SECS = 2.0
 LOCK_BUSY_SECS = 1.0
 BACKEND_RETRY_SECS = 5.0
-MAX_BACKOFF_SECS = 30.0
 # How long a teardown tries to keep the identity of a guest that answers nothing (see _salvaged).
 SALVAGE_SECS = 60.0
 
 
 def managed_labels(deployment: str) -> dict[str, str]:
     return {"managed-by": MANAGED_BY, "deployment": deployment}
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before retry `attempt`: anywhere from 0 to min(cap, 2^attempt) (full jitter), so
-    that the workers retrying after one outage do not all come back at the same moment."""
-    return float(
-        get_exponential_backoff_interval(
-            factor=1, retries=max(0, attempt), maximum=int(MAX_BACKOFF_SECS), full_jitter=True
-        )
-    )
 
 
 @dataclass(frozen=True)

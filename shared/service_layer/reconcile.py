@@ -44,7 +44,8 @@ from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import CloudVm, Instance
 from shared.ports import Compute, FleetRegistry
 from shared.service_layer.fleet import FleetService
-from shared.service_layer.pipeline import MAX_BACKOFF_SECS, managed_labels
+from shared.service_layer.pipeline import managed_labels
+from shared.service_layer.retry import MAX_BACKOFF_SECS
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

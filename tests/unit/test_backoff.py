@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.service_layer.pipeline import MAX_BACKOFF_SECS, backoff
+from shared.service_layer.retry import MAX_BACKOFF_SECS, backoff
 
 
 @pytest.mark.parametrize("attempt", [3, 5, 12, 1000])
