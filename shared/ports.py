@@ -174,3 +174,20 @@ class BundleStore(Protocol):
 
     def release(self, tenant: str, owner: uuid.UUID) -> None:
         """Drop `owner`'s claim while no bundle is stored."""
+
+
+class TaskDispatcher(Protocol):
+    """Sends a pipeline message for a row that is already committed: its instance id and its
+    continuation token, never anything else. The task (advance or teardown) follows from the
+    row's status. Raises DispatchUnavailable when the task queue cannot take the message."""
+
+    def send(
+        self,
+        instance: Instance,
+        token: uuid.UUID,
+        *,
+        request_id: str | None,
+        countdown: float = 0,
+        task_id: str | None = None,
+    ) -> str:
+        """The message's task id."""
