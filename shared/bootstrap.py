@@ -5,7 +5,7 @@
     build_provisioner   a provisioner worker process (services/provisioner), after fork
     build_reconciler    a reconciler worker process (services/reconciler), after fork
 
-The entry points only call these (STYLE.md 3). Nothing here does I/O at import, and the adapters
+The entry points only call these. Nothing here does I/O at import, and the adapters
 are imported inside the builders: celery-beat loads the reconciler's entry point and needs neither
 Postgres nor the cloud SDK. The workers build their container per process (`PerProcess`), after
 the pool has forked: gRPC objects must not cross a fork.

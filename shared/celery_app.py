@@ -1,4 +1,4 @@
-"""All Celery wiring in one place (STYLE.md 4): the app factory, names, routing, reliability, the
+"""All Celery wiring in one place: the app factory, names, routing, reliability, the
 dispatcher behind the TaskDispatcher port, the pipeline tasks' base class, and the request id that
 travels in each message's headers.
 

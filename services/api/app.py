@@ -1,4 +1,4 @@
-"""The gateway's entry point (STYLE.md 3): `create_app(settings)`, built by shared.bootstrap.
+"""The gateway's entry point: `create_app(settings)`, built by shared.bootstrap.
 
 Nothing here does I/O at import. The collaborators can be passed in (tests hand in a registry on
 their own pool, or a Celery app on their own Redis DB); whatever is not passed is built from the

@@ -1,4 +1,4 @@
-"""The onboarding service's entry point (STYLE.md 3): `create_app(settings)`, via shared.bootstrap.
+"""The onboarding service's entry point: `create_app(settings)`, via shared.bootstrap.
 
 Nothing here does I/O at import. Collaborators can be passed in (tests hand in adapters on their own
 pool or their own OpenBao); whatever is not passed is built from the settings. Per request: a
