@@ -126,7 +126,7 @@ class Fleet:
             now=datetime.now(UTC),
             dry_run=True,
             trigger="bench",
-            dispatch=None,  # a dry run sends nothing
+            fleet=None,  # a dry run sends nothing
         )
         self.times["pass"].append(time.perf_counter() - start)
         assert summary is not None  # a dry run in a quiet bench is never refused

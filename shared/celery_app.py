@@ -1,19 +1,40 @@
-"""All Celery wiring in one place (docs/ARCHITECTURE.md#conventions): the app factory, names,
-routing, reliability.
+"""All Celery wiring in one place: the app factory, names, routing, reliability, the
+dispatcher behind the TaskDispatcher port, the pipeline tasks' base class, and the request id that
+travels in each message's headers.
 
 The gateway imports only this module (to send tasks by name); the worker entrypoints register
-their tasks against the app it builds.
+their tasks against the app it builds. Broker errors (kombu, redis) are translated here, at the
+edge, to DispatchUnavailable.
 """
 
-from celery import Celery
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
 from celery.concurrency.asynpool import AsynPool
+from celery.signals import before_task_publish, task_postrun, task_prerun
 from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
 
-from shared.domain.errors import DispatchUnavailable
+from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
+from shared.domain.lifecycle import Status
+from shared.domain.records import Instance
+from shared.logs import redact, request_id_var
+from shared.service_layer.retry import backoff
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.service_layer.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
 
 QUEUE_PROVISION = "dark.provision"
 QUEUE_RECONCILE = "dark.reconcile"
@@ -34,6 +55,15 @@ ROUTES = {
 # redelivers a message that is still being worked on.
 TASK_TIME_LIMIT_SECS = 120
 MAX_COUNTDOWN_SECS = 60
+# How many times a pipeline task retries a transient cloud error before the pipeline gives up.
+CLOUD_MAX_RETRIES = 8
+
+# Every message this project sends: a few quick tries, then DispatchUnavailable (the caller answers
+# 503, or leaves the row for a worker's resume or reconcile).
+SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+_BROKER_ERRORS = (KombuError, OperationalError, RedisError, OSError)
+# The message header that carries the request id from the sender to the task.
+REQUEST_ID_HEADER = "request_id"
 
 
 def make_celery(settings: Settings, name: str = "dark") -> Celery:
@@ -141,20 +171,146 @@ def send_reconcile(
     `dry_run=True` forces a dry run; it can never turn off RECONCILE_DRY_RUN.
     `confirm_destructive` approves that many actions judged from an absence for this run only.
     """
+    return _send(
+        app,
+        TASK_RECONCILE,
+        unavailable="the task queue is unreachable; try again later",
+        kwargs={
+            "trigger": trigger,
+            "dry_run": dry_run,
+            "confirm_destructive": confirm_destructive,
+        },
+    )
+
+
+def _send(app: Celery, name: str, *, unavailable: str, **options: Any) -> str:
+    """`send_task` with the one retry policy; a broker error becomes DispatchUnavailable."""
     try:
-        result = app.send_task(
-            TASK_RECONCILE,
-            kwargs={
-                "trigger": trigger,
-                "dry_run": dry_run,
-                "confirm_destructive": confirm_destructive,
-            },
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
-        )
-    except (KombuError, OperationalError, RedisError, OSError) as exc:
-        raise DispatchUnavailable("the task queue is unreachable; try again later") from exc
+        result = app.send_task(name, retry=True, retry_policy=SEND_RETRY_POLICY, **options)
+    except _BROKER_ERRORS as exc:
+        raise DispatchUnavailable(unavailable) from exc
     return result.id
+
+
+class CeleryDispatcher:
+    """The TaskDispatcher port over Celery: sends the pipeline's messages by task name (the gateway
+    never imports worker code)."""
+
+    def __init__(self, celery_app: Celery) -> None:
+        self._app = producer_app(celery_app)
+
+    def send(
+        self,
+        instance: Instance,
+        token: uuid.UUID,
+        *,
+        request_id: str | None,
+        countdown: float = 0,
+        task_id: str | None = None,
+    ) -> str:
+        name = TASK_TEARDOWN if instance.status is Status.TEARING_DOWN else TASK_PROVISION
+        with _current_request_id(request_id):
+            return _send(
+                self._app,
+                name,
+                unavailable=(
+                    "the task queue is unreachable; the request is recorded and will be resumed"
+                ),
+                args=[str(instance.id), str(token)],
+                countdown=countdown or None,
+                task_id=task_id,
+            )
+
+
+@contextlib.contextmanager
+def _current_request_id(request_id: str | None) -> Iterator[None]:
+    # The publish signal reads the request id from the context: this message carries this one.
+    token = request_id_var.set(request_id)
+    try:
+        yield
+    finally:
+        request_id_var.reset(token)
+
+
+# --- the request id in the message headers ------------------------------------------------------
+# Connected at import, in every process that loads this module: a sender puts its current request
+# id in each message it publishes (a task's retry and continuation included), and a worker sets it
+# around the task it runs, so that the task's log lines carry it.
+
+_prerun_tokens: dict[str, contextvars.Token[str | None]] = {}
+
+
+@before_task_publish.connect
+def _put_request_id(headers: dict | None = None, **_kwargs: Any) -> None:
+    request_id = request_id_var.get()
+    if headers is not None and request_id is not None:
+        headers.setdefault(REQUEST_ID_HEADER, request_id)
+
+
+@task_prerun.connect
+def _take_request_id(task_id: str | None = None, task: Task | None = None, **_kwargs: Any) -> None:
+    if task is None or task_id is None:
+        return
+    _prerun_tokens[task_id] = request_id_var.set(getattr(task.request, REQUEST_ID_HEADER, None))
+
+
+@task_postrun.connect
+def _drop_request_id(task_id: str | None = None, **_kwargs: Any) -> None:
+    token = _prerun_tokens.pop(task_id, None) if task_id is not None else None
+    if token is not None:
+        request_id_var.reset(token)
+
+
+# --- the pipeline tasks ---------------------------------------------------------------------------
+
+
+class PipelineTask(Task):
+    """The base of the provisioner's tasks: one pipeline step per message, and what comes next.
+
+    - Nothing decided (Postgres down, an error no step classified): retry with the same token,
+      with backoff, for as long as it takes. A stale token ends it, and reconcile's stuck timer
+      fails a row that never gets past this (the message is the only thing that remembers this
+      work until reconcile does); Celery would otherwise ack the error and end the chain silently.
+    - A transient cloud error (`step.transient`): retry with backoff, CLOUD_MAX_RETRIES times; the
+      next attempt after that asks the pipeline to give up (it fails the row or tears it down).
+    - A wait (`step.delay`): the next message, with the step's fresh token, after that delay
+      (capped at MAX_COUNTDOWN_SECS).
+
+    A subclass says where its process's pipeline is (`pipeline`).
+    """
+
+    cloud_max_retries = CLOUD_MAX_RETRIES
+
+    def pipeline(self) -> Pipeline:
+        raise NotImplementedError
+
+    def run_pipeline(self, instance_id: str, token: str) -> None:
+        iid, tok = uuid.UUID(instance_id), uuid.UUID(token)
+        retries = self.request.retries
+        try:
+            step = self.pipeline().advance(iid, tok)
+            if step.transient is not None and retries >= self.cloud_max_retries:
+                step = self.pipeline().give_up(iid, tok, step.transient)
+        except Exception as exc:
+            if isinstance(exc, RegistryUnavailable):
+                log.warning("registry unavailable, retrying: %s", exc, extra={"instance_id": iid})
+            else:
+                log.warning(
+                    "unexpected error, retrying: %s: %s",
+                    type(exc).__name__,
+                    redact(str(exc)),
+                    extra={"instance_id": iid},
+                )
+            raise self.retry(countdown=backoff(retries + 1), max_retries=None) from None
+        if step.transient is not None:
+            log.info(
+                "transient cloud error, retrying: %s", step.transient, extra={"instance_id": iid}
+            )
+            raise self.retry(countdown=backoff(retries + 1), max_retries=self.cloud_max_retries)
+        if step.delay is not None:
+            self.apply_async(
+                args=[instance_id, str(step.token)], countdown=min(step.delay, MAX_COUNTDOWN_SECS)
+            )
 
 
 def producer_app(app: Celery) -> Celery:

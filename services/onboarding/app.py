@@ -1,5 +1,4 @@
-"""The onboarding service's composition root (docs/ARCHITECTURE.md#conventions):
-`create_app(settings)` builds everything.
+"""The onboarding service's entry point: `create_app(settings)`, via shared.bootstrap.
 
 Nothing here does I/O at import. Collaborators can be passed in (tests hand in adapters on their own
 pool or their own OpenBao); whatever is not passed is built from the settings. Per request: a
@@ -14,12 +13,7 @@ from werkzeug.routing import PathConverter
 
 from services.onboarding.openapi import DOCUMENT
 from services.onboarding.views import OnboardingService, bp
-from shared.adapters.bundles import PostgresBundleRemover
-from shared.adapters.db import make_pool
-from shared.adapters.registry import PostgresFleetRegistry
-from shared.adapters.tenants import PostgresTenantDirectory
-from shared.adapters.vault_client import vault_client
-from shared.adapters.vault_kv import HvacTenantSecrets
+from shared.bootstrap import build_onboarding
 from shared.domain.errors import (
     InvalidTenantName,
     RegistryUnavailable,
@@ -28,7 +22,6 @@ from shared.domain.errors import (
     SecretsMissing,
 )
 from shared.domain.tenant_records import SecretsVersionMismatch, TenantHasLiveInstances
-from shared.service_layer.onboarding import Onboarding
 from shared.settings import Settings
 from shared.web import (
     bearer_token_check,
@@ -70,23 +63,15 @@ class AnyTenantText(PathConverter):
 def create_app(
     settings: Settings, *, secrets=None, tenants=None, fleet_counts=None, bundles=None
 ) -> Flask:
-    if secrets is None:
-        secrets = HvacTenantSecrets(vault_client(settings), kv_mount=settings.vault_kv_mount)
-    if tenants is None or fleet_counts is None or bundles is None:
-        pool = make_pool(settings.database_url)
-        tenants = tenants if tenants is not None else PostgresTenantDirectory(pool)
-        fleet_counts = fleet_counts if fleet_counts is not None else PostgresFleetRegistry(pool)
-        # Deleting a bundle needs Postgres only: onboarding gets no transit key.
-        bundles = bundles if bundles is not None else PostgresBundleRemover(pool)
-
+    built = build_onboarding(
+        settings, secrets=secrets, tenants=tenants, fleet_counts=fleet_counts, bundles=bundles
+    )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # `/tenants//secrets` must reach the view (an empty name is a 422), not redirect elsewhere.
     app.url_map.merge_slashes = False
     app.url_map.converters["tenant"] = AnyTenantText
-    app.extensions["dark_onboarding"] = OnboardingService(
-        onboarding=Onboarding(secrets, tenants, fleet_counts, bundles)
-    )
+    app.extensions["dark_onboarding"] = OnboardingService(onboarding=built.onboarding)
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
     install_request_hooks(app, log)

@@ -8,15 +8,13 @@ runs (each run is single-flight under a Postgres advisory lock, however many bea
 there are), never concurrent ones.
 """
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from celery.signals import worker_process_init
 
-from shared.bootstrap import PerProcess
+from shared.bootstrap import PerProcess, build_reconciler
 from shared.celery_app import TASK_RECONCILE, make_celery, reconcile_beat_schedule
 from shared.logs import configure_logging
-from shared.service_layer.fleet import CeleryDispatcher
 from shared.service_layer.reconcile import reconcile_once
 from shared.settings import load_settings
 
@@ -24,44 +22,9 @@ settings = load_settings()
 configure_logging("reconciler", settings.log_level)
 app = make_celery(settings)
 app.conf.beat_schedule = reconcile_beat_schedule(settings)
-dispatcher = CeleryDispatcher(app)
-
-
-@dataclass(frozen=True)
-class _Peers:
-    registry: object
-    compute: object
-    runs: object
-    locks: object
-    tenants: object
-    claims: object
-
-
-def _connect() -> _Peers:
-    # Imported here: beat loads this module too and needs neither Postgres nor the YC SDK.
-    from shared.adapters.bundles import PostgresIdentityClaims
-    from shared.adapters.db import make_lock_pool, make_pool
-    from shared.adapters.locks import PostgresLocks
-    from shared.adapters.registry import PostgresFleetRegistry
-    from shared.adapters.runs import PostgresReconcileRuns
-    from shared.adapters.tenants import PostgresTenantDirectory
-    from shared.adapters.yc import YcCompute
-
-    # Queries only: the locks (the run's, an instance's) hold connections of their own.
-    pool = make_pool(settings.database_url, max_size=4)
-    compute = YcCompute.from_settings(settings)
-    compute.warm()
-    return _Peers(
-        registry=PostgresFleetRegistry(pool),
-        compute=compute,
-        runs=PostgresReconcileRuns(pool),
-        locks=PostgresLocks(make_lock_pool(settings.database_url)),
-        tenants=PostgresTenantDirectory(pool),
-        claims=PostgresIdentityClaims(pool),
-    )
-
-
-peers = PerProcess(_connect)
+# Built in each pool child, never at import: beat loads this module too and needs neither Postgres
+# nor the YC SDK.
+peers = PerProcess(lambda: build_reconciler(settings, celery_app=app))
 
 
 @worker_process_init.connect
@@ -83,8 +46,7 @@ def run(
         now=datetime.now(UTC),
         dry_run=settings.reconcile_dry_run or dry_run,  # a caller can only make it safer
         trigger=trigger,
-        dispatch=dispatcher,
-        tenants=p.tenants,
+        fleet=p.fleet,
         claims=p.claims,
         confirm_destructive=_count(confirm_destructive),
     )

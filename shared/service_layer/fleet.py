@@ -8,10 +8,6 @@ task cannot be sent is withdrawn before the 503, so that a client's retry never 
 import logging
 import uuid
 
-from kombu.exceptions import KombuError, OperationalError
-from redis.exceptions import RedisError
-
-from shared.celery_app import TASK_PROVISION, TASK_TEARDOWN, producer_app
 from shared.domain.errors import (
     DispatchUnavailable,
     InstanceNotFound,
@@ -34,39 +30,6 @@ def first_task_id(instance_id: uuid.UUID, kind: str) -> str:
     return str(uuid.uuid5(_TASK_IDS, f"{kind}:{instance_id}"))
 
 
-class CeleryDispatcher:
-    """Sends the pipeline's messages by task name (the gateway never imports worker code)."""
-
-    def __init__(self, celery_app) -> None:
-        self._app = producer_app(celery_app)
-
-    def send(
-        self,
-        instance: Instance,
-        token: uuid.UUID,
-        *,
-        request_id: str | None,
-        countdown: float = 0,
-        task_id: str | None = None,
-    ) -> str:
-        name = TASK_TEARDOWN if instance.status is Status.TEARING_DOWN else TASK_PROVISION
-        try:
-            result = self._app.send_task(
-                name,
-                args=[str(instance.id), str(token)],
-                headers={"request_id": request_id} if request_id else None,
-                countdown=countdown or None,
-                task_id=task_id,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
-            )
-        except (KombuError, OperationalError, RedisError, OSError) as exc:
-            raise DispatchUnavailable(
-                "the task queue is unreachable; the request is recorded and will be resumed"
-            ) from exc
-        return result.id
-
-
 class FleetService:
     def __init__(
         self,
@@ -80,6 +43,11 @@ class FleetService:
         self._dispatcher = dispatcher
         self._max = max_instances_per_tenant
         self._tenants = tenants  # the tenant directory; None only where no check is wanted
+
+    def resume(self, instance: Instance, token: uuid.UUID, *, request_id: str | None) -> str:
+        """Send the next message of a committed row (its token already written): a row whose
+        chain is gone is picked up again. DispatchUnavailable when the queue cannot take it."""
+        return self._dispatcher.send(instance, token, request_id=request_id)
 
     def provision(
         self,

@@ -51,8 +51,6 @@ from shared.ports import (
     IdentityClaims,
     Locks,
     ReconcileRuns,
-    TaskDispatcher,
-    TenantDirectory,
 )
 from shared.service_layer.fleet import FleetService
 from shared.service_layer.retry import MAX_BACKOFF_SECS
@@ -226,14 +224,13 @@ def reconcile_once(
     now: datetime,
     dry_run: bool,
     trigger: str,
-    dispatch: TaskDispatcher,
-    tenants: TenantDirectory | None = None,
+    fleet: FleetService,
     claims: IdentityClaims | None = None,
     confirm_destructive: int = 0,
 ) -> RunSummary | None:
     """One reconcile pass, recorded in `runs`; None (and nothing recorded) when another pass holds
-    the reconcile lock. `dispatch` sends pipeline messages (CeleryDispatcher's `send`); `tenants`,
-    the tenant directory, keeps a respawn from provisioning for a tenant that was offboarded;
+    the reconcile lock. `fleet` re-sends pipeline messages and respawns (its tenant directory
+    keeps a respawn from provisioning for a tenant that was offboarded);
     `claims` (the identity claims' `pending_claim`) keeps the stuck rule from failing the
     instance creating its tenant's identity: it is torn down, so that the pipeline keeps that
     identity first; `confirm_destructive`, an operator's approval of that many actions judged
@@ -259,13 +256,7 @@ def reconcile_once(
                 registry=registry,
                 compute=compute,
                 locks=locks,
-                dispatch=dispatch,
-                fleet=FleetService(
-                    registry,
-                    dispatch,
-                    max_instances_per_tenant=settings.max_instances_per_tenant,
-                    tenants=tenants,
-                ),
+                fleet=fleet,
                 request_id=f"reconcile-{run_id}",
                 claims=claims,
             )
@@ -327,7 +318,6 @@ class _Executor:
     registry: FleetRegistry
     compute: Compute
     locks: Locks
-    dispatch: TaskDispatcher
     fleet: FleetService
     request_id: str
     claims: IdentityClaims | None = None
@@ -397,7 +387,7 @@ class _Executor:
             teardown_mode="keep",
             wake_token=token,
         )
-        self.dispatch.send(inst, token, request_id=self.request_id)
+        self.fleet.resume(inst, token, request_id=self.request_id)
         return (
             "tearing down: holds the tenant's identity claim; the pipeline's teardown keeps"
             " the identity before it deletes the VM"
@@ -429,7 +419,7 @@ class _Executor:
     def _resume(self, action: Action) -> str:
         token = uuid.uuid4()
         inst = self.registry.update(action.instance.id, action.instance.status, wake_token=token)
-        self.dispatch.send(inst, token, request_id=self.request_id)
+        self.fleet.resume(inst, token, request_id=self.request_id)
         what = "teardown" if inst.status is Status.TEARING_DOWN else inst.status.value
         self.registry.note(inst.id, f"reconcile resumed the {what} ({action.detail})")
         return f"{what} resumed"

@@ -1,6 +1,6 @@
-"""The retry policy: how long to wait before trying again."""
+"""The retry policy: how long to wait before trying again after a failure."""
 
-from celery.utils.time import get_exponential_backoff_interval
+import random
 
 MAX_BACKOFF_SECS = 30.0
 
@@ -8,8 +8,5 @@ MAX_BACKOFF_SECS = 30.0
 def backoff(attempt: int) -> float:
     """Seconds before retry `attempt`: anywhere from 0 to min(cap, 2^attempt) (full jitter), so
     that the workers retrying after one outage do not all come back at the same moment."""
-    return float(
-        get_exponential_backoff_interval(
-            factor=1, retries=max(0, attempt), maximum=int(MAX_BACKOFF_SECS), full_jitter=True
-        )
-    )
+    ceiling = int(min(MAX_BACKOFF_SECS, 2 ** max(0, min(attempt, 32))))
+    return float(random.randint(0, ceiling))  # noqa: S311 (spreading retries, not a secret)

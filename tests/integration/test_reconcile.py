@@ -20,6 +20,7 @@ from shared.adapters.tenants import PostgresTenantDirectory
 from shared.adapters.yc import YcCompute
 from shared.domain.errors import InstanceNotFound
 from shared.domain.lifecycle import Status
+from shared.service_layer.fleet import FleetService
 from shared.service_layer.reconcile import LOST_REASON, STALL_SECS, reconcile_once
 from shared.settings import load_settings
 from tests.conftest import PG_ADMIN_DSN
@@ -76,8 +77,12 @@ class Harness:
             now=datetime.now(UTC) + timedelta(seconds=later),
             dry_run=dry_run,
             trigger="test",
-            dispatch=self.dispatch,
-            tenants=self.directory,
+            fleet=FleetService(
+                self.registry,
+                self.dispatch,
+                max_instances_per_tenant=self.settings.max_instances_per_tenant,
+                tenants=self.directory,
+            ),
             **options,
         )
 

@@ -9,6 +9,7 @@ import pytest
 
 from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import CloudVm, Instance, VmStatus, vm_name_for
+from shared.service_layer.fleet import FleetService
 from shared.service_layer.reconcile import (
     LOST_REASON,
     STALL_SECS,
@@ -217,17 +218,22 @@ class World:
         confirm = (
             {} if confirm_destructive is None else {"confirm_destructive": confirm_destructive}
         )
+        s = settings(**overrides)
         return reconcile_once(
             self.registry,
             self.compute,
             self.runs,
             self.locks,
-            settings(**overrides),
+            s,
             now=NOW,
             dry_run=dry_run,
             trigger="test",
-            dispatch=self.dispatch,
-            tenants=self.tenants,
+            fleet=FleetService(
+                self.registry,
+                self.dispatch,
+                max_instances_per_tenant=s.max_instances_per_tenant,
+                tenants=self.tenants,
+            ),
             claims=self.claims,
             **confirm,
         )
