@@ -280,6 +280,10 @@ class PipelineTask(Task):
     """
 
     cloud_max_retries = CLOUD_MAX_RETRIES
+    # No limit unless a retry names one: Celery reads `retry(max_retries=None)` as "the task's
+    # max_retries", which defaults to 3, and the fourth failure in a row would be acked and end
+    # the chain silently.
+    max_retries = None
 
     def pipeline(self) -> Pipeline:
         raise NotImplementedError

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from celery import Celery
+from celery import exceptions as celery_exceptions
 from celery.contrib.testing.worker import start_worker
 from celery.utils.threads import LocalStack
 
@@ -198,3 +199,40 @@ def test_a_transient_cloud_error_past_the_cap_gives_up():
     task, retry, (iid, tok) = run([Step(transient=error)], retries=CLOUD_MAX_RETRIES)
     assert retry is None and task.sent == []
     assert task.fake.given_up == [(uuid.UUID(iid), uuid.UUID(tok), error)]
+
+
+class BoundPipelineTask(PipelineTask):
+    """A PipelineTask whose retry is Celery's own (publishing to an in-memory broker)."""
+
+    fake: FakePipeline
+
+    def pipeline(self):
+        return self.fake
+
+
+@pytest.mark.parametrize("retries", [3, 50])
+def test_celerys_own_retry_keeps_retrying_an_undecided_step_past_the_tasks_default_limit(retries):
+    # Celery reads retry(max_retries=None) as "the task's max_retries" (3 by default), not as
+    # "no limit": the fourth Postgres failure in a row would end the chain silently.
+    app = Celery("retry-test", broker="memory://", set_as_current=False)
+
+    @app.task(name="retry-test.advance", bind=True, base=BoundPipelineTask, shared=False)
+    def advance(self, instance_id: str, token: str) -> None:
+        self.run_pipeline(instance_id, token)
+
+    app.finalize()
+    task = app.tasks["retry-test.advance"]
+    task.fake = FakePipeline([RegistryUnavailable("postgres down")])
+    task.push_request(
+        id=str(uuid.uuid4()),
+        retries=retries,
+        called_directly=False,
+        args=[str(uuid.uuid4()), str(uuid.uuid4())],
+        kwargs={},
+        delivery_info={},
+    )
+    try:
+        with pytest.raises(celery_exceptions.Retry):
+            task.run_pipeline(*task.request.args)
+    finally:
+        task.pop_request()
