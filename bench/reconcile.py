@@ -31,6 +31,8 @@ from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.yc import YcCompute
 from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import Status
+from shared.domain.records import Instance
+from shared.service_layer.fleet import FleetService
 from shared.service_layer.reconcile import OPEN_STATUSES, reconcile_once
 from shared.settings import load_settings
 from tests.support.processes import start_simulator
@@ -50,6 +52,21 @@ STATUSES = [
     Status.PROVISIONING,
     Status.INITIALIZING,
 ]
+
+
+class _NoDispatch:
+    """The TaskDispatcher port for a dry run, which sends nothing."""
+
+    def send(
+        self,
+        instance: Instance,
+        token: uuid.UUID,
+        *,
+        request_id: str | None,
+        countdown: float = 0,
+        task_id: str | None = None,
+    ) -> str:
+        raise AssertionError("a dry run sends no message")
 
 
 class Fleet:
@@ -126,7 +143,12 @@ class Fleet:
             now=datetime.now(UTC),
             dry_run=True,
             trigger="bench",
-            fleet=None,  # a dry run sends nothing
+            # A dry run sends nothing: a fleet whose dispatcher refuses to.
+            fleet=FleetService(
+                self.registry,
+                _NoDispatch(),
+                max_instances_per_tenant=self.settings.max_instances_per_tenant,
+            ),
         )
         self.times["pass"].append(time.perf_counter() - start)
         assert summary is not None  # a dry run in a quiet bench is never refused

@@ -26,17 +26,19 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from celery import Celery
 
-    from shared.adapters.bundles import PostgresBundleRemover, PostgresIdentityClaims
     from shared.adapters.fleet_stats import PostgresFleetStats
-    from shared.adapters.locks import PostgresLocks
-    from shared.adapters.runs import PostgresReconcileRuns
-    from shared.adapters.tenants import PostgresTenantDirectory
+    from shared.celery_app import GatewayTasks
     from shared.ports import (
+        BundleRemover,
         BundleStore,
         Compute,
         FleetRegistry,
         GuestAgent,
+        IdentityClaims,
+        Locks,
+        ReconcileRuns,
         TaskDispatcher,
+        TenantDirectory,
         TenantSecretStore,
     )
     from shared.service_layer.fleet import FleetService
@@ -55,14 +57,16 @@ PROBE_TIMEOUT_SECS = 2
 
 @dataclass(frozen=True)
 class GatewayServices:
+    """Everything the gateway's views use (services/api keeps it in `app.extensions["dark"]`)."""
+
     registry: FleetRegistry
-    tenants: PostgresTenantDirectory
-    runs: PostgresReconcileRuns
+    tenants: TenantDirectory
+    runs: ReconcileRuns
     fleet: FleetService
     guest: GuestAgent
-    celery: Celery  # reads task state
-    producer: Celery  # sends only (see shared.celery_app.producer_app)
+    tasks: GatewayTasks  # a reconcile run now, and task states: all the gateway asks of Celery
     stats: PostgresFleetStats
+    agent_port: int
     probes: dict[str, Callable[[], None]]
 
 
@@ -73,7 +77,7 @@ def build_gateway(
     fleet: FleetService | None = None,
     guest: GuestAgent | None = None,
     celery_app: Celery | None = None,
-    tenants: PostgresTenantDirectory | None = None,
+    tenants: TenantDirectory | None = None,
 ) -> GatewayServices:
     """The gateway's objects. Tests hand in a registry on their own pool, or a Celery app on their
     own Redis DB; whatever is not passed is built from the settings."""
@@ -83,7 +87,7 @@ def build_gateway(
     from shared.adapters.registry import PostgresFleetRegistry
     from shared.adapters.runs import PostgresReconcileRuns
     from shared.adapters.tenants import PostgresTenantDirectory
-    from shared.celery_app import CeleryDispatcher, make_celery, producer_app
+    from shared.celery_app import CeleryDispatcher, GatewayTasks, make_celery
     from shared.service_layer.fleet import FleetService
 
     celery_app = celery_app or make_celery(settings)
@@ -103,9 +107,9 @@ def build_gateway(
         runs=PostgresReconcileRuns(pool),
         fleet=fleet,
         guest=guest or HttpGuestAgent.from_settings(settings),
-        celery=celery_app,
-        producer=producer_app(celery_app),
+        tasks=GatewayTasks(celery_app),
         stats=PostgresFleetStats(pool),
+        agent_port=settings.agent_port,
         probes={
             "postgres": _postgres_probe(settings.database_url),
             "redis": _redis_probe(celery_app.conf.broker_url),
@@ -161,9 +165,9 @@ def build_onboarding(
     settings: Settings,
     *,
     secrets: TenantSecretStore | None = None,
-    tenants: PostgresTenantDirectory | None = None,
+    tenants: TenantDirectory | None = None,
     fleet_counts: FleetRegistry | None = None,
-    bundles: PostgresBundleRemover | None = None,
+    bundles: BundleRemover | None = None,
 ) -> OnboardingServices:
     """The onboarding service's objects; tests hand in adapters on their own pool or OpenBao."""
     from shared.adapters.bundles import PostgresBundleRemover
@@ -195,7 +199,7 @@ class ProvisionerServices:
     guest: GuestAgent
     secrets: TenantSecretStore
     bundles: BundleStore
-    locks: PostgresLocks
+    locks: Locks
     pipeline: Pipeline
 
 
@@ -259,9 +263,9 @@ def short_lived_registry(settings: Settings) -> Iterator[FleetRegistry]:
 class ReconcilerServices:
     registry: FleetRegistry
     compute: Compute
-    runs: PostgresReconcileRuns
-    locks: PostgresLocks
-    claims: PostgresIdentityClaims
+    runs: ReconcileRuns
+    locks: Locks
+    claims: IdentityClaims
     fleet: FleetService  # respawns, and re-sends the messages of rows whose chain is gone
 
 

@@ -2,9 +2,9 @@
 dispatcher behind the TaskDispatcher port, the pipeline tasks' base class, and the request id that
 travels in each message's headers.
 
-The gateway imports only this module (to send tasks by name); the worker entrypoints register
-their tasks against the app it builds. Broker errors (kombu, redis) are translated here, at the
-edge, to DispatchUnavailable.
+The gateway reaches Celery only through this module (`GatewayTasks`: it sends tasks by name and
+reads their state); the worker entrypoints register their tasks against the app it builds. Broker
+and result-backend errors (kombu, redis) are translated here, at the edge, to DispatchUnavailable.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import contextlib
 import contextvars
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celery import Celery, Task
+from celery import Celery, Task, states
 from celery.concurrency.asynpool import AsynPool
 from celery.signals import before_task_publish, task_postrun, task_prerun
 from celery.worker.consumer import Consumer
@@ -27,7 +28,8 @@ from redis.exceptions import RedisError
 from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
 from shared.domain.lifecycle import Status
 from shared.domain.records import Instance
-from shared.logs import redact, request_id_var
+from shared.logs import request_id_var
+from shared.redaction import redact
 from shared.service_layer.retry import backoff
 from shared.settings import Settings
 
@@ -75,7 +77,7 @@ def make_celery(settings: Settings, name: str = "dark") -> Celery:
         accept_content=["json"],
         result_accept_content=["json"],
         task_routes=ROUTES,
-        task_queues=[Queue(q) for q in QUEUES],
+        task_queues=[Queue(q) for q in QUEUES],  # type: ignore[no-untyped-call]  # kombu's
         task_default_queue=QUEUE_PROVISION,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -98,7 +100,8 @@ def make_celery(settings: Settings, name: str = "dark") -> Celery:
     return app
 
 
-class BrokerLossSafeConsumer(Consumer):
+# Celery ships no type information: its classes are Any to the type checker.
+class BrokerLossSafeConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, made to survive losing the Redis broker (a Redis restart).
 
     Celery 5.7 with kombu 5.7: when the broker connection breaks, the consumer closes it twice,
@@ -113,14 +116,18 @@ class BrokerLossSafeConsumer(Consumer):
     back after the visibility timeout; the provisioner resumes its rows as soon as it reconnects.
     """
 
-    def on_connection_error_after_connected(self, exc):
+    def on_connection_error_after_connected(self, exc: BaseException) -> None:
         channel = getattr(self.task_consumer, "channel", None)
         if channel is not None:
             channel.do_restore = False
         super().on_connection_error_after_connected(exc)
 
 
-def _track_live_children_only(track):
+# AsynPool._track_child_process(pool, proc, hub): Celery's, untyped.
+_TrackChild = Callable[[Any, Any, Any], Any]
+
+
+def _track_live_children_only(track: _TrackChild) -> _TrackChild:
     """Celery 5.7's prefork pool, made to survive a child that died around a broker reconnect.
 
     When a pool child exits (SIGKILL, the OOM killer) the pool untracks it, setting its sentinel
@@ -130,20 +137,23 @@ def _track_live_children_only(track):
     node exits. An exited child has nothing to watch; its replacement is tracked when it starts.
     """
 
-    def track_child(pool, proc, hub):
+    def track_child(pool: Any, proc: Any, hub: Any) -> Any:
         if getattr(proc, "_sentinel_poll", 0) is None:
             return None
         return track(pool, proc, hub)
 
-    track_child.guarded = True
+    setattr(track_child, _GUARDED, True)
     return track_child
 
 
-if not getattr(AsynPool._track_child_process, "guarded", False):
+# The mark on the patched method, so that the patch is applied once.
+_GUARDED = "guarded"
+
+if not getattr(AsynPool._track_child_process, _GUARDED, False):
     AsynPool._track_child_process = _track_live_children_only(AsynPool._track_child_process)
 
 
-def reconcile_beat_schedule(settings: Settings) -> dict:
+def reconcile_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """celery-beat's schedule: one reconcile every RECONCILE_INTERVAL_SECS, none at all for 0.
 
     A tick expires after one interval: ticks that piled up while no reconcile worker ran are
@@ -189,7 +199,57 @@ def _send(app: Celery, name: str, *, unavailable: str, **options: Any) -> str:
         result = app.send_task(name, retry=True, retry_policy=SEND_RETRY_POLICY, **options)
     except _BROKER_ERRORS as exc:
         raise DispatchUnavailable(unavailable) from exc
-    return result.id
+    task_id: str = result.id
+    return task_id
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A task's state as the result backend has it (Celery's names: PENDING for an unknown id)."""
+
+    state: str
+    ready: bool  # finished, one way or another
+
+
+# What reading a task's state can fail with when the result backend (Redis) cannot answer.
+_RESULT_BACKEND_ERRORS = (RedisError, OperationalError)
+
+
+def task_state(app: Celery, task_id: str) -> TaskState:
+    """The task's state only (never its result or traceback); DispatchUnavailable when the result
+    backend cannot be read."""
+    try:
+        state: str = app.AsyncResult(task_id).state
+    except _RESULT_BACKEND_ERRORS as exc:
+        raise DispatchUnavailable("task states cannot be read right now") from exc
+    return TaskState(state=state, ready=state in states.READY_STATES)
+
+
+class GatewayTasks:
+    """What the gateway asks of Celery: a reconcile run now, and a task's state. Sends through a
+    producer-only copy of the app (see producer_app); reads states through the full one."""
+
+    def __init__(self, celery_app: Celery) -> None:
+        self._app = celery_app
+        self._producer = producer_app(celery_app)
+
+    @property
+    def broker_url(self) -> str:
+        url: str = self._app.conf.broker_url
+        return url
+
+    def send_reconcile(self, *, trigger: str, dry_run: bool, confirm_destructive: int) -> str:
+        """See `send_reconcile`; DispatchUnavailable when the broker cannot be reached."""
+        return send_reconcile(
+            self._producer,
+            trigger=trigger,
+            dry_run=dry_run,
+            confirm_destructive=confirm_destructive,
+        )
+
+    def state(self, task_id: str) -> TaskState:
+        """See `task_state`; DispatchUnavailable when the result backend cannot be read."""
+        return task_state(self._app, task_id)
 
 
 class CeleryDispatcher:
@@ -240,31 +300,35 @@ def _current_request_id(request_id: str | None) -> Iterator[None]:
 _prerun_tokens: dict[str, contextvars.Token[str | None]] = {}
 
 
-@before_task_publish.connect
-def _put_request_id(headers: dict | None = None, **_kwargs: Any) -> None:
+def _put_request_id(headers: dict[str, Any] | None = None, **_kwargs: Any) -> None:
     request_id = request_id_var.get()
     if headers is not None and request_id is not None:
         headers.setdefault(REQUEST_ID_HEADER, request_id)
 
 
-@task_prerun.connect
 def _take_request_id(task_id: str | None = None, task: Task | None = None, **_kwargs: Any) -> None:
     if task is None or task_id is None:
         return
     _prerun_tokens[task_id] = request_id_var.set(getattr(task.request, REQUEST_ID_HEADER, None))
 
 
-@task_postrun.connect
 def _drop_request_id(task_id: str | None = None, **_kwargs: Any) -> None:
     token = _prerun_tokens.pop(task_id, None) if task_id is not None else None
     if token is not None:
         request_id_var.reset(token)
 
 
+# Connected by call rather than as decorators: Celery's signals are untyped, and a decorator
+# would leave the handlers untyped too.
+before_task_publish.connect(_put_request_id)
+task_prerun.connect(_take_request_id)
+task_postrun.connect(_drop_request_id)
+
+
 # --- the pipeline tasks ---------------------------------------------------------------------------
 
 
-class PipelineTask(Task):
+class PipelineTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     """The base of the provisioner's tasks: one pipeline step per message, and what comes next.
 
     - Nothing decided (Postgres down, an error no step classified): retry with the same token,

@@ -16,7 +16,7 @@ from services.api.auth import install_operator_auth
 from services.api.metrics import install_metrics, record_request
 from services.api.openapi import DOCUMENT, METRICS_OPERATIONS
 from services.api.ui import install_ui
-from services.api.views import Gateway, bp
+from services.api.views import bp
 from shared.bootstrap import build_gateway
 from shared.domain.errors import (
     DispatchUnavailable,
@@ -74,17 +74,8 @@ def create_app(
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.extensions["dark"] = Gateway(
-        registry=built.registry,
-        tenants=built.tenants,
-        runs=built.runs,
-        fleet=built.fleet,
-        guest=built.guest,
-        celery=built.celery,
-        producer=built.producer,
-        agent_port=settings.agent_port,
-        probes=built.probes,
-    )
+    # What the views use (services/api/views.py's `_gateway()`).
+    app.extensions["dark"] = built
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
     install_request_hooks(app, log, observe=record_request)

@@ -119,13 +119,13 @@ def _fleet_families(stats: FleetStats):
         "Time instances spent in a status before leaving it, by status (pipeline step durations).",
         labels=["status"],
     )
-    for status, histogram in stats.status_durations.items():
+    for status_name, histogram in stats.status_durations.items():
         buckets = [
             (str(bound), count)
             for bound, count in zip(STATUS_DURATION_BUCKETS, histogram.cumulative, strict=True)
         ]
         buckets.append(("+Inf", histogram.count))
-        durations.add_metric([status], buckets, histogram.total_secs)
+        durations.add_metric([status_name], buckets, histogram.total_secs)
     yield durations
 
     actions = CounterMetricFamily(

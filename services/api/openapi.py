@@ -5,7 +5,9 @@ that every route is in the document. Only /metrics is described here: services/a
 adds it to the app outside the blueprint, and it answers text, not a schema.
 """
 
-DOCUMENT = {
+from shared.web import ApiDocument
+
+DOCUMENT: ApiDocument = {
     "title": "dark-orchestrator gateway",
     "description": "Per-tenant dark-agent VMs: provision, inspect, heal, tear down.",
     "errors": {

@@ -2,20 +2,17 @@
 encode the answer.
 
 Commands go through FleetService; reads go to the registry; the live guest view and heal go to the
-guest agent. Errors are raised and leave through shared/web/errors.py's handler.
+guest agent; a reconcile run and task states go through the Celery wiring (GatewayTasks). Each
+reaches them through the container shared.bootstrap.build_gateway built (`GatewayServices`).
+Errors are raised and leave through shared/web/errors.py's handler.
 """
 
-import dataclasses
 import logging
 import re
 import uuid
-from collections.abc import Callable
 from urllib.parse import quote
 
-from celery import Celery, states
 from flask import current_app, g
-from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
 from werkzeug.exceptions import NotFound
 
 from services.api.schemas import (
@@ -38,16 +35,12 @@ from services.api.schemas import (
     TenantList,
     TenantsQuery,
 )
-from shared.adapters.runs import PostgresReconcileRuns
-from shared.adapters.tenants import PostgresTenantDirectory
-from shared.celery_app import send_reconcile
-from shared.domain.errors import GuestError, GuestUnreachable, InstanceNotFound
+from shared.bootstrap import GatewayServices
+from shared.domain.errors import DispatchUnavailable, GuestError, GuestUnreachable, InstanceNotFound
 from shared.domain.lifecycle import Status
 from shared.domain.records import Instance
 from shared.domain.tenants import normalize_tenant
-from shared.ports import FleetRegistry, GuestAgent
 from shared.redaction import redact
-from shared.service_layer.fleet import FleetService
 from shared.web import (
     ApiBlueprint,
     ApiError,
@@ -75,23 +68,9 @@ GUEST_VIEW_TIMEOUT_SECS = 2.0
 _TASK_ID = re.compile(r"[0-9a-fA-F-]{36}\Z")
 
 
-@dataclasses.dataclass(frozen=True)
-class Gateway:
-    """Everything the views use, built once by create_app."""
-
-    registry: FleetRegistry
-    tenants: PostgresTenantDirectory
-    runs: PostgresReconcileRuns
-    fleet: FleetService
-    guest: GuestAgent
-    celery: Celery
-    producer: Celery  # sends only (see shared.celery_app.producer_app)
-    agent_port: int
-    probes: dict[str, Callable[[], None]]
-
-
-def _gateway() -> Gateway:
-    return current_app.extensions["dark"]
+def _gateway() -> GatewayServices:
+    gateway: GatewayServices = current_app.extensions["dark"]
+    return gateway
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -175,8 +154,7 @@ def trigger_reconcile(body: dict):
     """
     # Runs stay one at a time: a run that finds another one going records nothing, so a burst of
     # requests cannot overlap runs.
-    task_id = send_reconcile(
-        _gateway().producer,
+    task_id = _gateway().tasks.send_reconcile(
         trigger="api",
         dry_run=body["dry_run"],
         confirm_destructive=body["confirm_destructive"],
@@ -284,14 +262,14 @@ def task_state(task_id: str):
     if not _TASK_ID.match(task_id):
         raise NotFound("no such task")
     try:
-        state = _gateway().celery.AsyncResult(task_id).state
-    except (RedisError, OperationalError) as exc:
-        log.warning("task state unavailable: %s", exc)
+        state = _gateway().tasks.state(task_id)
+    except DispatchUnavailable as exc:
+        log.warning("task state unavailable: %s", exc.__cause__)
         raise ApiError(
             503, "result_backend_unavailable", "task states cannot be read right now"
         ) from None
     # The state only: a task's result or traceback is the worker's business, not the caller's.
-    return {"task_id": task_id, "state": state, "ready": state in states.READY_STATES}
+    return {"task_id": task_id, "state": state.state, "ready": state.ready}
 
 
 # --- open endpoints --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from flask import Flask
 from werkzeug.routing import PathConverter
 
 from services.onboarding.openapi import DOCUMENT
-from services.onboarding.views import OnboardingService, bp
+from services.onboarding.views import bp
 from shared.bootstrap import build_onboarding
 from shared.domain.errors import (
     InvalidTenantName,
@@ -71,7 +71,7 @@ def create_app(
     # `/tenants//secrets` must reach the view (an empty name is a 422), not redirect elsewhere.
     app.url_map.merge_slashes = False
     app.url_map.converters["tenant"] = AnyTenantText
-    app.extensions["dark_onboarding"] = OnboardingService(onboarding=built.onboarding)
+    app.extensions["dark_onboarding"] = built
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
     install_request_hooks(app, log)

@@ -4,7 +4,9 @@ The operations come from the route declarations in views.py (shared/web/openapi.
 that every route is in the document.
 """
 
-DOCUMENT = {
+from shared.web import ApiDocument
+
+DOCUMENT: ApiDocument = {
     "title": "dark-orchestrator onboarding",
     "description": "Where tenants hand over their secrets. Values are write-only: no answer ever "
     "holds one.",

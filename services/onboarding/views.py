@@ -7,7 +7,6 @@ which is also its OpenAPI operation. Errors are raised and leave through shared/
 handler.
 """
 
-import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -22,9 +21,9 @@ from services.onboarding.schemas import (
     SecretsStatus,
     etag,
 )
+from shared.bootstrap import OnboardingServices
 from shared.domain.secrets import TenantSecrets
 from shared.domain.tenants import normalize_tenant
-from shared.service_layer.onboarding import Onboarding
 from shared.web import (
     PAGE_CONTENT_SECURITY_POLICY,
     TENANT_RULE,
@@ -41,15 +40,10 @@ bp = ApiBlueprint("onboarding", __name__)
 PAGE_FORGE_ROWS = 3
 
 
-@dataclasses.dataclass(frozen=True)
-class OnboardingService:
-    """Everything the views use, built once by create_app."""
-
-    onboarding: Onboarding
-
-
-def _service() -> OnboardingService:
-    return current_app.extensions["dark_onboarding"]
+def _service() -> OnboardingServices:
+    """Everything the views use: shared.bootstrap.build_onboarding's container."""
+    service: OnboardingServices = current_app.extensions["dark_onboarding"]
+    return service
 
 
 _TENANT = [tenant_parameter(f"{TENANT_RULE}; percent-encoded in the path")]

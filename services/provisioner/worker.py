@@ -5,6 +5,7 @@ up) is decided by the tasks' base class, shared.celery_app.PipelineTask.
 """
 
 import logging
+import uuid
 
 from celery import bootsteps
 from celery.signals import worker_process_init
@@ -18,6 +19,7 @@ from shared.celery_app import (
     make_celery,
 )
 from shared.domain.errors import DomainError
+from shared.domain.records import Instance
 from shared.logs import configure_logging
 from shared.service_layer.pipeline import Pipeline, resume_unfinished
 from shared.settings import load_settings
@@ -51,11 +53,12 @@ class ResumeOnConnect(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def start(self, c) -> None:
+        def send(instance: Instance, token: uuid.UUID) -> None:
+            dispatcher.send(instance, token, request_id=None)
+
         try:
             with short_lived_registry(settings) as registry:
-                resumed = resume_unfinished(
-                    registry, lambda inst, token: dispatcher.send(inst, token, request_id=None)
-                )
+                resumed = resume_unfinished(registry, send)
         except DomainError as exc:
             # Never fatal to the worker: reconcile resumes rows whose chain is gone.
             log.warning("could not resume unfinished instances: %s", exc)

@@ -4,16 +4,22 @@ check that lets a request through only with one of them (or to a view marked `@p
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import current_app, request
 
 from shared.web.errors import ApiError
 
+View = TypeVar("View", bound=Callable[..., Any])
 
-def public(view: Callable) -> Callable:
+# The attribute `@public` sets on a view function.
+_PUBLIC = "public"
+
+
+def public(view: View) -> View:
     """Mark a view as reachable without a token (liveness, the OpenAPI document, a page), or as
     deciding access itself."""
-    view.public = True
+    setattr(view, _PUBLIC, True)
     return view
 
 
@@ -69,8 +75,9 @@ def bearer_token_check(
 
 
 def is_public_endpoint() -> bool:
-    view = current_app.view_functions.get(request.endpoint)
-    return view is not None and getattr(view, "public", False)
+    endpoint = request.endpoint
+    view = current_app.view_functions.get(endpoint) if endpoint is not None else None
+    return view is not None and bool(getattr(view, _PUBLIC, False))
 
 
 def _bearer(header: str) -> str | None:

@@ -6,12 +6,13 @@ shape, with the status its table (or the error) says.
 """
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from flask import Flask, g, jsonify
+from flask import Flask, Response, g, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from shared.domain.errors import DomainError, InvalidTenantName
 
@@ -30,7 +31,7 @@ class ApiError(Exception):
         status: int,
         code: str,
         message: str,
-        details: dict | None = None,
+        details: Mapping[str, object] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -41,7 +42,13 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, details=None, headers=None):
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Mapping[str, object] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
     response.status_code = status
     if status == 503:
@@ -51,7 +58,7 @@ def error_response(status: int, code: str, message: str, details=None, headers=N
     return response
 
 
-def install_error_handler(app: Flask, domain_errors: DomainErrorTable, log: logging.Logger):
+def install_error_handler(app: Flask, domain_errors: DomainErrorTable, log: logging.Logger) -> None:
     """Every failure leaves as `{"error": {"code", "message", "details"}}`.
 
     `domain_errors` maps domain error classes to (status, code), most specific first. Marshmallow
@@ -60,7 +67,7 @@ def install_error_handler(app: Flask, domain_errors: DomainErrorTable, log: logg
     """
     table = tuple(domain_errors)
 
-    def handle(exc: Exception):
+    def handle(exc: Exception) -> WerkzeugResponse:
         if isinstance(exc, ApiError):
             return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
         if isinstance(exc, ValidationError):
@@ -73,7 +80,9 @@ def install_error_handler(app: Flask, domain_errors: DomainErrorTable, log: logg
         if isinstance(exc, DomainError):
             for cls, status, code in table:
                 if isinstance(exc, cls):
-                    details = {key: str(value) for key, value in exc.details.items()}
+                    details: dict[str, object] = {
+                        key: str(value) for key, value in exc.details.items()
+                    }
                     if isinstance(exc, InvalidTenantName):
                         details = {"fields": {"tenant": [exc.message]}}
                     return error_response(status, code, exc.message or code, details)

@@ -5,7 +5,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 
 from shared.logs import new_request_id, request_id_var
 
@@ -37,7 +37,7 @@ def install_request_hooks(
         g.request_id = new_request_id(request.headers.get("X-Request-Id"))
         g.request_id_token = request_id_var.set(g.request_id)
 
-    def finish(response):
+    def finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.request_id
         # The route template, not the path: it names no tenant, and keeps metric series few.
         route = request.url_rule.rule if request.url_rule else "-"
@@ -68,7 +68,7 @@ def install_request_hooks(
 def install_security_headers(app: Flask) -> None:
     """Headers on every response; a view that sets its own (a page's CSP) keeps them."""
 
-    def secure(response):
+    def secure(response: Response) -> Response:
         headers = response.headers
         headers.setdefault("Content-Security-Policy", API_CONTENT_SECURITY_POLICY)
         headers.setdefault("X-Content-Type-Options", "nosniff")

@@ -10,6 +10,7 @@ when the blueprint is registered; nothing lists the operations a second time.
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import flask_smorest
 from flask import Flask
@@ -18,6 +19,10 @@ from marshmallow import Schema, fields
 from shared.domain.tenants import MAX_TENANT_LENGTH
 from shared.web.auth import public
 from shared.web.parsing import StrictParser
+
+# What flask-smorest's decorators do to a view: register or document it, or wrap it in one that
+# takes the parsed arguments (so not always the same signature).
+ViewDecorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -40,7 +45,7 @@ TENANT_CONSTRAINTS = {
 }
 
 
-def tenant_parameter(description: str = TENANT_RULE) -> dict:
+def tenant_parameter(description: str = TENANT_RULE) -> dict[str, object]:
     """The `{tenant}` path parameter, for `blp.route(..., parameters=[tenant_parameter()])`."""
     return {
         "in": "path",
@@ -71,7 +76,8 @@ class Health(Schema):
 # --- flask-smorest, strict ----------------------------------------------------------------------
 
 
-class ApiBlueprint(flask_smorest.Blueprint):
+# flask-smorest ships no type information: its classes are Any to the type checker.
+class ApiBlueprint(flask_smorest.Blueprint):  # type: ignore[misc]
     """A flask-smorest Blueprint whose `arguments` parse with StrictParser.
 
     `location="json_or_empty"` is a JSON body that may be left out (documented as an optional
@@ -84,8 +90,28 @@ class ApiBlueprint(flask_smorest.Blueprint):
         "json_or_empty": "application/json",
     }
 
+    if TYPE_CHECKING:
+        # The decorators this project uses, as the type checker should see them (flask-smorest's
+        # own are untyped). Declarations only: the methods are smorest's.
+        def route(
+            self, rule: str, *, parameters: list[dict[str, object]] | None = None, **options: Any
+        ) -> ViewDecorator: ...
 
-class OpenApi(flask_smorest.Api):
+        def arguments(self, schema: type[Schema], **kwargs: Any) -> ViewDecorator: ...
+
+        def response(
+            self, status_code: int, schema: type[Schema] | None = None, **kwargs: Any
+        ) -> ViewDecorator: ...
+
+        def alt_response(
+            self, status_code: int, response: str | None = None, **kwargs: Any
+        ) -> ViewDecorator: ...
+
+        @staticmethod
+        def doc(**kwargs: Any) -> ViewDecorator: ...
+
+
+class OpenApi(flask_smorest.Api):  # type: ignore[misc]  # untyped, as above
     """flask-smorest's Api for its document only.
 
     - No error handler of its own: shared/web/errors.py's handler answers every error in the one
@@ -107,9 +133,18 @@ class OpenApi(flask_smorest.Api):
         pass
 
     @functools.cached_property
-    def document(self) -> dict:
+    def document(self) -> dict[str, Any]:
         """The whole document; built once, after every blueprint has been registered."""
-        return self.spec.to_dict()
+        document: dict[str, Any] = self.spec.to_dict()
+        return document
+
+
+class ApiDocument(TypedDict):
+    """A service's part of its document, for `new_api(app, **document)`."""
+
+    title: str
+    description: str
+    errors: dict[str, str]  # status → what it means for this service
 
 
 def new_api(app: Flask, *, title: str, description: str, errors: dict[str, str]) -> OpenApi:
@@ -128,7 +163,7 @@ def new_api(app: Flask, *, title: str, description: str, errors: dict[str, str])
     )
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for status, text in errors.items():
-        response: dict = {"description": text, "content": json_content(ErrorOut)}
+        response: dict[str, object] = {"description": text, "content": json_content(ErrorOut)}
         if status == "503":
             response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
         if status == "401":
@@ -137,15 +172,15 @@ def new_api(app: Flask, *, title: str, description: str, errors: dict[str, str])
     return api
 
 
-def json_content(schema: type[Schema]) -> dict:
+def json_content(schema: type[Schema]) -> dict[str, dict[str, type[Schema]]]:
     # The plugin registers each schema class (and those it nests) as a component and refers to it.
     return {"application/json": {"schema": schema}}
 
 
-def error_responses(blp: flask_smorest.Blueprint, *statuses: int) -> Callable:
+def error_responses(blp: ApiBlueprint, *statuses: int) -> ViewDecorator:
     """Document that a route can answer these error statuses (references to `Error<status>`)."""
 
-    def decorate(view: Callable) -> Callable:
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         for status in statuses:
             view = blp.alt_response(status, f"Error{status}")(view)
         return view
@@ -153,14 +188,14 @@ def error_responses(blp: flask_smorest.Blueprint, *statuses: int) -> Callable:
     return decorate
 
 
-def add_open_routes(blp: flask_smorest.Blueprint) -> None:
+def add_open_routes(blp: ApiBlueprint) -> None:
     """The open routes every service serves: /health (liveness) and /openapi.json (the document)."""
 
     @blp.route("/health")
     @public
     @blp.doc(security=[])
     @blp.response(200, Health, description="alive")
-    def health():
+    def health() -> dict[str, str]:
         """Liveness: the process answers"""
         return {"status": "ok"}
 
@@ -168,6 +203,7 @@ def add_open_routes(blp: flask_smorest.Blueprint) -> None:
     @public
     @blp.doc(security=[])
     @blp.response(200, description="OpenAPI 3")
-    def openapi():
+    def openapi() -> dict[str, Any]:
         """This document"""
-        return flask_smorest.current_api.document
+        document: dict[str, Any] = flask_smorest.current_api.document
+        return document

@@ -8,8 +8,10 @@ lenient defaults, so a route's declared schema is both what is enforced and what
 
 import json
 import re
+from collections.abc import Mapping
+from typing import Any, NoReturn, cast
 
-from flask import request
+from flask import Request, request
 from marshmallow import RAISE, Schema, ValidationError
 from webargs.flaskparser import FlaskParser
 
@@ -26,7 +28,9 @@ class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    def handle_error(self, error: ValidationError, data, *, many: bool, **kwargs) -> None:
+    def handle_error(
+        self, error: ValidationError, data: object, *, many: bool, **kwargs: object
+    ) -> None:
         # A fresh error: marshmallow's own keeps the whole input (`.data`), secrets included.
         messages = error.messages
         if isinstance(messages, dict) and not many:
@@ -34,9 +38,9 @@ class StrictSchema(Schema):
         raise ValidationError(messages)
 
 
-def _hide_odd_unknown_names(messages: dict, schema: Schema) -> dict:
+def _hide_odd_unknown_names(messages: dict[str, Any], schema: Schema) -> dict[str, Any]:
     known = {field.data_key or name for name, field in schema.load_fields.items()}
-    shown: dict = {}
+    shown: dict[str, Any] = {}
     hidden = 0
     for key, value in messages.items():
         if key in known or key == "_schema" or _SHOWN_UNKNOWN.match(str(key)):
@@ -82,7 +86,7 @@ def present_headers(*names: str) -> dict[str, str]:
     return {name: request.headers[name] for name in names if name in request.headers}
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     document = dict(pairs)
     if len(document) != len(pairs):
         raise ValueError("duplicate key")
@@ -107,22 +111,30 @@ class StrictParser(FlaskParser):
       with its own body, keyed by location).
     """
 
-    DEFAULT_UNKNOWN_BY_LOCATION: dict = {}
+    DEFAULT_UNKNOWN_BY_LOCATION: dict[str, str | None] = {}
     __location_map__ = {**FlaskParser.__location_map__, "json_or_empty": "load_json_or_empty"}
 
-    def load_json(self, req, schema):
+    def load_json(self, req: Request, schema: Schema) -> object:
         return json_body()
 
-    def load_json_or_empty(self, req, schema):
+    def load_json_or_empty(self, req: Request, schema: Schema) -> object:
         return json_body() if req.get_data() else {}
 
-    def load_querystring(self, req, schema):
+    def load_querystring(self, req: Request, schema: Schema) -> Mapping[str, str]:
         return query_args()
 
-    def load_headers(self, req, schema):
+    def load_headers(self, req: Request, schema: Schema) -> Mapping[str, str]:
         return present_headers(*(f.data_key or name for name, f in schema.load_fields.items()))
 
-    def handle_error(self, error, req, schema, *, error_status_code, error_headers):
+    def handle_error(
+        self,
+        error: ValidationError,
+        req: Request,
+        schema: Schema,
+        *,
+        error_status_code: int | None,
+        error_headers: Mapping[str, str] | None,
+    ) -> NoReturn:
         # webargs keyed the messages by location ({"json": {...}}); the error shape does not.
-        (messages,) = error.messages.values()
+        (messages,) = cast(dict[str, Any], error.messages).values()
         raise ValidationError(messages)

@@ -24,6 +24,7 @@ from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
 from shared.adapters.vault_kv import HvacTenantSecrets
 from shared.adapters.yc import YcCompute
+from shared.celery_app import CeleryDispatcher
 from tests.fakes import (
     FakeClaims,
     FakeCompute,
@@ -54,6 +55,7 @@ ADAPTERS = [
     (ports.Locks, PostgresLocks),
     (ports.ReconcileRuns, PostgresReconcileRuns),
     (ports.TenantDirectory, PostgresTenantDirectory),
+    (ports.TaskDispatcher, CeleryDispatcher),
 ]
 
 
