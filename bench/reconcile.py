@@ -31,8 +31,10 @@ from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.yc import YcCompute
 from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import Status
+from shared.service_layer.fleet import FleetService
 from shared.service_layer.reconcile import OPEN_STATUSES, reconcile_once
 from shared.settings import load_settings
+from tests.fakes import FakeDispatcher
 from tests.support.processes import start_simulator
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -126,7 +128,8 @@ class Fleet:
             now=datetime.now(UTC),
             dry_run=True,
             trigger="bench",
-            fleet=None,  # a dry run sends nothing
+            # A dry run sends nothing.
+            fleet=FleetService(self.registry, FakeDispatcher(), max_instances_per_tenant=0),
         )
         self.times["pass"].append(time.perf_counter() - start)
         assert summary is not None  # a dry run in a quiet bench is never refused
