@@ -1,4 +1,8 @@
-"""Ports: the small interfaces the shared logic needs, implemented by shared/adapters."""
+"""Ports: the small interfaces the shared logic needs, implemented by shared/adapters.
+
+A tenant is a `TenantName` (shared/domain/tenants.py): valid and in NFC already, built where the
+name came in; implementations take it as it is, and name the rows they read back with one.
+"""
 
 # Inside FleetRegistry and TenantDirectory, `list` names a method: their annotations spell the
 # builtin `builtins.list`.
@@ -91,7 +95,7 @@ class FleetRegistry(Protocol):
         InstanceNotFound if there is no such row.
         """
 
-    def live_counts(self) -> dict[str, int]:
+    def live_counts(self) -> dict[TenantName, int]:
         """Live instances per tenant, for every tenant that has any."""
 
     def note(self, instance_id: uuid.UUID, reason: str) -> None:

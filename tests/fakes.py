@@ -163,8 +163,8 @@ class FakeRegistry:
             raise TransitionConflict("the continuation token moved on")
         return self._set(instance_id, **fields)
 
-    def live_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+    def live_counts(self) -> dict[TenantName, int]:
+        counts: dict[TenantName, int] = {}
         for row in self.rows.values():
             if row.status in LIVE:
                 counts[row.tenant] = counts.get(row.tenant, 0) + 1

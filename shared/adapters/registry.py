@@ -172,7 +172,7 @@ class PostgresFleetRegistry:
         with self._cursor() as cur:
             return _count_live(cur, tenant)
 
-    def live_counts(self) -> dict[str, int]:
+    def live_counts(self) -> dict[TenantName, int]:
         """Live instances per tenant, for every tenant that has any (one query)."""
         with self._cursor() as cur:
             rows = cur.execute(
@@ -180,7 +180,7 @@ class PostgresFleetRegistry:
                 " GROUP BY tenant",
                 (_LIVE,),
             ).fetchall()
-        return {row["tenant"]: row["live"] for row in rows}
+        return {TenantName.stored(row["tenant"]): row["live"] for row in rows}
 
     def transition(
         self,

@@ -396,7 +396,9 @@ class Pipeline:
             )
 
 
-def resume_unfinished(registry: FleetRegistry, send: Callable[[Instance, uuid.UUID], None]) -> int:
+def resume_unfinished(
+    registry: FleetRegistry, send: Callable[[Instance, uuid.UUID], object]
+) -> int:
     """Give every unfinished instance a fresh message (a provisioner worker starting up).
 
     A new token makes any older message for the row stale, so this never doubles the work.
