@@ -1,4 +1,8 @@
-"""Ports: the small interfaces the shared logic needs, implemented by shared/adapters."""
+"""Ports: the small interfaces the shared logic needs, implemented by shared/adapters.
+
+A tenant is a `TenantName` (shared/domain/tenants.py): valid and in NFC already, built where the
+name came in; implementations take it as it is, and name the rows they read back with one.
+"""
 
 # Inside FleetRegistry and TenantDirectory, `list` names a method: their annotations spell the
 # builtin `builtins.list`.
@@ -8,13 +12,14 @@ import builtins
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.domain.guest import GuestHealth, GuestIdentity
 from shared.domain.lifecycle import Status
 from shared.domain.records import CloudVm, Event, Instance, OperationState, VmSpec
 from shared.domain.secrets import Bundle, SecretsPresence, TenantSecrets
 from shared.domain.tenant_records import TenantRecord
+from shared.domain.tenants import TenantName
 
 # The largest page `FleetRegistry.list` returns; the API validates `limit` against it.
 MAX_PAGE_SIZE = 500
@@ -30,7 +35,7 @@ class FleetRegistry(Protocol):
     """
 
     def create(
-        self, tenant: str, *, request_key: str | None = None, max_live: int | None = None
+        self, tenant: TenantName, *, request_key: str | None = None, max_live: int | None = None
     ) -> tuple[Instance, bool]:
         """Write a `pending` row and its first event; returns (instance, created).
 
@@ -44,7 +49,7 @@ class FleetRegistry(Protocol):
     def list(
         self,
         *,
-        tenant: str | None = None,
+        tenant: TenantName | None = None,
         statuses: Iterable[Status] | None = None,
         limit: int = 50,
         cursor: str | None = None,
@@ -58,7 +63,7 @@ class FleetRegistry(Protocol):
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         """Every row in one of `statuses`, oldest first (for reconcile and resuming work)."""
 
-    def count_live(self, tenant: str) -> int:
+    def count_live(self, tenant: TenantName) -> int:
         """How many of the tenant's rows are LIVE (have or are getting a VM)."""
 
     def transition(
@@ -90,7 +95,7 @@ class FleetRegistry(Protocol):
         InstanceNotFound if there is no such row.
         """
 
-    def live_counts(self) -> dict[str, int]:
+    def live_counts(self) -> dict[TenantName, int]:
         """Live instances per tenant, for every tenant that has any."""
 
     def note(self, instance_id: uuid.UUID, reason: str) -> None:
@@ -128,7 +133,7 @@ class GuestAgent(Protocol):
 
     def health(self, address: str, *, timeout: float | None = None) -> GuestHealth: ...
 
-    def heal(self, address: str) -> dict:
+    def heal(self, address: str) -> dict[str, Any]:
         """The guest's self-repair report, as it sent it (a JSON object)."""
 
     def init(self, address: str, secrets: TenantSecrets) -> GuestIdentity:
@@ -143,39 +148,41 @@ class GuestAgent(Protocol):
 
 
 class TenantSecretStore(Protocol):
-    def read(self, tenant: str) -> TenantSecrets: ...
+    def read(self, tenant: TenantName) -> TenantSecrets: ...
 
-    def write(self, tenant: str, secrets: TenantSecrets, *, cas: int | None = None) -> int: ...
+    def write(
+        self, tenant: TenantName, secrets: TenantSecrets, *, cas: int | None = None
+    ) -> int: ...
 
-    def presence(self, tenant: str) -> SecretsPresence | None: ...
+    def presence(self, tenant: TenantName) -> SecretsPresence | None: ...
 
-    def delete(self, tenant: str) -> None: ...
+    def delete(self, tenant: TenantName) -> None: ...
 
 
 class BundleStore(Protocol):
     """The tenant's encrypted bundle, and the claim on creating its identity
     (docs/ARCHITECTURE.md#invariants). Raises BundleBackendUnavailable when it cannot answer."""
 
-    def get(self, tenant: str) -> Bundle | None:
+    def get(self, tenant: TenantName) -> Bundle | None:
         """None only when there is certainly no bundle; BundleBackendUnavailable otherwise."""
 
-    def put(self, tenant: str, bundle: Bundle, owner: uuid.UUID) -> bool:
+    def put(self, tenant: TenantName, bundle: Bundle, owner: uuid.UUID) -> bool:
         """Insert-only: stores the first bundle (True); False, storing nothing, if one exists
         or `owner` no longer holds the tenant's identity claim (offboarded meanwhile)."""
 
-    def delete(self, tenant: str) -> None:
+    def delete(self, tenant: TenantName) -> None:
         """Removes the bundle and the identity claim together."""
 
-    def claim(self, tenant: str, instance_id: uuid.UUID) -> tuple[uuid.UUID, bool]:
+    def claim(self, tenant: TenantName, instance_id: uuid.UUID) -> tuple[uuid.UUID, bool]:
         """(the claim's owner, whether this call made it): only the owner may init a guest."""
 
-    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+    def pending_claim(self, tenant: TenantName) -> uuid.UUID | None:
         """The claim's owner while no bundle is stored; None otherwise."""
 
-    def take_over(self, tenant: str, old_owner: uuid.UUID, new_owner: uuid.UUID) -> bool:
+    def take_over(self, tenant: TenantName, old_owner: uuid.UUID, new_owner: uuid.UUID) -> bool:
         """Compare-and-set the owner while no bundle is stored; whether it moved."""
 
-    def release(self, tenant: str, owner: uuid.UUID) -> None:
+    def release(self, tenant: TenantName, owner: uuid.UUID) -> None:
         """Drop `owner`'s claim while no bundle is stored."""
 
 
@@ -183,14 +190,14 @@ class IdentityClaims(Protocol):
     """Read-only view of the identity claims (reconcile): which instance is creating a tenant's
     identity. Needs no transit key. Raises BundleBackendUnavailable when it cannot answer."""
 
-    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+    def pending_claim(self, tenant: TenantName) -> uuid.UUID | None:
         """The claim's owner while the tenant has no stored bundle; None otherwise."""
 
 
 class BundleRemover(Protocol):
     """Removes a tenant's identity (offboarding): needs no transit key."""
 
-    def delete(self, tenant: str) -> None:
+    def delete(self, tenant: TenantName) -> None:
         """Removes the bundle and the identity claim together, in one transaction; idempotent.
         Raises RegistryUnavailable when the database cannot be reached."""
 
@@ -214,16 +221,22 @@ class ReconcileRuns(Protocol):
         """Record that a run starts now; returns its id."""
 
     def finish(
-        self, run_id: int, *, outcome: str, counts: dict, actions: list, errors: list
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        counts: dict[str, int],
+        actions: list[dict[str, Any]],
+        errors: list[dict[str, Any]],
     ) -> None:
         """Record that the run finished now, how (`applied`, `dry_run` or `refused`; anything
         else → ValueError) and what it did (JSON-ready)."""
 
-    def latest(self, limit: int = 20) -> list[dict]:
+    def latest(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest runs first, as plain dicts (an unfinished run has `finished_at` None).
         `limit` is 1..100 (ValueError otherwise)."""
 
-    def last_real_run(self) -> dict | None:
+    def last_real_run(self) -> dict[str, Any] | None:
         """The newest finished run that was not a dry run (as `latest` gives it), or None."""
 
 
@@ -233,19 +246,19 @@ class TenantDirectory(Protocol):
     refuse provisioning for a tenant that is not onboarded. Raises RegistryUnavailable when the
     database cannot be reached."""
 
-    def record_onboarded(self, tenant: str, version: int) -> TenantRecord:
+    def record_onboarded(self, tenant: TenantName, version: int) -> TenantRecord:
         """The tenant's secrets are stored at `version` (a positive int, ValueError otherwise).
         Re-onboarding keeps the first onboarded_at; the version never moves backwards."""
 
-    def record_offboarded(self, tenant: str) -> TenantRecord | None:
+    def record_offboarded(self, tenant: TenantName) -> TenantRecord | None:
         """The tenant's secrets are gone; None (and no row made) for a tenant never recorded."""
 
-    def get(self, tenant: str) -> TenantRecord | None: ...
+    def get(self, tenant: TenantName) -> TenantRecord | None: ...
 
     def list(self) -> builtins.list[TenantRecord]:
         """Every tenant the directory knows, onboarded or not, by name."""
 
-    def is_onboarded(self, tenant: str) -> bool: ...
+    def is_onboarded(self, tenant: TenantName) -> bool: ...
 
 
 class TaskDispatcher(Protocol):

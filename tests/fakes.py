@@ -35,6 +35,7 @@ from shared.domain.records import (
     vm_name_for,
 )
 from shared.domain.tenant_records import TenantRecord
+from shared.domain.tenants import TenantName
 from shared.ports import MAX_PAGE_SIZE
 
 # The fields FleetRegistry.transition and .update may set.
@@ -67,7 +68,7 @@ class FakeRegistry:
         self.now = now or datetime.now(UTC)
 
     def create(
-        self, tenant: str, *, request_key: str | None = None, max_live: int | None = None
+        self, tenant: TenantName, *, request_key: str | None = None, max_live: int | None = None
     ) -> tuple[Instance, bool]:
         if request_key is not None:
             for row in self.rows.values():
@@ -98,7 +99,7 @@ class FakeRegistry:
     def list(
         self,
         *,
-        tenant: str | None = None,
+        tenant: TenantName | None = None,
         statuses: Iterable[Status] | None = None,
         limit: int = 50,
         cursor: str | None = None,
@@ -125,7 +126,7 @@ class FakeRegistry:
         wanted = set(statuses)
         return [row for row in self.rows.values() if row.status in wanted]
 
-    def count_live(self, tenant: str) -> int:
+    def count_live(self, tenant: TenantName) -> int:
         return sum(row.tenant == tenant and row.status in LIVE for row in self.rows.values())
 
     def transition(
@@ -162,8 +163,8 @@ class FakeRegistry:
             raise TransitionConflict("the continuation token moved on")
         return self._set(instance_id, **fields)
 
-    def live_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+    def live_counts(self) -> dict[TenantName, int]:
+        counts: dict[TenantName, int] = {}
         for row in self.rows.values():
             if row.status in LIVE:
                 counts[row.tenant] = counts.get(row.tenant, 0) + 1
@@ -316,9 +317,9 @@ class FakeTenants:
     def __init__(self, onboarded: Iterable[str] = ()) -> None:
         self.records: dict[str, TenantRecord] = {}
         for tenant in onboarded:
-            self.record_onboarded(tenant, 1)
+            self.record_onboarded(TenantName(tenant), 1)
 
-    def record_onboarded(self, tenant: str, version: int) -> TenantRecord:
+    def record_onboarded(self, tenant: TenantName, version: int) -> TenantRecord:
         if type(version) is not int or version < 1:
             raise ValueError("version must be a positive integer")
         now, old = datetime.now(UTC), self.records.get(tenant)
@@ -332,7 +333,7 @@ class FakeTenants:
         self.records[tenant] = record
         return record
 
-    def record_offboarded(self, tenant: str) -> TenantRecord | None:
+    def record_offboarded(self, tenant: TenantName) -> TenantRecord | None:
         if tenant not in self.records:
             return None
         now = datetime.now(UTC)
@@ -346,13 +347,13 @@ class FakeTenants:
         self.records[tenant] = record
         return record
 
-    def get(self, tenant: str) -> TenantRecord | None:
+    def get(self, tenant: TenantName) -> TenantRecord | None:
         return self.records.get(tenant)
 
     def list(self) -> builtins.list[TenantRecord]:
         return [self.records[name] for name in sorted(self.records)]
 
-    def is_onboarded(self, tenant: str) -> bool:
+    def is_onboarded(self, tenant: TenantName) -> bool:
         record = self.records.get(tenant)
         return record is not None and record.onboarded
 
@@ -363,7 +364,7 @@ class FakeClaims:
     def __init__(self) -> None:
         self.pending: dict[str, uuid.UUID] = {}
 
-    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+    def pending_claim(self, tenant: TenantName) -> uuid.UUID | None:
         return self.pending.get(tenant)
 
 

@@ -12,9 +12,9 @@ from datetime import UTC
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from shared.domain import tenants
 from shared.domain.errors import InvalidTenantName
 from shared.domain.lifecycle import Status
-from shared.domain.tenants import normalize_tenant
 from shared.web import TENANT_CONSTRAINTS, TENANT_RULE, StrictSchema
 
 MAX_LIST_LIMIT = 200
@@ -25,11 +25,11 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
 
 
 class TenantName(fields.String):
-    """A tenant name, normalised (NFC) on load; the domain decides what is valid."""
+    """A tenant name, loaded as the domain's TenantName (valid, NFC)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         try:
-            return normalize_tenant(value)
+            return tenants.TenantName(value)
         except InvalidTenantName as exc:
             raise ValidationError(exc.message) from None
 

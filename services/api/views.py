@@ -39,7 +39,7 @@ from shared.bootstrap import GatewayServices
 from shared.domain.errors import DispatchUnavailable, GuestError, GuestUnreachable, InstanceNotFound
 from shared.domain.lifecycle import Status
 from shared.domain.records import Instance
-from shared.domain.tenants import normalize_tenant
+from shared.domain.tenants import TenantName
 from shared.redaction import redact
 from shared.web import (
     ApiBlueprint,
@@ -112,9 +112,9 @@ def provision(body: dict, headers: dict):
 @error_responses(bp, 401, 404, 409, 422, 503)
 def teardown(query: dict, tenant: str, instance_id: uuid.UUID):
     """Enqueue the instance's teardown (idempotent)"""
-    # FleetService normalises the tenant and treats another tenant's instance as unknown.
+    # FleetService treats another tenant's instance as unknown.
     instance, task_id = _gateway().fleet.teardown(
-        tenant, instance_id, mode=query["mode"], request_id=g.request_id
+        TenantName(tenant), instance_id, mode=query["mode"], request_id=g.request_id
     )
     return _accepted(instance, task_id)
 
@@ -304,7 +304,7 @@ def ready():
 
 def _owned_instance(tenant: str, instance_id: uuid.UUID) -> Instance:
     """The instance if it belongs to `tenant`; another tenant's is as unknown as a missing one."""
-    tenant = normalize_tenant(tenant)
+    tenant = TenantName(tenant)
     instance = _gateway().registry.get(instance_id)
     if instance is None or instance.tenant != tenant:
         raise InstanceNotFound("no such instance for this tenant")

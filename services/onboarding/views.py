@@ -23,7 +23,7 @@ from services.onboarding.schemas import (
 )
 from shared.bootstrap import OnboardingServices
 from shared.domain.secrets import TenantSecrets
-from shared.domain.tenants import normalize_tenant
+from shared.domain.tenants import TenantName
 from shared.web import (
     PAGE_CONTENT_SECURITY_POLICY,
     TENANT_RULE,
@@ -55,7 +55,7 @@ def _tenant_first(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def check(*args, tenant: str, **kwargs):
-        return view(*args, tenant=normalize_tenant(tenant), **kwargs)
+        return view(*args, tenant=TenantName(tenant), **kwargs)
 
     return check
 
@@ -66,7 +66,7 @@ def _tenant_first(view: Callable) -> Callable:
 @bp.arguments(SecretsHeaders, location="headers")
 @bp.response(204, description="stored", headers=_ETAG)
 @error_responses(bp, 400, 401, 409, 412, 413, 415, 422, 503)
-def put_secrets(secrets: TenantSecrets, expected_version: int | None, tenant: str):
+def put_secrets(secrets: TenantSecrets, expected_version: int | None, tenant: TenantName):
     """Store the tenant's secrets (replacing the stored set)
 
     Without If-Match the write is checked against the version read just before it, so of two
@@ -80,7 +80,7 @@ def put_secrets(secrets: TenantSecrets, expected_version: int | None, tenant: st
 @_tenant_first
 @bp.response(200, SecretsStatus, description="the status", headers=_ETAG)
 @error_responses(bp, 401, 404, 422, 503)
-def get_secrets(tenant: str):
+def get_secrets(tenant: TenantName):
     """Which secrets are set, their version and when; never a value"""
     presence = _service().onboarding.status(tenant)
     body = {
@@ -97,7 +97,7 @@ def get_secrets(tenant: str):
 @bp.arguments(OffboardQuery, location="query")
 @bp.response(204, description="offboarded (or was not onboarded)")
 @error_responses(bp, 401, 409, 422, 503)
-def delete_secrets(query: dict, tenant: str):
+def delete_secrets(query: dict, tenant: TenantName):
     """Offboard: remove the tenant's secrets (idempotent)
 
     Refused with 409 while the tenant has live instances, unless force=true.

@@ -27,7 +27,7 @@ from shared.domain.errors import (
     RegistryUnavailable,
 )
 from shared.domain.secrets import Bundle
-from shared.domain.tenants import normalize_tenant
+from shared.domain.tenants import TenantName
 
 BUNDLE_FORMAT = "credbundle/v1"
 NONCE_BYTES = 12
@@ -42,7 +42,7 @@ class EnvelopeBundleStore:
         self._pool = pool
         self._transit = transit
 
-    def put(self, tenant: str, bundle: Bundle, owner: uuid.UUID) -> bool:
+    def put(self, tenant: TenantName, bundle: Bundle, owner: uuid.UUID) -> bool:
         """Store the tenant's first bundle for `owner`, the instance holding its identity claim;
         False, storing nothing, when it already has one or `owner` no longer holds the claim.
 
@@ -52,7 +52,6 @@ class EnvelopeBundleStore:
         it waits for this insert and deletes the bundle too, or this sees no claim and stores
         nothing, never a bundle for a tenant whose identity was removed meanwhile.
         """
-        tenant = normalize_tenant(tenant)
         plaintext = _canonical_json(bundle)
         try:
             with self._pool.connection() as conn:
@@ -77,9 +76,8 @@ class EnvelopeBundleStore:
         except psycopg.Error as exc:
             raise _postgres_unavailable(exc, "storing the bundle", tenant) from None
 
-    def get(self, tenant: str) -> Bundle | None:
+    def get(self, tenant: TenantName) -> Bundle | None:
         """None only when there is certainly no row; every failure raises (see module doc)."""
-        tenant = normalize_tenant(tenant)
         try:
             with self._pool.connection() as conn:
                 row = conn.execute(
@@ -105,7 +103,7 @@ class EnvelopeBundleStore:
             raise BundleIntegrityError("the stored bundle is not a JSON object", tenant=tenant)
         return Bundle(data)
 
-    def delete(self, tenant: str) -> None:
+    def delete(self, tenant: TenantName) -> None:
         """Remove the tenant's bundle and identity claim: its next VM starts a new identity."""
         try:
             delete_identity(self._pool, tenant)
@@ -114,13 +112,12 @@ class EnvelopeBundleStore:
 
     # --- the identity claim (docs/ARCHITECTURE.md#invariants) -------------------------------------
 
-    def claim(self, tenant: str, instance_id: uuid.UUID) -> tuple[uuid.UUID, bool]:
+    def claim(self, tenant: TenantName, instance_id: uuid.UUID) -> tuple[uuid.UUID, bool]:
         """Claim the creation of the tenant's identity; returns (owner, claimed by this call).
 
         Insert-only: the owner is whoever inserted first, and stays so until `release`,
         `take_over` or `delete`. Only the owner may init a guest for the tenant.
         """
-        tenant = normalize_tenant(tenant)
         try:
             with self._pool.connection() as conn:
                 # Twice at most: a claim released between the insert and the read is gone.
@@ -142,14 +139,13 @@ class EnvelopeBundleStore:
             raise _postgres_unavailable(exc, "claiming the identity", tenant) from None
         raise BundleBackendUnavailable("the identity claim kept changing; retry", tenant=tenant)
 
-    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+    def pending_claim(self, tenant: TenantName) -> uuid.UUID | None:
         """The instance creating the tenant's identity while none is stored yet, if any."""
         return _pending_claim(self._pool, tenant)
 
-    def take_over(self, tenant: str, old_owner: uuid.UUID, new_owner: uuid.UUID) -> bool:
+    def take_over(self, tenant: TenantName, old_owner: uuid.UUID, new_owner: uuid.UUID) -> bool:
         """Move an abandoned claim to `new_owner`, if `old_owner` still holds it and no bundle
         was stored (so no identity was kept); whether it moved."""
-        tenant = normalize_tenant(tenant)
         try:
             with self._pool.connection() as conn:
                 cursor = conn.execute(
@@ -162,9 +158,8 @@ class EnvelopeBundleStore:
         except psycopg.Error as exc:
             raise _postgres_unavailable(exc, "taking over the identity claim", tenant) from None
 
-    def release(self, tenant: str, owner: uuid.UUID) -> None:
+    def release(self, tenant: TenantName, owner: uuid.UUID) -> None:
         """Drop `owner`'s claim while no bundle is stored: it made no identity that survives."""
-        tenant = normalize_tenant(tenant)
         try:
             with self._pool.connection() as conn:
                 conn.execute(
@@ -176,8 +171,7 @@ class EnvelopeBundleStore:
             raise _postgres_unavailable(exc, "releasing the identity claim", tenant) from None
 
 
-def _pending_claim(pool: ConnectionPool, tenant: str) -> uuid.UUID | None:
-    tenant = normalize_tenant(tenant)
+def _pending_claim(pool: ConnectionPool, tenant: TenantName) -> uuid.UUID | None:
     try:
         with pool.connection() as conn:
             row = conn.execute(
@@ -196,16 +190,15 @@ class PostgresIdentityClaims:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def pending_claim(self, tenant: str) -> uuid.UUID | None:
+    def pending_claim(self, tenant: TenantName) -> uuid.UUID | None:
         return _pending_claim(self._pool, tenant)
 
 
-def delete_identity(pool: ConnectionPool, tenant: str) -> None:
+def delete_identity(pool: ConnectionPool, tenant: TenantName) -> None:
     """Delete the tenant's bundle and claim in one transaction; raises psycopg errors.
 
     Needs no key, so offboarding can call it without access to transit.
     """
-    tenant = normalize_tenant(tenant)
     with pool.connection() as conn:
         # The claim first: its row lock orders this after, or before, a `put` in flight.
         conn.execute("DELETE FROM identity_claims WHERE tenant = %s", (tenant,))
@@ -218,7 +211,7 @@ class PostgresBundleRemover:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def delete(self, tenant: str) -> None:
+    def delete(self, tenant: TenantName) -> None:
         try:
             delete_identity(self._pool, tenant)
         except psycopg.Error as exc:
@@ -234,7 +227,7 @@ def _canonical_json(bundle: Bundle) -> bytes:
     ).encode()
 
 
-def _associated_data(tenant: str) -> bytes:
+def _associated_data(tenant: TenantName) -> bytes:
     # Length-prefixed, so that no (format, tenant) pair can be spelt as another one.
     parts = (BUNDLE_FORMAT.encode(), tenant.encode())
     return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
@@ -243,7 +236,7 @@ def _associated_data(tenant: str) -> bytes:
 # The plaintext data key lives only in the locals of these two functions: nothing else holds a
 # reference once they return. Python cannot scrub the memory (bytes are immutable and Vault's JSON
 # answer held the key too); dropping every reference at once is as far as it goes.
-def _seal(transit: TransitKeys, tenant: str, plaintext: bytes) -> tuple[str, bytes, bytes]:
+def _seal(transit: TransitKeys, tenant: TenantName, plaintext: bytes) -> tuple[str, bytes, bytes]:
     key, wrapped = transit.data_key()
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = AESGCM(key).encrypt(nonce, plaintext, _associated_data(tenant))
@@ -251,7 +244,7 @@ def _seal(transit: TransitKeys, tenant: str, plaintext: bytes) -> tuple[str, byt
 
 
 def _unseal(
-    transit: TransitKeys, tenant: str, wrapped: str, nonce: bytes, ciphertext: bytes
+    transit: TransitKeys, tenant: TenantName, wrapped: str, nonce: bytes, ciphertext: bytes
 ) -> bytes:
     key = transit.unwrap(wrapped)
     try:

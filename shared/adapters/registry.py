@@ -35,7 +35,7 @@ from shared.domain.errors import (
 )
 from shared.domain.lifecycle import LIVE, Status, check_transition
 from shared.domain.records import Event, Instance, vm_name_for
-from shared.domain.tenants import normalize_tenant
+from shared.domain.tenants import TenantName
 from shared.ports import MAX_PAGE_SIZE
 
 SETTABLE_FIELDS = frozenset(
@@ -70,9 +70,8 @@ class PostgresFleetRegistry:
         self._pool = pool
 
     def create(
-        self, tenant: str, *, request_key: str | None = None, max_live: int | None = None
+        self, tenant: TenantName, *, request_key: str | None = None, max_live: int | None = None
     ) -> tuple[Instance, bool]:
-        tenant = normalize_tenant(tenant)
         instance_id = uuid.uuid4()
         with self._cursor() as cur:
             if max_live is not None:
@@ -129,7 +128,7 @@ class PostgresFleetRegistry:
     def list(
         self,
         *,
-        tenant: str | None = None,
+        tenant: TenantName | None = None,
         statuses: Iterable[Status] | None = None,
         limit: int = 50,
         cursor: str | None = None,
@@ -140,7 +139,7 @@ class PostgresFleetRegistry:
         params: list[object] = []
         if tenant is not None:
             conditions.append(sql.SQL("tenant = %s"))
-            params.append(normalize_tenant(tenant))
+            params.append(tenant)
         if statuses is not None:
             conditions.append(sql.SQL("status = ANY(%s)"))
             params.append([status.value for status in _statuses(statuses)])
@@ -169,12 +168,11 @@ class PostgresFleetRegistry:
             ).fetchall()
         return [_instance(row) for row in rows]
 
-    def count_live(self, tenant: str) -> int:
-        tenant = normalize_tenant(tenant)
+    def count_live(self, tenant: TenantName) -> int:
         with self._cursor() as cur:
             return _count_live(cur, tenant)
 
-    def live_counts(self) -> dict[str, int]:
+    def live_counts(self) -> dict[TenantName, int]:
         """Live instances per tenant, for every tenant that has any (one query)."""
         with self._cursor() as cur:
             rows = cur.execute(
@@ -182,7 +180,7 @@ class PostgresFleetRegistry:
                 " GROUP BY tenant",
                 (_LIVE,),
             ).fetchall()
-        return {row["tenant"]: row["live"] for row in rows}
+        return {TenantName.stored(row["tenant"]): row["live"] for row in rows}
 
     def transition(
         self,
@@ -371,7 +369,7 @@ def _append_event(
 
 
 def _by_request_key(
-    cur: psycopg.Cursor[Row], tenant: str, request_key: str | None
+    cur: psycopg.Cursor[Row], tenant: TenantName, request_key: str | None
 ) -> Instance | None:
     if request_key is None:
         return None
@@ -382,7 +380,7 @@ def _by_request_key(
     return _instance(row) if row else None
 
 
-def _count_live(cur: psycopg.Cursor[Row], tenant: str) -> int:
+def _count_live(cur: psycopg.Cursor[Row], tenant: TenantName) -> int:
     row = cur.execute(
         "SELECT count(*) AS live FROM instances WHERE tenant = %s AND status = ANY(%s)",
         (tenant, _LIVE),
@@ -396,6 +394,7 @@ def _instance(row: Row) -> Instance:
     return Instance(
         **{
             **row,
+            "tenant": TenantName.stored(row["tenant"]),
             "status": Status(row["status"]),
             "forges": tuple(row["forges"]),
             **{name: row[name].astimezone(UTC) for name in _TIMESTAMPS},

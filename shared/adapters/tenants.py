@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.adapters.db import Row, pooled_cursor
 from shared.domain.tenant_records import TenantRecord
-from shared.domain.tenants import normalize_tenant
+from shared.domain.tenants import TenantName
 
 _COLUMNS = sql.SQL(", ").join(
     sql.Identifier(name)
@@ -31,7 +31,7 @@ class PostgresTenantDirectory:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def record_onboarded(self, tenant: str, version: int) -> TenantRecord:
+    def record_onboarded(self, tenant: TenantName, version: int) -> TenantRecord:
         """The tenant's secrets are stored at `version`: it is onboarded from now on.
 
         Re-onboarding keeps the original onboarded_at. Two writers recording out of order (v3
@@ -51,13 +51,13 @@ class PostgresTenantDirectory:
                     " secrets_version = GREATEST(t.secrets_version, EXCLUDED.secrets_version)"
                     " RETURNING {}"
                 ).format(_COLUMNS),
-                (normalize_tenant(tenant), version),
+                (tenant, version),
             ).fetchone()
         # An upsert with RETURNING always gives a row.
         assert row is not None
         return _record(row)
 
-    def record_offboarded(self, tenant: str) -> TenantRecord | None:
+    def record_offboarded(self, tenant: TenantName) -> TenantRecord | None:
         """The tenant's secrets are gone. None if the directory never knew the tenant.
 
         No row is created for an unknown name: a typo in an offboarding request must not add a
@@ -70,15 +70,15 @@ class PostgresTenantDirectory:
                     " updated_at = now(), secrets_version = NULL"
                     " WHERE name = %s RETURNING {}"
                 ).format(_COLUMNS),
-                (normalize_tenant(tenant),),
+                (tenant,),
             ).fetchone()
         return _record(row) if row else None
 
-    def get(self, tenant: str) -> TenantRecord | None:
+    def get(self, tenant: TenantName) -> TenantRecord | None:
         with self._cursor() as cur:
             row = cur.execute(
                 sql.SQL("SELECT {} FROM tenants WHERE name = %s").format(_COLUMNS),
-                (normalize_tenant(tenant),),
+                (tenant,),
             ).fetchone()
         return _record(row) if row else None
 
@@ -90,7 +90,7 @@ class PostgresTenantDirectory:
             ).fetchall()
         return [_record(row) for row in rows]
 
-    def is_onboarded(self, tenant: str) -> bool:
+    def is_onboarded(self, tenant: TenantName) -> bool:
         record = self.get(tenant)
         return record is not None and record.onboarded
 
@@ -100,7 +100,7 @@ class PostgresTenantDirectory:
 
 def _record(row: Row) -> TenantRecord:
     return TenantRecord(
-        name=row["name"],
+        name=TenantName.stored(row["name"]),
         onboarded_at=_utc(row["onboarded_at"]),
         updated_at=_utc(row["updated_at"]),
         offboarded_at=_utc(row["offboarded_at"]),

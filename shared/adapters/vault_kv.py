@@ -9,18 +9,20 @@ from hvac.exceptions import InvalidPath, InvalidRequest
 from shared.adapters.vault_client import VAULT_FAILURES
 from shared.domain.errors import SecretsBackendUnavailable, SecretsConflict, SecretsMissing
 from shared.domain.secrets import ForgeCredential, Secret, SecretsPresence, TenantSecrets
-from shared.domain.tenants import normalize_tenant
+from shared.domain.tenants import TenantName
 
 
-def tenant_secret_path(tenant: str) -> str:
+def tenant_secret_path(tenant: TenantName) -> str:
     """The KV path of a tenant's secrets, relative to the mount.
 
     Quoting with no safe character makes the name a single segment whatever it holds. hvac quotes
     path arguments once more and Vault decodes once, so the stored key is exactly this encoded
-    form. normalize_tenant already forbids '/', '%' and a leading '.', so no name encodes to '.'
-    or '..' and no two names share an encoding.
+    form. A TenantName already forbids '/', '%' and a leading '.', so no name encodes to '.'
+    or '..' and no two names share an encoding. Here, where a name becomes a path, a plain str
+    from a caller the type checker does not see is still checked: `TenantName()` returns a
+    TenantName as it is, and validates anything else.
     """
-    return "tenants/" + quote(normalize_tenant(tenant), safe="")
+    return "tenants/" + quote(TenantName(tenant), safe="")
 
 
 class _StoredSecrets(NamedTuple):
@@ -36,10 +38,10 @@ class HvacTenantSecrets:
         self._kv = client.secrets.kv.v2
         self._mount = kv_mount
 
-    def read(self, tenant: str) -> TenantSecrets:
+    def read(self, tenant: TenantName) -> TenantSecrets:
         return self._read(tenant).secrets
 
-    def write(self, tenant: str, secrets: TenantSecrets, *, cas: int | None = None) -> int:
+    def write(self, tenant: TenantName, secrets: TenantSecrets, *, cas: int | None = None) -> int:
         """Store a new version; returns its number. `cas` = the version the caller last read."""
         path = tenant_secret_path(tenant)
         try:
@@ -63,7 +65,7 @@ class HvacTenantSecrets:
                 "Vault answered the write with an unexpected body", tenant=tenant
             ) from None
 
-    def presence(self, tenant: str) -> SecretsPresence | None:
+    def presence(self, tenant: TenantName) -> SecretsPresence | None:
         try:
             stored = self._read(tenant)
         except SecretsMissing:
@@ -77,7 +79,7 @@ class HvacTenantSecrets:
             updated_at=stored.created_time,
         )
 
-    def delete(self, tenant: str) -> None:
+    def delete(self, tenant: TenantName) -> None:
         """Offboard: every version and the metadata go. A missing tenant is not an error."""
         path = tenant_secret_path(tenant)
         try:
@@ -85,7 +87,7 @@ class HvacTenantSecrets:
         except VAULT_FAILURES as exc:
             raise _secrets_unavailable(exc, "deleting tenant secrets", tenant) from None
 
-    def _read(self, tenant: str) -> _StoredSecrets:
+    def _read(self, tenant: TenantName) -> _StoredSecrets:
         path = tenant_secret_path(tenant)
         try:
             response = self._kv.read_secret_version(
@@ -119,7 +121,9 @@ class HvacTenantSecrets:
         return _StoredSecrets(secrets, version, created_time)
 
 
-def _secrets_unavailable(exc: Exception, doing: str, tenant: str) -> SecretsBackendUnavailable:
+def _secrets_unavailable(
+    exc: Exception, doing: str, tenant: TenantName
+) -> SecretsBackendUnavailable:
     return SecretsBackendUnavailable(
         f"Vault failed {doing} ({type(exc).__name__}); retry later", tenant=tenant
     )

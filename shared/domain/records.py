@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.domain.lifecycle import Status
+from shared.domain.tenants import TenantName
 
 VM_NAME_PREFIX = "dark-vm-"
 
@@ -19,7 +20,7 @@ def vm_name_for(instance_id: uuid.UUID) -> str:
 @dataclass(frozen=True)
 class Instance:
     id: uuid.UUID
-    tenant: str
+    tenant: TenantName
     status: Status
     vm_name: str
     idempotency_key: uuid.UUID  # sent to YC as `idempotency-key` on create

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.domain.errors import DomainError, SecretsConflict
+from shared.domain.tenants import TenantName
 
 
 @dataclass(frozen=True)
 class TenantRecord:
-    name: str
+    name: TenantName
     # When the current onboarding began; None while the tenant is offboarded (or never was).
     onboarded_at: datetime | None
     # The last PUT or DELETE of the tenant's secrets.

@@ -34,8 +34,33 @@ _INVISIBLE = (
 )
 
 
-def normalize_tenant(raw: object) -> str:
-    """Return the NFC form of a valid tenant name, or raise InvalidTenantName saying why."""
+class TenantName(str):
+    """A valid tenant name in its NFC form: built once where a name enters (an HTTP path, body or
+    query; a row read back), then passed as is. A str: it compares, hashes, prints, binds as a
+    query parameter and serialises as the name itself.
+
+    `TenantName(raw)` raises InvalidTenantName saying why `raw` is not a valid name; given a
+    TenantName it returns that same object, so building one again costs nothing.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, raw: object) -> "TenantName":
+        if isinstance(raw, TenantName):
+            return raw
+        return super().__new__(cls, _normalise(raw))
+
+    @classmethod
+    def stored(cls, name: str) -> "TenantName":
+        """A name read back from this system's own store, wrapped as it is. Every name is written
+        as a TenantName, so checking it again would find nothing; and a row written by hand with a
+        name the rules refuse must not stop a whole listing, or a reconcile pass, that reads it.
+        """
+        return super().__new__(cls, name)
+
+
+def _normalise(raw: object) -> str:
+    """The NFC form of a valid tenant name, or InvalidTenantName saying why it is not one."""
     if not isinstance(raw, str):
         raise InvalidTenantName("tenant must be a string")
     # Bound the work before normalising: a huge name is wrong anyway.

@@ -37,7 +37,10 @@ The races, and what closes each:
 """
 
 import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from shared.domain.errors import (
     BundleBackendUnavailable,
@@ -59,6 +62,9 @@ from shared.domain.secrets import Bundle, TenantSecrets
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
 
 log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 # An owner in one of these will not store a bundle any more: its claim may be taken over.
 _CANNOT_FINISH = frozenset({Status.READY, Status.FAILED, Status.RETIRED, Status.LOST})
@@ -160,11 +166,11 @@ def refusal(what: str, exc: GuestValidation | GuestCredentialsError) -> str:
     return f"guest credentials error during {what}: {exc}"
 
 
-def guest_call(what: str, call, *args):
+def guest_call(what: str, call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """Run one credentials call; permanent guest errors become a reason naming the call.
     Anything else a guest answers (unreachable, 503, not JSON) means it is not up yet."""
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except (GuestValidation, GuestCredentialsError) as exc:
         raise GuestStepFailed(refusal(what, exc)) from None
 
@@ -179,6 +185,14 @@ def _guest_detail(exc: GuestValidation) -> str:
 def _not_initialised(exc: GuestCredentialsError) -> bool:
     # dark-agent answers 409 {"error": "not initialised"} to an export before any init.
     return exc.details.get("status") == 409
+
+
+def placed(instance: Instance) -> tuple[str, str]:
+    """The provider id and address of an initializing instance's VM. It has both: the move to
+    initializing sets the address of the VM its provider id names, and nothing clears either."""
+    provider_id, address = instance.provider_id, instance.address
+    assert provider_id is not None and address is not None, "an initializing row without its VM"
+    return provider_id, address
 
 
 class TenantIdentity:
@@ -200,13 +214,13 @@ class TenantIdentity:
     def hand_over(self, instance: Instance) -> Outcome:
         """Give the guest of an initializing instance, whose health check just passed, the
         tenant's identity and Claude token; the outcome says what the pipeline does next."""
-        address = instance.address
+        provider_id, address = placed(instance)
         try:
             try:
                 secrets = self.secrets.read(instance.tenant)
             except SecretsMissing:
                 return Failed("tenant not onboarded")
-            refused = vm_check(self.compute.get_instance(instance.provider_id), address)
+            refused = vm_check(self.compute.get_instance(provider_id), address)
             if refused is not None:
                 return refused
             provided = self.provide(instance, secrets)
@@ -230,7 +244,8 @@ class TenantIdentity:
     def provide(self, instance: Instance, secrets: TenantSecrets) -> Provided | None:
         """Give the instance's guest the tenant's identity; None while another instance is
         creating it (poll again). Guest and bundle-backend errors propagate."""
-        tenant, address = instance.tenant, instance.address
+        tenant = instance.tenant
+        _, address = placed(instance)
         bundle = self.bundles.get(tenant)
         if bundle is None:
             owner, claimed_now = self.bundles.claim(tenant, instance.id)
@@ -257,10 +272,12 @@ class TenantIdentity:
         identity = guest_call("import", self.guest.import_bundle, address, bundle)
         return Provided(identity, "guest imported the tenant's bundle")
 
-    def _create(self, instance: Instance, secrets: TenantSecrets, *, recover: bool):
+    def _create(
+        self, instance: Instance, secrets: TenantSecrets, *, recover: bool
+    ) -> Provided | None:
         """Init (or recover from the guest) the identity and store it first; None when another
         instance's bundle is stored already (the caller imports that one instead)."""
-        address = instance.address
+        _, address = placed(instance)
         held = self._held_by_guest(address) if recover else None
         if held is None:
             identity = guest_call("init", self.guest.init, address, secrets)
@@ -289,7 +306,7 @@ class TenantIdentity:
         except GuestValidation as exc:
             raise GuestStepFailed(refusal("export", exc)) from None
 
-    def _cannot_finish(self, owner) -> bool:
+    def _cannot_finish(self, owner: uuid.UUID) -> bool:
         row = self.registry.get(owner)
         return row is None or row.status in _CANNOT_FINISH
 

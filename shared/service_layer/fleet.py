@@ -17,7 +17,7 @@ from shared.domain.errors import (
 )
 from shared.domain.lifecycle import Status, can_tear_down
 from shared.domain.records import Instance
-from shared.domain.tenants import normalize_tenant
+from shared.domain.tenants import TenantName
 from shared.ports import FleetRegistry, TaskDispatcher, TenantDirectory
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,12 @@ _TASK_IDS = uuid.UUID("6a1c1f0e-6d61-4b1e-9d0a-7a2f8f1b9c33")
 def first_task_id(instance_id: uuid.UUID, kind: str) -> str:
     """The id of the first provision/teardown message: a repeated request gets it again."""
     return str(uuid.uuid5(_TASK_IDS, f"{kind}:{instance_id}"))
+
+
+def _token(instance: Instance) -> uuid.UUID:
+    """The row's continuation token, which every row has (the column is NOT NULL)."""
+    assert instance.wake_token is not None, "a registry row without a continuation token"
+    return instance.wake_token
 
 
 class FleetService:
@@ -51,7 +57,7 @@ class FleetService:
 
     def provision(
         self,
-        tenant: str,
+        tenant: TenantName,
         *,
         request_key: str | None,
         request_id: str | None,
@@ -64,7 +70,6 @@ class FleetService:
         client to retry (reconcile's respawn): the row stays and is answered, and is resumed when
         a worker reconnects or reconcile finds its chain missing.
         """
-        tenant = normalize_tenant(tenant)
         if self._tenants is not None and not self._tenants.is_onboarded(tenant):
             # Refused before any row or VM exists: there would be nothing to initialise it with.
             raise TenantNotOnboarded(
@@ -94,7 +99,7 @@ class FleetService:
         if created or instance.status is Status.PENDING:
             try:
                 self._dispatcher.send(
-                    instance, instance.wake_token, request_id=request_id, task_id=task_id
+                    instance, _token(instance), request_id=request_id, task_id=task_id
                 )
             except DispatchUnavailable:
                 if keep_if_queue_down:
@@ -117,7 +122,7 @@ class FleetService:
         nothing behind and a retry cannot make a second VM. A row that moved on meanwhile (a
         worker resumed it the moment Redis came back) is under way: it is the answer."""
         try:
-            withdrawn = self._registry.withdraw(instance.id, instance.wake_token)
+            withdrawn = self._registry.withdraw(instance.id, _token(instance))
         except RegistryUnavailable:
             # Postgres went too: the row stays and is resumed later, so the answer names it (a
             # retry with the same Idempotency-Key, or a look at it, cannot double the VM).
@@ -143,9 +148,8 @@ class FleetService:
         return current
 
     def teardown(
-        self, tenant: str, instance_id: uuid.UUID, *, mode: str, request_id: str | None
+        self, tenant: TenantName, instance_id: uuid.UUID, *, mode: str, request_id: str | None
     ) -> tuple[Instance, str | None]:
-        tenant = normalize_tenant(tenant)
         task_id = first_task_id(instance_id, "teardown")
         for _ in range(5):
             instance = self._registry.get(instance_id)

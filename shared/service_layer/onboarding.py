@@ -11,7 +11,7 @@ import logging
 from shared.domain.errors import RegistryUnavailable, SecretsConflict, SecretsMissing
 from shared.domain.secrets import SecretsPresence, TenantSecrets
 from shared.domain.tenant_records import SecretsVersionMismatch, TenantHasLiveInstances
-from shared.domain.tenants import normalize_tenant
+from shared.domain.tenants import TenantName
 from shared.ports import BundleRemover, FleetRegistry, TenantDirectory, TenantSecretStore
 
 log = logging.getLogger("dark.onboarding")
@@ -34,7 +34,7 @@ class Onboarding:
         self._bundles = bundles
 
     def store(
-        self, tenant: str, secrets: TenantSecrets, *, expected_version: int | None = None
+        self, tenant: TenantName, secrets: TenantSecrets, *, expected_version: int | None = None
     ) -> int:
         """Replace the tenant's secrets; returns the new version.
 
@@ -44,7 +44,6 @@ class Onboarding:
         replacing what the other just wrote; with `expected_version`, a stale caller gets
         SecretsVersionMismatch.
         """
-        tenant = normalize_tenant(tenant)
         if expected_version is None:
             current = self._secrets.presence(tenant)
             cas = current.version if current is not None else 0
@@ -73,15 +72,14 @@ class Onboarding:
         log.info("tenant secrets stored as version %d", version, extra={"tenant": tenant})
         return version
 
-    def status(self, tenant: str) -> SecretsPresence:
+    def status(self, tenant: TenantName) -> SecretsPresence:
         """Which fields are set, the version and when; SecretsMissing when not onboarded."""
-        tenant = normalize_tenant(tenant)
         presence = self._secrets.presence(tenant)
         if presence is None:
             raise SecretsMissing("tenant not onboarded", tenant=tenant)
         return presence
 
-    def offboard(self, tenant: str, *, force: bool = False) -> None:
+    def offboard(self, tenant: TenantName, *, force: bool = False) -> None:
         """Remove the tenant's secrets and its bundle (docs/ARCHITECTURE.md#secrets: a name reused
         later starts a new identity); refused while it has live instances unless `force`.
 
@@ -89,7 +87,6 @@ class Onboarding:
         the gateway (with its secrets still in Vault, removed by a retry) rather than accepted with
         its secrets gone. Offboarding a tenant that is not onboarded succeeds (idempotent).
         """
-        tenant = normalize_tenant(tenant)
         live = self._fleet.count_live(tenant)
         if live and not force:
             raise TenantHasLiveInstances(

@@ -55,6 +55,7 @@ from shared.service_layer.credentials import (
     Provided,
     TenantIdentity,
     at_its_address,
+    placed,
 )
 from shared.service_layer.retry import MAX_BACKOFF_SECS
 from shared.settings import Settings
@@ -241,8 +242,9 @@ class Pipeline:
     def _initializing(self, instance: Instance) -> Step:
         """Health, then the credentials hand-over; then ready, a wait, or failed."""
         waited = (self.clock() - instance.status_changed_at).total_seconds()
+        _, address = placed(instance)
         try:
-            self.guest.health(instance.address)
+            self.guest.health(address)
         except GuestError as exc:
             # Unreachable, 503, or a health answer that is not one: not ready yet.
             return self._not_up(instance, waited, str(exc))
@@ -268,7 +270,9 @@ class Pipeline:
             case _:
                 assert_never(outcome)
 
-    def _not_up(self, instance: Instance, waited: float, why: str, *, guest_up=True) -> Step:
+    def _not_up(
+        self, instance: Instance, waited: float, why: str, *, guest_up: bool = True
+    ) -> Step:
         boot_timeout = self.settings.guest_boot_timeout
         if waited > boot_timeout:
             reason = f"guest did not come up within {int(boot_timeout)} s: {why}"
@@ -328,7 +332,7 @@ class Pipeline:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _move(self, instance: Instance, target: Status, reason: str, **fields) -> None:
+    def _move(self, instance: Instance, target: Status, reason: str, **fields: object) -> None:
         self.registry.transition(instance.id, instance.status, target, reason, **fields)
         log.info("%s → %s", instance.status, target, extra={"instance_id": instance.id})
 
@@ -392,7 +396,9 @@ class Pipeline:
             )
 
 
-def resume_unfinished(registry: FleetRegistry, send: Callable[[Instance, uuid.UUID], None]) -> int:
+def resume_unfinished(
+    registry: FleetRegistry, send: Callable[[Instance, uuid.UUID], object]
+) -> int:
     """Give every unfinished instance a fresh message (a provisioner worker starting up).
 
     A new token makes any older message for the row stale, so this never doubles the work.

@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from shared.domain.errors import DomainError, TransitionConflict
 from shared.domain.labels import managed_labels
@@ -88,24 +89,48 @@ OPEN_STATUSES = frozenset(Status) - {Status.RETIRED}
 
 
 @dataclass(frozen=True)
-class Action:
+class VmAction:
+    """About a VM that has no row: an orphan, to delete."""
+
+    detail: str
+    vm: CloudVm
+    kind: ActionKind = ActionKind.ORPHAN
+    instance: None = None
+
+    def record(self) -> dict[str, Any]:
+        """The action as the run record stores it (JSON-ready)."""
+        return _record(self.kind, self.detail, None, self.vm)
+
+
+@dataclass(frozen=True)
+class RowAction:
+    """About a row, and the VM it owns when one was found (`vm`)."""
+
     kind: ActionKind
     detail: str
-    instance: Instance | None = None
+    instance: Instance
     vm: CloudVm | None = None
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         """The action as the run record stores it (JSON-ready)."""
-        inst, vm = self.instance, self.vm
-        return {
-            "kind": self.kind.value,
-            "instance_id": str(inst.id) if inst else None,
-            "tenant": inst.tenant if inst else None,
-            "vm_id": vm.provider_id if vm else None,
-            "vm_name": vm.name if vm else inst.vm_name if inst else None,
-            "detail": self.detail,
-            "held_back": False,
-        }
+        return _record(self.kind, self.detail, self.instance, self.vm)
+
+
+Action = VmAction | RowAction
+
+
+def _record(
+    kind: ActionKind, detail: str, inst: Instance | None, vm: CloudVm | None
+) -> dict[str, Any]:
+    return {
+        "kind": kind.value,
+        "instance_id": str(inst.id) if inst else None,
+        "tenant": inst.tenant if inst else None,
+        "vm_id": vm.provider_id if vm else None,
+        "vm_name": vm.name if vm else inst.vm_name if inst else None,
+        "detail": detail,
+        "held_back": False,
+    }
 
 
 @dataclass(frozen=True)
@@ -117,9 +142,9 @@ class RunSummary:
     run_id: int
     dry_run: bool
     outcome: str
-    counts: dict
-    actions: list[dict]
-    errors: list[dict]
+    counts: dict[str, int]
+    actions: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
 
 
 # --- decisions (pure) -----------------------------------------------------------------------------
@@ -139,50 +164,50 @@ def decide(
     row_ids = {row.provider_id for row in rows if row.provider_id}
     row_names = {row.vm_name for row in rows}
 
-    actions = []
+    actions: list[Action] = []
     for vm in ours:
         if vm.provider_id in row_ids or vm.name in row_names or vm.status is VmStatus.DELETING:
             continue
         # A VM whose age is unknown is never old enough: deleting it is the irreversible choice.
         age = (now - vm.created_at).total_seconds() if vm.created_at else None
         if age is not None and age > settings.reconcile_orphan_grace:
-            actions.append(
-                Action(ActionKind.ORPHAN, f"no instance row; created {int(age)} s ago", vm=vm)
-            )
+            actions.append(VmAction(f"no instance row; created {int(age)} s ago", vm))
     for row in rows:
-        vm = (by_id.get(row.provider_id) if row.provider_id else None) or by_name.get(row.vm_name)
-        actions.extend(_decide_row(row, vm, settings, now))
+        own = (by_id.get(row.provider_id) if row.provider_id else None) or by_name.get(row.vm_name)
+        actions.extend(_decide_row(row, own, settings, now))
     return actions
 
 
 def _decide_row(
     row: Instance, vm: CloudVm | None, settings: Settings, now: datetime
-) -> list[Action]:
+) -> list[RowAction]:
     live_vm = vm if vm is not None and vm.status is not VmStatus.DELETING else None
     if row.status in IN_FLIGHT:
         in_status = (now - row.status_changed_at).total_seconds()
         if in_status > settings.reconcile_stuck:
             detail = f"stuck in {row.status.value} for {int(in_status)} s"
-            return [Action(ActionKind.STUCK, detail, row, live_vm)]
+            return [RowAction(ActionKind.STUCK, detail, row, live_vm)]
         idle = (now - row.updated_at).total_seconds()
         if idle > STALL_SECS:
-            return [Action(ActionKind.RESUME, f"no progress for {int(idle)} s", row, vm)]
+            return [RowAction(ActionKind.RESUME, f"no progress for {int(idle)} s", row, vm)]
     elif row.status is Status.READY:
         if vm is None and row.status_changed_at < now:
-            lost = Action(ActionKind.LOST, LOST_REASON, row)
+            lost = RowAction(ActionKind.LOST, LOST_REASON, row)
             if settings.reconcile_respawn_lost:
                 return [
                     lost,
-                    Action(ActionKind.RESPAWN, f"a fresh instance for tenant {row.tenant}", row),
+                    RowAction(ActionKind.RESPAWN, f"a fresh instance for tenant {row.tenant}", row),
                 ]
             return [lost]
     elif row.status is Status.TEARING_DOWN:
         idle = (now - row.updated_at).total_seconds()
         if idle > STALL_SECS:
-            return [Action(ActionKind.RESUME_TEARDOWN, f"no progress for {int(idle)} s", row, vm)]
+            return [
+                RowAction(ActionKind.RESUME_TEARDOWN, f"no progress for {int(idle)} s", row, vm)
+            ]
     elif row.status in (Status.FAILED, Status.LOST) and live_vm is not None:
         detail = f"the instance is {row.status.value} but its VM is still in the cloud"
-        return [Action(ActionKind.LEFTOVER_VM, detail, row, live_vm)]
+        return [RowAction(ActionKind.LEFTOVER_VM, detail, row, live_vm)]
     return []
 
 
@@ -241,8 +266,8 @@ def reconcile_once(
             return None
         run_id = runs.start(dry_run=dry_run, trigger=trigger)
         counts = {kind.value: 0 for kind in ActionKind}
-        records: list[dict] = []
-        errors: list[dict] = []
+        records: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         outcome = DRY_RUN if dry_run else APPLIED
         try:
             actions = _snapshot_and_decide(registry, compute, settings, now, counts, errors)
@@ -297,8 +322,8 @@ def _snapshot_and_decide(
     compute: Compute,
     settings: Settings,
     now: datetime,
-    counts: dict,
-    errors: list,
+    counts: dict[str, int],
+    errors: list[dict[str, Any]],
 ) -> list[Action]:
     try:
         # The cloud first, then the rows: see the module docstring. A listing that failed halfway
@@ -323,7 +348,9 @@ class _Executor:
     claims: IdentityClaims | None = None
     marked_lost: set[uuid.UUID] = field(default_factory=set)
 
-    def carry_out(self, action: Action, dry_run: bool, errors: list) -> dict:
+    def carry_out(
+        self, action: Action, dry_run: bool, errors: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         record = action.record()
         if dry_run:
             record["result"] = "dry run: nothing done"
@@ -340,7 +367,7 @@ class _Executor:
         return record
 
     def _act(self, action: Action) -> str:
-        if action.instance is None:
+        if isinstance(action, VmAction):
             return self._delete_vm(action.vm)
         with self.locks.hold(f"instance:{action.instance.id}") as taken:
             if not taken:
@@ -355,14 +382,14 @@ class _Executor:
             }
             return handlers[action.kind](action)
 
-    def _stuck(self, action: Action) -> str:
+    def _stuck(self, action: RowAction) -> str:
         inst = action.instance
         if self._creating_identity(inst):
             return self._teardown_keeping_identity(action)
         self.registry.transition(inst.id, inst.status, Status.FAILED, action.detail)
         if action.vm is None:
             return "failed"
-        return "failed; " + self._delete_instance_vm(action)
+        return "failed; " + self._delete_instance_vm(inst, action.vm)
 
     def _creating_identity(self, inst: Instance) -> bool:
         # Its guest may hold the tenant's identity, stored nowhere yet. Failed here with its VM
@@ -374,7 +401,7 @@ class _Executor:
             and self.claims.pending_claim(inst.tenant) == inst.id
         )
 
-    def _teardown_keeping_identity(self, action: Action) -> str:
+    def _teardown_keeping_identity(self, action: RowAction) -> str:
         # The pipeline's teardown keeps what the guest holds (or releases the claim) before it
         # deletes the VM; reconcile cannot, having no guest agent nor transit key.
         token = uuid.uuid4()
@@ -393,15 +420,17 @@ class _Executor:
             " the identity before it deletes the VM"
         )
 
-    def _leftover_vm(self, action: Action) -> str:
-        return self._delete_instance_vm(action)
+    def _leftover_vm(self, action: RowAction) -> str:
+        # `decide` makes this action only for a row whose VM it found still in the cloud.
+        assert action.vm is not None, "a leftover VM action without its VM"
+        return self._delete_instance_vm(action.instance, action.vm)
 
-    def _lost(self, action: Action) -> str:
+    def _lost(self, action: RowAction) -> str:
         self.registry.transition(action.instance.id, Status.READY, Status.LOST, LOST_REASON)
         self.marked_lost.add(action.instance.id)
         return "marked lost"
 
-    def _respawn(self, action: Action) -> str:
+    def _respawn(self, action: RowAction) -> str:
         lost = action.instance
         if lost.id not in self.marked_lost:
             return "skipped: the instance was not marked lost"
@@ -416,7 +445,7 @@ class _Executor:
         self.registry.note(lost.id, f"reconcile provisioned instance {fresh.id} to replace it")
         return f"provisioned instance {fresh.id}"
 
-    def _resume(self, action: Action) -> str:
+    def _resume(self, action: RowAction) -> str:
         token = uuid.uuid4()
         inst = self.registry.update(action.instance.id, action.instance.status, wake_token=token)
         self.fleet.resume(inst, token, request_id=self.request_id)
@@ -424,9 +453,9 @@ class _Executor:
         self.registry.note(inst.id, f"reconcile resumed the {what} ({action.detail})")
         return f"{what} resumed"
 
-    def _delete_instance_vm(self, action: Action) -> str:
-        outcome = self._delete_vm(action.vm)
-        self.registry.note(action.instance.id, f"reconcile: {outcome}")
+    def _delete_instance_vm(self, inst: Instance, vm: CloudVm) -> str:
+        outcome = self._delete_vm(vm)
+        self.registry.note(inst.id, f"reconcile: {outcome}")
         return outcome
 
     def _delete_vm(self, vm: CloudVm) -> str:

@@ -12,7 +12,7 @@ import unicodedata
 import pytest
 
 from shared.domain.errors import InvalidTenantName
-from shared.domain.tenants import MAX_TENANT_LENGTH, normalize_tenant
+from shared.domain.tenants import MAX_TENANT_LENGTH, TenantName
 from shared.web import TENANT_CONSTRAINTS, TENANT_PATTERN, tenant_parameter
 from tests.unit.test_tenants import ACCEPTED
 
@@ -21,7 +21,7 @@ PATTERN = re.compile(TENANT_PATTERN)
 
 def valid(name: str) -> bool:
     try:
-        normalize_tenant(name)
+        TenantName(name)
     except InvalidTenantName:
         return False
     return True
