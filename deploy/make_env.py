@@ -21,7 +21,8 @@ TEMPLATE = ROOT / "deploy" / "compose.env.example"
 GENERATED = {
     "POSTGRES_PASSWORD": lambda: secrets.token_hex(24),
     "REDIS_PASSWORD": lambda: secrets.token_hex(24),
-    "VAULT_TOKEN": lambda: "dark-" + secrets.token_hex(24),
+    "ONBOARDING_VAULT_TOKEN": lambda: "dark-onb-" + secrets.token_hex(24),
+    "PROVISIONER_VAULT_TOKEN": lambda: "dark-prov-" + secrets.token_hex(24),
     "DARK_API_TOKENS": lambda: "op-" + secrets.token_urlsafe(24),
     "DARK_ONBOARDING_TOKENS": lambda: "onb-" + secrets.token_urlsafe(24),
     "DARK_SESSION_SECRET": lambda: secrets.token_urlsafe(48),

@@ -13,10 +13,18 @@ volume only this service mounts, so that it can unseal again after a restart. Th
 convenience and not key custody: anyone who can read the volume owns the Vault.
 
 Either way it then makes sure of: KV v2 at VAULT_KV_MOUNT, transit at VAULT_TRANSIT_MOUNT, the
-bundle key DARK_BUNDLE_KEY, the policy `dark-orchestrator` (what the services use, nothing more),
-and the services' token: the VAULT_TOKEN from .env, created with that id and policy, or renewed
-when it exists (the services never renew it themselves). Key rotation (`rotate`, raising
-`min_decryption_version`) is not in that policy: run it with an operator's token.
+bundle key DARK_BUNDLE_KEY, one policy per role (least privilege, docs/ARCHITECTURE.md#secrets):
+
+    dark-onboarding   tenant secrets: create, read, update; delete every version (offboarding)
+    dark-provisioner  tenant secrets: read; the bundle key: datakey and decrypt
+    dark-rotation     the bundle key: rotate, read, rewrap, raise min_decryption_version
+
+and one token per service that talks to Vault: ONBOARDING_VAULT_TOKEN and PROVISIONER_VAULT_TOKEN
+from .env, each created with that id and its role's policy only, or renewed when it exists (the
+services never renew them themselves). The gateway, the reconciler, beat and Flower get no Vault
+token. No token is made for rotation: an operator mints a short-lived one when rotating
+(docs/OPERATIONS.md). The policy `dark-orchestrator` of earlier versions (one token for all) is
+deleted, which leaves a token made for it powerless.
 
 Exit status 0 when OpenBao is ready for the services, 2 when an operator has to act first (the
 message says what to do), 1 on any other failure. Secrets are never printed.
@@ -36,12 +44,14 @@ from hvac.exceptions import Forbidden, InvalidPath, VaultError
 from shared.adapters.vault_transit import TransitKeys
 from shared.settings import Settings, load_settings
 
-POLICY_NAME = "dark-orchestrator"
-TOKEN_TTL = "8760h"
-INIT_TIMEOUT_SECS = 120  # max_lease_ttl in deploy/openbao/openbao.hcl
+LEGACY_POLICY = "dark-orchestrator"  # one policy for every service, before per-role policies
+TOKEN_TTL = "8760h"  # max_lease_ttl in deploy/openbao/openbao.hcl
+INIT_TIMEOUT_SECS = 120
+# The role whose token each variable names (read by this script only, never by a service).
+ROLE_TOKENS = {"onboarding": "ONBOARDING_VAULT_TOKEN", "provisioner": "PROVISIONER_VAULT_TOKEN"}
+ROTATION = "rotation"
 SETTINGS_USED = (
     "VAULT_ADDR",
-    "VAULT_TOKEN",
     "VAULT_NAMESPACE",
     "VAULT_KV_MOUNT",
     "VAULT_TRANSIT_MOUNT",
@@ -53,31 +63,83 @@ class OperatorActionNeeded(Exception):
     """OpenBao is in a state only an operator may change (uninitialised, sealed, no token)."""
 
 
-def policy(settings: Settings) -> str:
+def policy_name(role: str) -> str:
+    return f"dark-{role}"
+
+
+def policies(settings: Settings) -> dict[str, str]:
+    """Each role's policy (HCL) by role: exactly what its adapters call, nothing more."""
     kv, transit = settings.vault_kv_mount, settings.vault_transit_mount
     key = settings.bundle_key_name
-    return f"""\
-# Tenant secrets: the onboarding service writes and deletes them, the worker reads them.
+    return {
+        "onboarding": f"""\
+# Tenant secrets: write (check-and-set), read back (presence and version), offboard.
 path "{kv}/data/tenants/*" {{
   capabilities = ["create", "read", "update"]
 }}
 path "{kv}/metadata/tenants/*" {{
-  capabilities = ["read", "delete"]
+  capabilities = ["delete"]
 }}
-# Bundle data keys: generate, unwrap, rewrap. No rotate, no key configuration, no export.
+""",
+        "provisioner": f"""\
+# Tenant secrets: read only.
+path "{kv}/data/tenants/*" {{
+  capabilities = ["read"]
+}}
+# Bundle data keys: generate and unwrap. No rewrap, rotate, key configuration or export.
 path "{transit}/datakey/plaintext/{key}" {{
   capabilities = ["update"]
 }}
 path "{transit}/decrypt/{key}" {{
   capabilities = ["update"]
 }}
-path "{transit}/rewrap/{key}" {{
+""",
+        ROTATION: f"""\
+# devtools/rotate_bundle_key.py: a new key version, every data key re-wrapped, old versions retired.
+# No tenant secrets, no decrypt, no datakey: rewrap never exposes a data key.
+path "{transit}/keys/{key}/rotate" {{
   capabilities = ["update"]
 }}
 path "{transit}/keys/{key}" {{
   capabilities = ["read"]
 }}
-"""
+path "{transit}/keys/{key}/config" {{
+  capabilities = ["update"]
+}}
+path "{transit}/rewrap/{key}" {{
+  capabilities = ["update"]
+}}
+""",
+    }
+
+
+def role_tokens_from_env(environ: dict[str, str]) -> dict[str, str]:
+    """The services' token ids .env gives, by role; a role whose variable is unset gets none."""
+    tokens = {}
+    for role, name in ROLE_TOKENS.items():
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        if len(value) < 16:
+            raise SystemExit(f"{name}: must be at least 16 characters")
+        tokens[role] = value
+    if len(set(tokens.values())) < len(tokens):
+        raise SystemExit(f"{' and '.join(ROLE_TOKENS.values())} must differ: one token per service")
+    return tokens
+
+
+def configure(
+    client: hvac.Client, settings: Settings, tokens: dict[str, str], ttl: str = TOKEN_TTL
+) -> None:
+    """Engines, the bundle key, every role's policy and the given roles' tokens (by role)."""
+    ensure_engines(client, settings)
+    for role, hcl in policies(settings).items():
+        client.sys.create_or_update_policy(name=policy_name(role), policy=hcl)
+    if LEGACY_POLICY in (client.sys.list_policies().get("data") or {}).get("policies", []):
+        client.sys.delete_policy(LEGACY_POLICY)
+        print(f"deleted the policy {LEGACY_POLICY} of earlier versions (one token for all)")
+    for role, token in tokens.items():
+        ensure_service_token(client, role, token, ttl)
 
 
 def wait_for_server(client: hvac.Client, timeout: float) -> dict:
@@ -186,8 +248,9 @@ def ensure_engines(client: hvac.Client, settings: Settings) -> None:
     ).ensure_key()
 
 
-def ensure_service_token(client: hvac.Client, token: str) -> None:
-    """The services' token with exactly our policy: created with the given id, or renewed."""
+def ensure_service_token(client: hvac.Client, role: str, token: str, ttl: str = TOKEN_TTL) -> None:
+    """A service's token with exactly its role's policy: created with the given id, or renewed."""
+    name, wanted = ROLE_TOKENS.get(role, role), policy_name(role)
     try:
         existing = client.auth.token.lookup(token)["data"]
     except (Forbidden, InvalidPath):
@@ -195,21 +258,22 @@ def ensure_service_token(client: hvac.Client, token: str) -> None:
     if existing is None:
         client.auth.token.create_orphan(
             id=token,
-            policies=[POLICY_NAME],
-            ttl=TOKEN_TTL,
+            policies=[wanted],
+            ttl=ttl,
             renewable=True,
-            display_name="dark-orchestrator",
+            display_name=f"dark-{role}",
+            meta={"role": role},
         )
-        print(f"created the services' token (policy {POLICY_NAME}, ttl {TOKEN_TTL})")
+        print(f"created the {role} token (policy {wanted}, ttl {ttl})")
         return
     policies = set(existing.get("policies") or []) - {"default"}
-    if policies != {POLICY_NAME}:
+    if policies != {wanted}:
         raise SystemExit(
-            f"VAULT_TOKEN already exists with policies {sorted(policies)}, not [{POLICY_NAME!r}]; "
-            "use a token made for the services"
+            f"{name} already exists with policies {sorted(policies)}, not [{wanted!r}]; "
+            f"use a token made for the {role} service"
         )
-    client.auth.token.renew(token, increment=TOKEN_TTL)
-    print("renewed the services' token")
+    client.auth.token.renew(token, increment=ttl)
+    print(f"renewed the {role} token")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,9 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=60, help="seconds to wait for OpenBao")
     args = parser.parse_args(argv)
     settings = load_settings({name: os.environ.get(name, "") for name in SETTINGS_USED})
+    tokens = role_tokens_from_env(dict(os.environ))
     client = hvac.Client(
         url=settings.vault_addr,
-        token="",  # not None: hvac would fall back to $VAULT_TOKEN, the services' token
+        token="",  # not None: hvac would fall back to $VAULT_TOKEN or ~/.vault-token
         namespace=settings.vault_namespace,
         # Initialising raft storage takes seconds, and its answer (the keys) comes only once.
         timeout=INIT_TIMEOUT_SECS,
@@ -236,12 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             client.token = check_ready_for_operator(status, settings.vault_addr)
         wait_until_active(settings.vault_addr, args.wait)
-        ensure_engines(client, settings)
-        client.sys.create_or_update_policy(name=POLICY_NAME, policy=policy(settings))
-        if settings.vault_token:
-            ensure_service_token(client, settings.vault_token)
-        else:
-            print("VAULT_TOKEN is not set: no token created for the services")
+        configure(client, settings, tokens)
+        for role, name in ROLE_TOKENS.items():
+            if role not in tokens:
+                print(f"{name} is not set: no token created for the {role} service")
     except OperatorActionNeeded as exc:
         print(f"openbao_setup: {exc}", file=sys.stderr)
         return 2

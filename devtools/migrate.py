@@ -9,5 +9,5 @@ from shared.adapters.db import migrate
 from shared.settings import load_settings
 
 if __name__ == "__main__":
-    applied = migrate(load_settings().database_url)
+    applied = migrate(load_settings(service="migrate").database_url)
     print(f"migrations applied: {', '.join(applied) or 'none pending'}")

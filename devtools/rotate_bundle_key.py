@@ -43,4 +43,4 @@ def main(settings: Settings) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(load_settings()))
+    sys.exit(main(load_settings(service="rotate")))

@@ -3,6 +3,13 @@
 Starts OpenBao (dev server: KV v2 + transit + the bundle key), the simulators, applies migrations,
 then the gateway, the onboarding service, the provisioner worker, the reconcile worker, beat and
 Flower. Postgres and Redis are used at DATABASE_URL / REDIS_URL. Runtime files go under .run/.
+
+Least privilege as in production (docs/ARCHITECTURE.md#secrets): the dev server's root token is
+made here, handed to OpenBao through its environment (never a command line), used to set up the
+role policies and one token per service (deploy/openbao_setup.py), then revoked. Each process gets
+only the variables it reads (`service_env`): the onboarding service and the provisioner each their
+own VAULT_TOKEN, every other process none. With your own Vault (VAULT_ADDR set), give the tokens
+deploy/openbao_setup.py made: ONBOARDING_VAULT_TOKEN and PROVISIONER_VAULT_TOKEN.
 """
 
 import json
@@ -17,11 +24,22 @@ from pathlib import Path
 import psycopg
 import requests
 
+from deploy.openbao_setup import ROLE_TOKENS
 from shared.celery_app import QUEUE_PROVISION, QUEUE_RECONCILE
+from shared.settings import SERVICE_SETTINGS, env_names, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / ".run"
 BIN = Path(sys.executable).parent
+# The role tokens' TTL here: the dev server's own max_lease_ttl (32 days) caps it anyway.
+DEV_TOKEN_TTL = "768h"
+# Variables outside shared/settings.py that only some processes read (the cloud SDK reads
+# YC_METADATA_ADDR; Flower applies every FLOWER_* variable).
+EXTRA_READS = {
+    "provisioner": {"YC_METADATA_ADDR"},
+    "reconciler": {"YC_METADATA_ADDR"},
+}
+_OURS = {*env_names(), *ROLE_TOKENS.values(), "YC_METADATA_ADDR", "SIM_ADMIN_URL"}
 
 
 def _free_port() -> int:
@@ -79,6 +97,25 @@ def _token(env: dict, name: str, prefix: str, generated: dict) -> None:
         generated[name] = env[name]
 
 
+def plain_env(env: dict) -> dict:
+    """`env` less every variable of this project: for OpenBao and the simulators."""
+    return {k: v for k, v in env.items() if k not in _OURS and not k.startswith("FLOWER_")}
+
+
+def service_env(env: dict, service: str) -> dict:
+    """What the process `service` (a key of shared.settings.SERVICE_SETTINGS) is started with: the
+    variables of `env` it reads, its role's Vault token as VAULT_TOKEN when it has a role, and the
+    rest of the environment (PATH, HOME, ...) less every other variable of this project."""
+    reads = SERVICE_SETTINGS[service] | EXTRA_READS.get(service, set())
+    out = plain_env(env) | {k: v for k, v in env.items() if k in reads}
+    if service == "flower":
+        out.update({k: v for k, v in env.items() if k.startswith("FLOWER_")})
+    out.pop("VAULT_TOKEN", None)
+    if service in ROLE_TOKENS and env.get(ROLE_TOKENS[service]):
+        out["VAULT_TOKEN"] = env[ROLE_TOKENS[service]]
+    return out
+
+
 def flower_env(env: dict, generated: dict) -> None:
     """Flower's settings in `env`: always basic auth (generated when unset), on loopback."""
     if not env.get("FLOWER_BASIC_AUTH"):
@@ -113,7 +150,12 @@ def main() -> int:
         _create_database(env["DATABASE_URL"])
         _start_openbao(runner, env)
         _start_simulators(runner, env)
-        subprocess.run([sys.executable, "-m", "devtools.migrate"], cwd=ROOT, env=env, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "devtools.migrate"],
+            cwd=ROOT,
+            env=service_env(env, "migrate"),
+            check=True,
+        )
         _start_services(runner, env)
         _announce(env, generated)
         while True:
@@ -139,31 +181,43 @@ def _create_database(url: str) -> None:
 
 
 def _start_openbao(runner: Runner, env: dict) -> None:
-    if env.get("VAULT_ADDR") and env.get("VAULT_TOKEN"):
-        return  # an operator-provided Vault
-    port = _free_port()
-    token = "root-" + secrets.token_hex(16)
-    runner.start(
-        "openbao",
-        [
-            str(BIN / "bao"),
-            "server",
-            "-dev",
-            f"-dev-listen-address=127.0.0.1:{port}",
-            f"-dev-root-token-id={token}",
-        ],
-        {**env, "HOME": str(RUN)},
-    )
-    env["VAULT_ADDR"] = f"http://127.0.0.1:{port}"
-    env["VAULT_TOKEN"] = token
-    _wait("OpenBao", lambda: requests.get(env["VAULT_ADDR"] + "/v1/sys/health", timeout=1).ok)
+    """OpenBao for the run, set up with the role policies; leaves the role tokens in `env` (under
+    ROLE_TOKENS' names) and no token that could do more."""
+    # An inherited VAULT_TOKEN is nobody's here: each service gets its role's token.
+    env.pop("VAULT_TOKEN", None)
+    if env.get("VAULT_ADDR"):
+        missing = [name for name in ROLE_TOKENS.values() if not env.get(name)]
+        if missing:
+            raise SystemExit(
+                f"make run: with your own Vault (VAULT_ADDR) set {' and '.join(missing)}: the "
+                "tokens deploy/openbao_setup.py creates (never a root token)"
+            )
+        return
     import hvac
 
-    client = hvac.Client(url=env["VAULT_ADDR"], token=token)
-    client.sys.enable_secrets_engine("transit", path="transit")
-    client.secrets.transit.create_key(
-        name=env.get("DARK_BUNDLE_KEY", "dark-bundles"), key_type="aes256-gcm96"
+    from deploy.openbao_setup import configure
+
+    port = _free_port()
+    root = "root-" + secrets.token_hex(16)
+    runner.start(
+        "openbao",
+        [str(BIN / "bao"), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}"],
+        # Through the environment: a command line is readable by every user of the machine.
+        {**plain_env(env), "HOME": str(RUN), "BAO_DEV_ROOT_TOKEN_ID": root},
     )
+    env["VAULT_ADDR"] = f"http://127.0.0.1:{port}"
+    _wait("OpenBao", lambda: requests.get(env["VAULT_ADDR"] + "/v1/sys/health", timeout=1).ok)
+    tokens = {role: f"{role}-" + secrets.token_hex(16) for role in ROLE_TOKENS}
+    settings = load_settings(
+        {k: env.get(k, "") for k in ("VAULT_KV_MOUNT", "VAULT_TRANSIT_MOUNT", "DARK_BUNDLE_KEY")}
+    )
+    client = hvac.Client(url=env["VAULT_ADDR"], token=root, timeout=10)
+    configure(client, settings, tokens, ttl=DEV_TOKEN_TTL)
+    # Set up done: the root token is revoked, so nothing left on this machine can do more than a
+    # service's role.
+    client.auth.token.revoke_self()
+    for role, token in tokens.items():
+        env[ROLE_TOKENS[role]] = token
 
 
 def _start_simulators(runner: Runner, env: dict) -> None:
@@ -180,7 +234,7 @@ def _start_simulators(runner: Runner, env: dict) -> None:
             "--boot-delay",
             env.get("SIM_BOOT_DELAY", "3"),
         ],
-        env,
+        plain_env(env),
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None  # stdout=PIPE
@@ -207,6 +261,17 @@ def _celery(*args: str) -> list[str]:
 def _gunicorn(service: str) -> list[str]:
     conf = f"services/{service}/gunicorn.conf.py"
     return [str(BIN / "gunicorn"), "-c", conf, f"services.{service}.wsgi:app"]
+
+
+# The settings each process of `service_commands` loads (shared.settings.SERVICE_SETTINGS).
+SERVICE_OF = {
+    "api": "api",
+    "onboarding": "onboarding",
+    "provisioner": "provisioner",
+    "reconciler": "reconciler",
+    "beat": "beat",
+    "flower": "flower",
+}
 
 
 def service_commands(env: dict) -> dict[str, list[str]]:
@@ -241,14 +306,14 @@ def service_commands(env: dict) -> dict[str, list[str]]:
         ),
         "beat": _celery(
             "-A",
-            "services.reconciler.worker",
+            "services.reconciler.beat",
             "beat",
             f"--schedule={RUN / 'celerybeat-schedule'}",
             "--loglevel=INFO",
         ),
         "flower": _celery(
             "-A",
-            "services.provisioner.worker",
+            "services.flower",
             "flower",
             "--address=127.0.0.1",
             f"--port={env['FLOWER_PORT']}",
@@ -258,7 +323,7 @@ def service_commands(env: dict) -> dict[str, list[str]]:
 
 def _start_services(runner: Runner, env: dict) -> None:
     for name, argv in service_commands(env).items():
-        runner.start(name, argv, env)
+        runner.start(name, argv, service_env(env, SERVICE_OF[name]))
     api = "http://" + env["DARK_BIND"]
     onboarding = "http://" + env["DARK_ONBOARDING_BIND"]
     _wait("the gateway", lambda: requests.get(api + "/ready", timeout=1).ok)

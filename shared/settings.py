@@ -173,7 +173,98 @@ class Settings:
         return self.environment == "production"
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+# --- which process reads what (docs/ARCHITECTURE.md#secrets) -------------------------------------
+# Each process is given only the variables it reads (docker-compose.yml, devtools/run.py), and in
+# production demands only its own secrets. A new setting goes into the sets of the processes that
+# read it (tests/unit/test_settings.py fails on a setting no process reads).
+
+_COMMON = frozenset({"DARK_ENV", "DARK_LOG_LEVEL"})
+_BROKER = frozenset({"REDIS_URL", "CELERY_VISIBILITY_TIMEOUT_SECS"})
+_VAULT = frozenset({"VAULT_ADDR", "VAULT_TOKEN", "VAULT_NAMESPACE", "VAULT_TIMEOUT_SECS"})
+_YC = frozenset(
+    {
+        "YC_ENDPOINT",
+        "YC_ROOT_CERT",
+        "YC_IAM_TOKEN",
+        "YC_SA_KEY_FILE",
+        "YC_FOLDER_ID",
+        "YC_SUBNET_ID",
+        "YC_ZONE",
+        "YC_PLATFORM_ID",
+        "YC_CORES",
+        "YC_MEMORY_GB",
+        "YC_CORE_FRACTION",
+        "YC_DISK_GB",
+        "YC_DISK_TYPE",
+        "YC_RPC_TIMEOUT_SECS",
+    }
+)
+_GUEST = frozenset({"DARK_AGENT_PORT", "DARK_GUEST_TIMEOUT_SECS", "DARK_GUEST_MAX_RESPONSE_BYTES"})
+
+SERVICE_SETTINGS: dict[str, frozenset[str]] = {
+    # The gateway: no Vault token, no cloud credentials.
+    "api": _COMMON
+    | _BROKER
+    | _GUEST
+    | {
+        "DATABASE_URL",
+        "DARK_BIND",
+        "DARK_API_TOKENS",
+        "DARK_SESSION_SECRET",
+        "DARK_METRICS_LOOPBACK_OPEN",
+        "DARK_FLOWER_URL",
+        "DARK_MAX_INSTANCES_PER_TENANT",
+    },
+    # Onboarding: its own Vault token (KV only); deleting a bundle needs Postgres, not transit.
+    "onboarding": _COMMON
+    | _VAULT
+    | {"DATABASE_URL", "VAULT_KV_MOUNT", "DARK_ONBOARDING_BIND", "DARK_ONBOARDING_TOKENS"},
+    "provisioner": _COMMON
+    | _BROKER
+    | _VAULT
+    | _YC
+    | _GUEST
+    | {
+        "DATABASE_URL",
+        "VAULT_KV_MOUNT",
+        "VAULT_TRANSIT_MOUNT",
+        "DARK_BUNDLE_KEY",
+        "DARK_VM_IMAGE",
+        "DARK_DEPLOYMENT",
+        "DARK_GUEST_BOOT_TIMEOUT",
+    },
+    # Respawn only sends a message and bundle deletion is Postgres only: no Vault at all.
+    "reconciler": _COMMON
+    | _BROKER
+    | _YC
+    | {
+        "DATABASE_URL",
+        "DARK_DEPLOYMENT",
+        "DARK_MAX_INSTANCES_PER_TENANT",
+        "RECONCILE_INTERVAL_SECS",
+        "RECONCILE_ORPHAN_GRACE_SECS",
+        "RECONCILE_STUCK_SECS",
+        "RECONCILE_RESPAWN_LOST",
+        "RECONCILE_DRY_RUN",
+        "RECONCILE_MAX_DESTRUCTIVE",
+    },
+    "beat": _COMMON | _BROKER | {"RECONCILE_INTERVAL_SECS"},
+    # Flower: the broker and its basic auth, nothing else.
+    "flower": frozenset({"DARK_ENV", "REDIS_URL", "FLOWER_BASIC_AUTH"}),
+    "migrate": _COMMON | {"DATABASE_URL"},
+    # devtools/rotate_bundle_key.py, run by an operator with a token of the rotation policy.
+    "rotate": _COMMON | _VAULT | {"DATABASE_URL", "VAULT_TRANSIT_MOUNT", "DARK_BUNDLE_KEY"},
+}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, service: str | None = None
+) -> Settings:
+    """The settings of `environ` (default: the process's). `service`, a key of SERVICE_SETTINGS,
+    limits the production check to that process's own requirements; None checks every process's
+    (except a Vault token: no single token serves every process)."""
+    if service is not None and service not in SERVICE_SETTINGS:
+        raise ValueError(f"unknown service {service!r}")
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(Settings):
@@ -187,29 +278,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError(f"{name}: {exc}") from None
     settings = Settings(**values)
     _check(settings)
-    if settings.production and "deployment" not in values:
-        # Reconcile owns every VM labelled with this deployment: a default shared by two
-        # deployments in one folder would have each delete the other's fleet as orphans.
-        raise SettingsError("DARK_DEPLOYMENT: required in production (reconcile owns its VMs)")
+    if settings.production:
+        _check_production(settings, service, deployment_set="deployment" in values)
     return settings
 
 
 def _check(s: Settings) -> None:
     if s.environment not in ("development", "production"):
         raise SettingsError("DARK_ENV: expected development or production")
-    if s.production:
-        if not s.api_tokens:
-            raise SettingsError("DARK_API_TOKENS: required in production")
-        if not s.onboarding_tokens:
-            raise SettingsError("DARK_ONBOARDING_TOKENS: required in production")
-        if not s.vm_image:
-            raise SettingsError("DARK_VM_IMAGE: required in production")
-        if not s.session_secret:
-            raise SettingsError("DARK_SESSION_SECRET: required in production (signs UI sessions)")
-        if not s.flower_basic_auth:
-            raise SettingsError("FLOWER_BASIC_AUTH: required in production (Flower is never open)")
-        if not (s.yc_iam_token or s.yc_sa_key_file):
-            raise SettingsError("YC_SA_KEY_FILE: required in production (or YC_IAM_TOKEN)")
     if s.api_tokens & s.onboarding_tokens:
         raise SettingsError("DARK_ONBOARDING_TOKENS: must not share a token with DARK_API_TOKENS")
     if s.celery_visibility_timeout <= 130:
@@ -218,6 +294,30 @@ def _check(s: Settings) -> None:
         )
     if s.flower_basic_auth is not None and ":" not in s.flower_basic_auth:
         raise SettingsError("FLOWER_BASIC_AUTH: expected user:password")
+
+
+def _check_production(s: Settings, service: str | None, *, deployment_set: bool) -> None:
+    def needs(name: str) -> bool:
+        return service is None or name in SERVICE_SETTINGS[service]
+
+    if needs("DARK_API_TOKENS") and not s.api_tokens:
+        raise SettingsError("DARK_API_TOKENS: required in production")
+    if needs("DARK_ONBOARDING_TOKENS") and not s.onboarding_tokens:
+        raise SettingsError("DARK_ONBOARDING_TOKENS: required in production")
+    if needs("DARK_VM_IMAGE") and not s.vm_image:
+        raise SettingsError("DARK_VM_IMAGE: required in production")
+    if needs("DARK_SESSION_SECRET") and not s.session_secret:
+        raise SettingsError("DARK_SESSION_SECRET: required in production (signs UI sessions)")
+    if needs("FLOWER_BASIC_AUTH") and not s.flower_basic_auth:
+        raise SettingsError("FLOWER_BASIC_AUTH: required in production (Flower is never open)")
+    if needs("YC_SA_KEY_FILE") and not (s.yc_iam_token or s.yc_sa_key_file):
+        raise SettingsError("YC_SA_KEY_FILE: required in production (or YC_IAM_TOKEN)")
+    if service is not None and needs("VAULT_TOKEN") and not s.vault_token:
+        raise SettingsError("VAULT_TOKEN: required in production (this service's own token)")
+    if needs("DARK_DEPLOYMENT") and not deployment_set:
+        # Reconcile owns every VM labelled with this deployment: a default shared by two
+        # deployments in one folder would have each delete the other's fleet as orphans.
+        raise SettingsError("DARK_DEPLOYMENT: required in production (reconcile owns its VMs)")
 
 
 def env_names() -> list[str]:

@@ -11,7 +11,7 @@ import tempfile
 from shared.logs import gunicorn_logconfig
 from shared.settings import load_settings
 
-bind = [load_settings().api_bind]
+bind = [load_settings(service="api").api_bind]
 workers = 2
 # Threads let one worker serve other requests while a view waits on a slow guest (up to 2 s) or
 # on Postgres.

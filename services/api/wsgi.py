@@ -9,6 +9,6 @@ from services.api.app import create_app
 from shared.logs import configure_logging
 from shared.settings import load_settings
 
-settings = load_settings()
+settings = load_settings(service="api")
 configure_logging("api", settings.log_level)
 app = create_app(settings)

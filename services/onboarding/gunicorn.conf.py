@@ -8,7 +8,7 @@ else, so a bad value fails at start with the variable's name.
 from shared.logs import gunicorn_logconfig
 from shared.settings import load_settings
 
-bind = [load_settings().onboarding_bind]
+bind = [load_settings(service="onboarding").onboarding_bind]
 # Onboarding is low-traffic; threads cover a request waiting on Vault or Postgres.
 workers = 2
 threads = 4

@@ -9,6 +9,6 @@ from services.onboarding.app import create_app
 from shared.logs import configure_logging
 from shared.settings import load_settings
 
-settings = load_settings()
+settings = load_settings(service="onboarding")
 configure_logging("onboarding", settings.log_level)
 app = create_app(settings)

@@ -24,7 +24,7 @@ from shared.logs import configure_logging
 from shared.service_layer.pipeline import Pipeline, resume_unfinished
 from shared.settings import load_settings
 
-settings = load_settings()
+settings = load_settings(service="provisioner")
 configure_logging("provisioner", settings.log_level)
 app = make_celery(settings)
 dispatcher = CeleryDispatcher(app)

@@ -18,7 +18,7 @@ from shared.logs import configure_logging
 from shared.service_layer.reconcile import reconcile_once
 from shared.settings import load_settings
 
-settings = load_settings()
+settings = load_settings(service="reconciler")
 configure_logging("reconciler", settings.log_level)
 app = make_celery(settings)
 app.conf.beat_schedule = reconcile_beat_schedule(settings)

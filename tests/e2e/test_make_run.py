@@ -253,6 +253,35 @@ def follow_the_quick_start(shell: Shell, commands: list[str]) -> None:
     assert instance_id, "the README provisions a VM"
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def assert_least_privilege(started: dict[int, str]) -> None:
+    """The gateway's processes hold no Vault token, no token is on any command line, and only the
+    onboarding service and the provisioner hold one, each a different one (their roles')."""
+    tokens: dict[str, set[str]] = {}
+    for pid, cmdline in started.items():
+        assert "root-token" not in cmdline and "VAULT_TOKEN" not in cmdline, cmdline
+        try:
+            token = environ_of(pid).get("VAULT_TOKEN")
+        except OSError:  # gone meanwhile
+            continue
+        for name in ("services.api.", "services.onboarding.", "services.provisioner."):
+            if name in cmdline:
+                tokens.setdefault(name, set()).add(token or "")
+        if "services.api." in cmdline or "flower" in cmdline or "beat" in cmdline:
+            assert not token, f"{cmdline} holds a Vault token"
+        if "services.reconciler.worker" in cmdline:
+            assert not token, f"{cmdline} holds a Vault token"
+    assert tokens["services.api."] == {""}
+    (onboarding,), (provisioner,) = tokens["services.onboarding."], tokens["services.provisioner."]
+    assert onboarding and provisioner and onboarding != provisioner
+    for cmdline in started.values():
+        assert onboarding not in cmdline and provisioner not in cmdline
+
+
 def test_make_run_then_the_readme_quick_start_gets_a_vm_to_ready(clone, run_env):
     commands = readme_commands((clone / "README.md").read_text())
     text = "\n".join(commands)
@@ -267,6 +296,7 @@ def test_make_run_then_the_readme_quick_start_gets_a_vm_to_ready(clone, run_env)
         started = processes_in(clone)
         for program in ("gunicorn", "celery", "bao", "-m sim"):
             assert any(program in cmdline for cmdline in started.values()), (program, started)
+        assert_least_privilege(started)
         follow_the_quick_start(Shell(clone, api_port, onboarding_port), commands)
     finally:
         run.stop()

@@ -22,7 +22,7 @@ import requests
 
 from devtools import run as make_run
 from shared.celery_app import QUEUES, ROUTES
-from shared.settings import env_names, load_settings
+from shared.settings import SERVICE_SETTINGS, env_names, load_settings
 from tests.support.processes import (
     ROOT,
     VENV_BIN,
@@ -42,7 +42,8 @@ INSTALL_HINT = (
 REQUIRED_ENV = {
     "POSTGRES_PASSWORD": "pg0123456789abcdef",
     "REDIS_PASSWORD": "redis0123456789abcdef",
-    "VAULT_TOKEN": "svc-0123456789abcdef0123456789abcdef",
+    "ONBOARDING_VAULT_TOKEN": "onbv-0123456789abcdef0123456789abcdef",
+    "PROVISIONER_VAULT_TOKEN": "prov-0123456789abcdef0123456789abcdef",
     "DARK_API_TOKENS": "op-0123456789abcdef0123",
     "DARK_ONBOARDING_TOKENS": "onb-0123456789abcdef0123",
     "DARK_SESSION_SECRET": "s" * 40,
@@ -54,6 +55,21 @@ OPTIONAL_ENV = {"YC_IAM_TOKEN": "t1.sim-token-0123456789"}
 PROFILES = [("cloud",), ("demo",)]
 # Ours, but not a service of the control plane (they read no settings).
 HELPERS = {"sim", "vault-init", "vault-setup"}
+# The settings (shared.settings.SERVICE_SETTINGS) each compose service of ours loads.
+ROLE_OF = {
+    "api": "api",
+    "demo-api": "api",
+    "onboarding": "onboarding",
+    "provisioner": "provisioner",
+    "demo-provisioner": "provisioner",
+    "reconciler": "reconciler",
+    "demo-reconciler": "reconciler",
+    "beat": "beat",
+    "flower": "flower",
+    "migrate": "migrate",
+}
+# Variables outside shared/settings.py a service may be given: the cloud SDK's metadata address.
+EXTRA_READS = {"provisioner": {"YC_METADATA_ADDR"}, "reconciler": {"YC_METADATA_ADDR"}}
 
 
 # --- docker compose config ------------------------------------------------------------------------
@@ -250,11 +266,40 @@ def test_python_services_run_the_one_image_as_non_root_with_valid_settings(tmp_p
         assert str(svc.get("user", "")).split(":")[0] not in ("root", "0"), name
         if name in HELPERS:
             continue
+        role = ROLE_OF[name]
         env = svc["environment"]
-        missing = set(env_names()) - set(env)
-        assert not missing, f"{name} is not given {sorted(missing)} (add them to x-app-env)"
-        settings = load_settings({k: v or "" for k, v in env.items()})
+        missing = SERVICE_SETTINGS[role] - set(env)
+        assert not missing, f"{name} is not given {sorted(missing)}, which it reads"
+        settings = load_settings({k: v or "" for k, v in env.items()}, service=role)
         assert settings.production, f"{name} must run in production mode"
+    given = set().union(*(svc["environment"] for n, svc in ours.items() if n not in HELPERS))
+    assert set(env_names()) <= given, f"no service is given {sorted(set(env_names()) - given)}"
+
+
+@pytest.mark.parametrize("profiles", [(), *PROFILES], ids=lambda p: "-".join(p) or "none")
+def test_each_service_is_given_only_the_settings_it_reads(tmp_path, profiles):
+    services = compose_config(tmp_path, profiles)["services"]
+    vault_tokens = {}
+    for name, svc in services.items():
+        if name not in ROLE_OF:
+            continue
+        role, env = ROLE_OF[name], svc.get("environment") or {}
+        extra = set(env) - SERVICE_SETTINGS[role] - EXTRA_READS.get(role, set())
+        assert not extra, f"{name} is given {sorted(extra)}, which it does not read"
+        if env.get("VAULT_TOKEN"):
+            vault_tokens[name] = env["VAULT_TOKEN"]
+    # Only the onboarding service and the provisioner hold a Vault token, each its own.
+    holders = {ROLE_OF[name] for name in vault_tokens}
+    assert holders == {"onboarding"} | ({"provisioner"} if profiles else set()), vault_tokens
+    for name, token in vault_tokens.items():
+        wanted = REQUIRED_ENV[f"{ROLE_OF[name].upper()}_VAULT_TOKEN"]
+        assert token == wanted, f"{name} holds another role's Vault token"
+    assert set(services["flower"]["environment"]) == {"DARK_ENV", "REDIS_URL", "FLOWER_BASIC_AUTH"}
+    for name, svc in services.items():
+        if name in HELPERS:
+            continue
+        env = svc.get("environment") or {}
+        assert not {"ONBOARDING_VAULT_TOKEN", "PROVISIONER_VAULT_TOKEN"} & set(env), name
 
 
 def dockerfile_final_stage() -> list[str]:
@@ -319,8 +364,8 @@ def test_make_env_writes_a_private_env_file_that_compose_accepts(tmp_path):
     assert {"sim", "demo-provisioner", "vault-init"} <= set(config["services"])
     assert_every_queue_consumed_and_one_beat(service_commands(config), "make_env demo")
     for name in ("onboarding", "beat", "flower", "migrate", "demo-provisioner"):
-        env = config["services"][name]["environment"]
-        assert load_settings({k: v or "" for k, v in env.items()}).production, name
+        env = {k: v or "" for k, v in config["services"][name]["environment"].items()}
+        assert load_settings(env, service=ROLE_OF[name]).production, name
 
     # The cloud file needs the operator's image id before Compose accepts it.
     result = run_compose(tmp_path, "config", "--quiet", env={}, env_file=cloud)
@@ -332,8 +377,8 @@ def test_make_env_writes_a_private_env_file_that_compose_accepts(tmp_path):
     services = json.loads(result.stdout)["services"]
     assert {"api", "provisioner", "reconciler"} <= set(services) and "sim" not in services
     for name in ("onboarding", "beat", "flower", "migrate", "provisioner", "reconciler"):
-        env = services[name]["environment"]
-        assert load_settings({k: v or "" for k, v in env.items()}).production, name
+        env = {k: v or "" for k, v in services[name]["environment"].items()}
+        assert load_settings(env, service=ROLE_OF[name]).production, name
     assert services["provisioner"]["environment"]["YC_SA_KEY_FILE"] == "/run/secrets/yc-sa-key"
     for config_services in (config["services"], services):
         for name, svc in config_services.items():
@@ -365,6 +410,62 @@ def test_make_run_starts_flower_on_loopback_with_generated_basic_auth():
     given = {"FLOWER_BASIC_AUTH": "ops:chosen-password"}
     make_run.flower_env(given, generated := {})
     assert given["FLOWER_BASIC_AUTH"] == "ops:chosen-password" and not generated
+
+
+def test_make_run_gives_each_process_only_what_it_reads_and_only_two_a_vault_token():
+    env = {
+        "PATH": "/usr/bin",
+        **{name: f"value-of-{name}" for name in env_names()},
+        "VAULT_TOKEN": "inherited-0123456789",
+        "ONBOARDING_VAULT_TOKEN": "onb-0123456789abcdef",
+        "PROVISIONER_VAULT_TOKEN": "prov-0123456789abcdef",
+        "FLOWER_PORT": "5555",
+        "YC_METADATA_ADDR": "127.0.0.1:1",
+    }
+    commands = make_run.service_commands(env)
+    assert set(commands) == set(make_run.SERVICE_OF)
+    for name in commands:
+        role = make_run.SERVICE_OF[name]
+        given = make_run.service_env(env, role)
+        assert given["PATH"] == "/usr/bin", "the rest of the environment passes"
+        ours = set(given) - {"PATH", "FLOWER_PORT", "YC_METADATA_ADDR"}
+        assert ours <= SERVICE_SETTINGS[role], f"{name} is given {ours - SERVICE_SETTINGS[role]}"
+        assert not {"ONBOARDING_VAULT_TOKEN", "PROVISIONER_VAULT_TOKEN"} & set(given), name
+        expected = env.get(f"{role.upper()}_VAULT_TOKEN")
+        assert given.get("VAULT_TOKEN") == expected, f"{name}: its own Vault token or none"
+        assert ("FLOWER_PORT" in given) == (role == "flower"), name
+    assert set(make_run.service_env(env, "flower")) == {
+        "PATH",
+        "DARK_ENV",
+        "REDIS_URL",
+        "FLOWER_BASIC_AUTH",
+        "FLOWER_PORT",
+    }
+
+
+@pytest.mark.slow
+def test_make_run_sets_up_openbao_with_the_root_token_off_the_command_line_then_revokes_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(make_run, "RUN", tmp_path)
+    runner, env = make_run.Runner(), {"PATH": os.environ["PATH"], "VAULT_TOKEN": "inherited-x"}
+    try:
+        make_run._start_openbao(runner, env)
+        ((_, bao),) = runner.procs
+        cmdline = Path(f"/proc/{bao.pid}/cmdline").read_bytes().decode()
+        environ = dict(
+            item.split("=", 1)
+            for item in Path(f"/proc/{bao.pid}/environ").read_bytes().decode().split("\0")
+            if "=" in item
+        )
+        root = environ["BAO_DEV_ROOT_TOKEN_ID"]
+        assert root not in cmdline and "root-token" not in cmdline
+        assert "VAULT_TOKEN" not in env, "no token that could do more than a role is left"
+        with pytest.raises(hvac.exceptions.Forbidden):
+            hvac.Client(url=env["VAULT_ADDR"], token=root, timeout=5).auth.token.lookup_self()
+        assert_role_tokens_are_scoped(env["VAULT_ADDR"], env, min_ttl=24 * 3600)
+    finally:
+        runner.stop()
 
 
 # --- OpenBao: the shipped server config and the set-up script -------------------------------------
@@ -421,16 +522,18 @@ def configured_openbao(tmp_path):
     bao.stop()
 
 
-def openbao_setup(bao: ConfiguredOpenBao, service_token: str, *args: str, **env: str):
+def role_tokens() -> dict[str, str]:
+    return {
+        "ONBOARDING_VAULT_TOKEN": "onb-" + os.urandom(16).hex(),
+        "PROVISIONER_VAULT_TOKEN": "prov-" + os.urandom(16).hex(),
+    }
+
+
+def openbao_setup(bao: ConfiguredOpenBao, tokens: dict[str, str], *args: str, **env: str):
     return subprocess.run(
         [sys.executable, "-m", "deploy.openbao_setup", *args, "--wait", "30"],
         cwd=ROOT,
-        env={
-            "PATH": os.environ["PATH"],
-            "VAULT_ADDR": bao.addr,
-            "VAULT_TOKEN": service_token,
-            **env,
-        },
+        env={"PATH": os.environ["PATH"], "VAULT_ADDR": bao.addr, **tokens, **env},
         capture_output=True,
         text=True,
         timeout=180,
@@ -438,51 +541,65 @@ def openbao_setup(bao: ConfiguredOpenBao, service_token: str, *args: str, **env:
     )
 
 
-def assert_service_token_is_scoped(addr: str, token: str) -> None:
-    client = hvac.Client(url=addr, token=token, timeout=10)
-    data = client.secrets.transit.generate_data_key("dark-bundles", "plaintext")["data"]
-    client.secrets.transit.decrypt_data("dark-bundles", data["ciphertext"])
-    client.secrets.kv.v2.create_or_update_secret("tenants/deploy-test", {"k": "v"})
-    client.secrets.kv.v2.delete_metadata_and_all_versions("tenants/deploy-test")
+def assert_role_tokens_are_scoped(
+    addr: str, tokens: dict[str, str], min_ttl: int = 300 * 24 * 3600
+) -> None:
+    """Each role's token does its job and nothing of the other role's (the matrix on the project's
+    own adapters is tests/integration/test_vault_policies.py)."""
+    onboarding = hvac.Client(url=addr, token=tokens["ONBOARDING_VAULT_TOKEN"], timeout=10)
+    provisioner = hvac.Client(url=addr, token=tokens["PROVISIONER_VAULT_TOKEN"], timeout=10)
+    onboarding.secrets.kv.v2.create_or_update_secret("tenants/deploy-test", {"k": "v"})
+    provisioner.secrets.kv.v2.read_secret_version(
+        "tenants/deploy-test", raise_on_deleted_version=True
+    )
+    data = provisioner.secrets.transit.generate_data_key("dark-bundles", "plaintext")["data"]
+    provisioner.secrets.transit.decrypt_data("dark-bundles", data["ciphertext"])
     with pytest.raises(hvac.exceptions.Forbidden):
-        client.secrets.kv.v2.create_or_update_secret("elsewhere", {"k": "v"})
+        provisioner.secrets.kv.v2.create_or_update_secret("tenants/deploy-test", {"k": "w"})
     with pytest.raises(hvac.exceptions.Forbidden):
-        client.secrets.transit.rotate_key("dark-bundles")
-    with pytest.raises(hvac.exceptions.Forbidden):
-        client.sys.list_mounted_secrets_engines()
-    assert client.auth.token.lookup_self()["data"]["ttl"] > 300 * 24 * 3600
+        onboarding.secrets.transit.decrypt_data("dark-bundles", data["ciphertext"])
+    onboarding.secrets.kv.v2.delete_metadata_and_all_versions("tenants/deploy-test")
+    for client in (onboarding, provisioner):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            client.secrets.kv.v2.create_or_update_secret("elsewhere", {"k": "v"})
+        with pytest.raises(hvac.exceptions.Forbidden):
+            client.secrets.transit.rotate_key("dark-bundles")
+        with pytest.raises(hvac.exceptions.Forbidden):
+            client.sys.list_mounted_secrets_engines()
+        assert client.auth.token.lookup_self()["data"]["ttl"] > min_ttl
 
 
 @pytest.mark.slow
 def test_demo_openbao_init_unseals_configures_and_unseals_again_after_a_restart(
     configured_openbao, tmp_path
 ):
-    bao, token = configured_openbao, "svc-" + os.urandom(16).hex()
+    bao, tokens = configured_openbao, role_tokens()
     keys = tmp_path / "keys" / "keys.json"
     keys.parent.mkdir()
-    first = openbao_setup(bao, token, "--demo-keys", str(keys))
+    first = openbao_setup(bao, tokens, "--demo-keys", str(keys))
     assert first.returncode == 0, first.stderr
     assert keys.stat().st_mode & 0o077 == 0, "the demo's keys file is private"
     stored = json.loads(keys.read_text())
     for secret in [stored["root_token"], *stored["unseal_keys_b64"]]:
         assert secret not in first.stdout + first.stderr
-    assert_service_token_is_scoped(bao.addr, token)
+    assert_role_tokens_are_scoped(bao.addr, tokens)
 
-    again = openbao_setup(bao, token, "--demo-keys", str(keys))
+    again = openbao_setup(bao, tokens, "--demo-keys", str(keys))
     assert again.returncode == 0, again.stderr
-    assert "renewed" in again.stdout
+    assert "renewed the onboarding token" in again.stdout
+    assert "renewed the provisioner token" in again.stdout
 
     bao.restart()
     assert hvac.Client(url=bao.addr).sys.read_seal_status()["sealed"]
-    after_restart = openbao_setup(bao, token, "--demo-keys", str(keys))
+    after_restart = openbao_setup(bao, tokens, "--demo-keys", str(keys))
     assert after_restart.returncode == 0, after_restart.stderr
-    assert_service_token_is_scoped(bao.addr, token)
+    assert_role_tokens_are_scoped(bao.addr, tokens)
 
 
 @pytest.mark.slow
 def test_deployment_openbao_setup_leaves_init_and_unseal_to_the_operator(configured_openbao):
-    bao, token = configured_openbao, "svc-" + os.urandom(16).hex()
-    uninitialised = openbao_setup(bao, token, OPENBAO_SETUP_TOKEN="whatever")
+    bao, tokens = configured_openbao, role_tokens()
+    uninitialised = openbao_setup(bao, tokens, OPENBAO_SETUP_TOKEN="whatever")
     assert uninitialised.returncode == 2
     assert "bao operator init" in uninitialised.stderr
     assert hvac.Client(url=bao.addr).sys.is_initialized() is False, "it must not initialise"
@@ -490,19 +607,19 @@ def test_deployment_openbao_setup_leaves_init_and_unseal_to_the_operator(configu
     # The operator initialises with the usual 5 shares / threshold 3, and unseals later.
     admin = hvac.Client(url=bao.addr, timeout=120)
     init = admin.sys.initialize(secret_shares=5, secret_threshold=3)
-    sealed = openbao_setup(bao, token, OPENBAO_SETUP_TOKEN=init["root_token"])
+    sealed = openbao_setup(bao, tokens, OPENBAO_SETUP_TOKEN=init["root_token"])
     assert sealed.returncode == 2
     assert "bao operator unseal" in sealed.stderr
 
     admin.sys.submit_unseal_keys(init["keys"][:3])
-    no_admin_token = openbao_setup(bao, token)
+    no_admin_token = openbao_setup(bao, tokens)
     assert no_admin_token.returncode == 2
     assert "OPENBAO_SETUP_TOKEN" in no_admin_token.stderr
 
-    done = openbao_setup(bao, token, OPENBAO_SETUP_TOKEN=init["root_token"])
+    done = openbao_setup(bao, tokens, OPENBAO_SETUP_TOKEN=init["root_token"])
     assert done.returncode == 0, done.stderr
     assert init["root_token"] not in done.stdout + done.stderr
-    assert_service_token_is_scoped(bao.addr, token)
+    assert_role_tokens_are_scoped(bao.addr, tokens)
 
 
 # --- the demo's simulator launcher ----------------------------------------------------------------

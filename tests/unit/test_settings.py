@@ -1,6 +1,6 @@
 import pytest
 
-from shared.settings import SettingsError, load_settings
+from shared.settings import SERVICE_SETTINGS, SettingsError, env_names, load_settings
 
 PROD = {
     "DARK_ENV": "production",
@@ -91,3 +91,62 @@ def test_env_example_lists_every_setting_and_nothing_else():
         if line.strip() and not line.lstrip().startswith("#")
     }
     assert listed == set(env_names())
+
+
+# --- per service (docs/ARCHITECTURE.md#secrets) ---------------------------------------------------
+
+
+def test_every_setting_is_read_by_some_service():
+    read = set().union(*SERVICE_SETTINGS.values())
+    assert set(env_names()) - read == set(), "add a new setting to the services that read it"
+    assert read <= set(env_names()), "a service set names a variable that is not a setting"
+
+
+def test_only_onboarding_the_provisioner_and_rotation_read_a_vault_token():
+    holders = {name for name, reads in SERVICE_SETTINGS.items() if "VAULT_TOKEN" in reads}
+    assert holders == {"onboarding", "provisioner", "rotate"}
+    assert SERVICE_SETTINGS["flower"] == {"DARK_ENV", "REDIS_URL", "FLOWER_BASIC_AUTH"}
+
+
+PER_SERVICE = {
+    "api": {"DARK_API_TOKENS": "a" * 32, "DARK_SESSION_SECRET": "d" * 32},
+    "onboarding": {"DARK_ONBOARDING_TOKENS": "b" * 32, "VAULT_TOKEN": "onb-" + "v" * 20},
+    "provisioner": {
+        "VAULT_TOKEN": "prov-" + "v" * 20,
+        "DARK_VM_IMAGE": "fd8image",
+        "YC_SA_KEY_FILE": "/etc/dark/sa.json",
+        "DARK_DEPLOYMENT": "prod-eu",
+    },
+    "reconciler": {"YC_SA_KEY_FILE": "/etc/dark/sa.json", "DARK_DEPLOYMENT": "prod-eu"},
+    "beat": {},
+    "flower": {"FLOWER_BASIC_AUTH": "ops:" + "c" * 20},
+    "migrate": {},
+    "rotate": {"VAULT_TOKEN": "rot-" + "v" * 20},
+}
+
+
+@pytest.mark.parametrize("service", sorted(SERVICE_SETTINGS))
+def test_each_service_starts_in_production_with_only_its_own_secrets(service):
+    own = PER_SERVICE[service]
+    assert set(own) <= SERVICE_SETTINGS[service]
+    assert load_settings({"DARK_ENV": "production", **own}, service=service).production
+    for missing in own:
+        with pytest.raises(SettingsError, match=missing):
+            load_settings({"DARK_ENV": "production", **own, missing: ""}, service=service)
+
+
+def test_the_gateway_no_longer_demands_a_vault_token_or_cloud_credentials():
+    settings = load_settings({"DARK_ENV": "production", **PER_SERVICE["api"]}, service="api")
+    assert settings.vault_token is None and settings.yc_sa_key_file is None
+
+
+def test_a_vault_token_is_demanded_per_service_never_of_all():
+    # No single token serves every process, so the all-services check cannot ask for one.
+    assert load_settings(PROD).vault_token is None
+    with pytest.raises(SettingsError, match="VAULT_TOKEN"):
+        load_settings({**PROD}, service="provisioner")
+
+
+def test_an_unknown_service_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown service"):
+        load_settings({}, service="gateway")
