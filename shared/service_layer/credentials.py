@@ -27,9 +27,13 @@ The races, and what closes each:
   is gone, and with no bundle either the row fails (OFFBOARDED); that identity is abandoned, and a
   re-onboarded tenant gets a new one.
 - Another machine answers at the address (the VM stopped, replaced or re-addressed since the health
-  check): nothing secret-bearing goes out unless the VM, read again just before, is RUNNING at the
-  address it was given (`vm_check`); a teardown asks for the identity only at that address
-  (`at_its_address`).
+  check, or between two calls of the hand-over): before *each* call that sends a secret or takes an
+  identity back (init, export, import, claude) the VM is read again, and the call goes out only if
+  it is RUNNING at the address it was given (`vm_check`); otherwise the row fails ("the VM's
+  address changed ...; sent it nothing"). Keeping the identity of a guest going away (`salvage`)
+  asks for it only under the same check (`at_its_address`). What remains is the window between
+  that read and the call itself, which the VMs' security groups (YC_SECURITY_GROUP_IDS) close from
+  the network side.
 - The owner fails, or is torn down, mid-init: before the row says failed and before the VM is
   deleted, what its guest holds is stored or the claim released (`salvage`), so a waiter sees the
   identity stored or released, never taken over while it is being kept.
@@ -37,7 +41,9 @@ The races, and what closes each:
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shared.domain.errors import (
     BundleBackendUnavailable,
@@ -59,6 +65,7 @@ from shared.domain.secrets import Bundle, TenantSecrets
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # An owner in one of these will not store a bundle any more: its claim may be taken over.
 _CANNOT_FINISH = frozenset({Status.READY, Status.FAILED, Status.RETIRED, Status.LOST})
@@ -119,10 +126,10 @@ Outcome = Provided | AwaitIdentity | NotUp | Failed | BackendDown | CloudRetry
 # --- decisions (pure) -----------------------------------------------------------------------------
 
 
-def at_its_address(vm: CloudVm, address: str | None) -> bool:
+def at_its_address(vm: CloudVm | None, address: str | None) -> bool:
     """Whether the VM is RUNNING at the address the row was given: only then is it asked or sent
     anything that bears the tenant's identity."""
-    return vm.status == VmStatus.RUNNING and vm.address == address
+    return vm is not None and vm.status == VmStatus.RUNNING and vm.address == address
 
 
 def vm_check(vm: CloudVm | None, address: str | None) -> NotUp | Failed | None:
@@ -135,6 +142,14 @@ def vm_check(vm: CloudVm | None, address: str | None) -> NotUp | Failed | None:
         reason = f"the VM's address changed from {address} to {vm.address}; sent it nothing"
         return Failed(reason, guest_up=False)
     return None
+
+
+class _Refused(Exception):
+    """The VM, read again before a guest call, is not RUNNING at its address: nothing is sent."""
+
+    def __init__(self, outcome: NotUp | Failed) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 class GuestStepFailed(Exception):
@@ -200,20 +215,18 @@ class TenantIdentity:
     def hand_over(self, instance: Instance) -> Outcome:
         """Give the guest of an initializing instance, whose health check just passed, the
         tenant's identity and Claude token; the outcome says what the pipeline does next."""
-        address = instance.address
         try:
             try:
                 secrets = self.secrets.read(instance.tenant)
             except SecretsMissing:
                 return Failed("tenant not onboarded")
-            refused = vm_check(self.compute.get_instance(instance.provider_id), address)
-            if refused is not None:
-                return refused
             provided = self.provide(instance, secrets)
             if provided is None:
                 return AwaitIdentity()
-            guest_call("claude", self.guest.claude, address, secrets)
+            self._guarded(instance, "claude", self.guest.claude, secrets)
             return provided
+        except _Refused as exc:
+            return exc.outcome
         except GuestError as exc:
             # Unreachable, 503, or an answer that is not one (500, not JSON, oversized): the
             # guest is not ready yet. The calls' permanent errors are GuestStepFailed.
@@ -230,7 +243,7 @@ class TenantIdentity:
     def provide(self, instance: Instance, secrets: TenantSecrets) -> Provided | None:
         """Give the instance's guest the tenant's identity; None while another instance is
         creating it (poll again). Guest and bundle-backend errors propagate."""
-        tenant, address = instance.tenant, instance.address
+        tenant = instance.tenant
         bundle = self.bundles.get(tenant)
         if bundle is None:
             owner, claimed_now = self.bundles.claim(tenant, instance.id)
@@ -254,17 +267,16 @@ class TenantIdentity:
                 # them while this guest was creating the identity. That identity is abandoned; a
                 # fresh start (a new instance) makes a new one for the re-onboarded tenant.
                 raise GuestStepFailed(OFFBOARDED)
-        identity = guest_call("import", self.guest.import_bundle, address, bundle)
+        identity = self._guarded(instance, "import", self.guest.import_bundle, bundle)
         return Provided(identity, "guest imported the tenant's bundle")
 
     def _create(self, instance: Instance, secrets: TenantSecrets, *, recover: bool):
         """Init (or recover from the guest) the identity and store it first; None when another
         instance's bundle is stored already (the caller imports that one instead)."""
-        address = instance.address
-        held = self._held_by_guest(address) if recover else None
+        held = self._held_by_guest(instance) if recover else None
         if held is None:
-            identity = guest_call("init", self.guest.init, address, secrets)
-            exported = guest_call("export", self.guest.export, address)
+            identity = self._guarded(instance, "init", self.guest.init, secrets)
+            exported = self._guarded(instance, "export", self.guest.export)
         else:
             identity, exported = None, held
         if not self.bundles.put(instance.tenant, exported, instance.id):
@@ -275,19 +287,39 @@ class TenantIdentity:
             return None
         if identity is None:
             # Its own bundle back: how the guest reports the identity it holds.
-            identity = guest_call("import", self.guest.import_bundle, address, exported)
+            identity = self._guarded(instance, "import", self.guest.import_bundle, exported)
             return Provided(identity, "guest initialised (identity kept from an earlier attempt)")
         return Provided(identity, "guest initialised")
 
-    def _held_by_guest(self, address: str) -> Bundle | None:
+    def _held_by_guest(self, instance: Instance) -> Bundle | None:
+        self._check_vm(instance)
         try:
-            return self.guest.export(address)
+            return self.guest.export(instance.address)
         except GuestCredentialsError as exc:
             if _not_initialised(exc):
                 return None
             raise GuestStepFailed(refusal("export", exc)) from None
         except GuestValidation as exc:
             raise GuestStepFailed(refusal("export", exc)) from None
+
+    def _guarded(self, instance: Instance, what: str, call: Callable[..., T], *args: object) -> T:
+        """One credentials call, made only if the VM, read again now, is RUNNING at the address
+        the row was given (raises `_Refused` otherwise)."""
+        self._check_vm(instance)
+        return guest_call(what, call, instance.address, *args)
+
+    def _check_vm(self, instance: Instance) -> None:
+        refused = vm_check(self._read_vm(instance), instance.address)
+        if refused is not None:
+            log.warning(
+                "%s",
+                refused.reason if isinstance(refused, Failed) else refused.why,
+                extra={"instance_id": instance.id},
+            )
+            raise _Refused(refused)
+
+    def _read_vm(self, instance: Instance) -> CloudVm | None:
+        return self.compute.get_instance(instance.provider_id) if instance.provider_id else None
 
     def _cannot_finish(self, owner) -> bool:
         row = self.registry.get(owner)
@@ -303,6 +335,14 @@ class TenantIdentity:
         if self.bundles.pending_claim(tenant) != instance.id:
             return True
         if not instance.address or not guest_up:
+            self.release(instance)
+            return True
+        if not at_its_address(self._read_vm(instance), instance.address):
+            # Whatever answers there now is not this instance's guest: take nothing from it.
+            log.info(
+                "not asking for the identity: the VM is no longer running at its address",
+                extra={"instance_id": instance.id},
+            )
             self.release(instance)
             return True
         try:
