@@ -2,7 +2,8 @@
 
     python3 deploy/make_env.py demo            # the simulators: ready to `docker compose up -d`
     python3 deploy/make_env.py cloud           # Yandex Cloud: then set DARK_VM_IMAGE, YC_FOLDER_ID,
-                                               # YC_SUBNET_ID and put the key at YC_SA_KEY_PATH
+                                               # YC_SUBNET_ID, YC_SECURITY_GROUP_IDS and put the
+                                               # key at YC_SA_KEY_PATH
 
 Starts from deploy/compose.env.example, writes .env (mode 0600) at the repository root, refuses to
 overwrite one (--force does), and prints nothing secret: the values are in the file.
@@ -29,10 +30,14 @@ GENERATED = {
     "FLOWER_BASIC_AUTH": lambda: "admin:" + secrets.token_urlsafe(18),
 }
 PER_PROFILE = {
-    "demo": {"YC_IAM_TOKEN": lambda: "t1.sim-" + secrets.token_urlsafe(24)},
+    "demo": {
+        "YC_IAM_TOKEN": lambda: "t1.sim-" + secrets.token_urlsafe(24),
+        "YC_SECURITY_GROUP_IDS": lambda: "dark-sg-demo",
+    },
     "cloud": {
         "YC_SA_KEY_FILE": lambda: "/run/secrets/yc-sa-key",
         "DARK_VM_IMAGE": lambda: "",
+        "YC_SECURITY_GROUP_IDS": lambda: "",
         "RECONCILE_DRY_RUN": lambda: "true",
     },
 }
@@ -68,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         f.write(render(args.profile, TEMPLATE.read_text()))
     print(f"wrote {args.output} for the {args.profile} profile (mode 0600)")
     if args.profile == "cloud":
-        print("now set DARK_VM_IMAGE, YC_FOLDER_ID, YC_SUBNET_ID; put the key at YC_SA_KEY_PATH")
+        print(
+            "now set DARK_VM_IMAGE, YC_FOLDER_ID, YC_SUBNET_ID, YC_SECURITY_GROUP_IDS;"
+            " put the key at YC_SA_KEY_PATH"
+        )
     return 0
 
 

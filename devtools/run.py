@@ -252,6 +252,10 @@ def _start_simulators(runner: Runner, env: dict) -> None:
         YC_METADATA_ADDR="127.0.0.1:1",
     )
     env["SIM_ADMIN_URL"] = info["admin_url"]
+    # The VMs' interfaces carry a security group, as in production: the simulated cloud makes one.
+    group = requests.post(info["admin_url"] + "/cloud/security-groups", json={}, timeout=10)
+    group.raise_for_status()
+    env["YC_SECURITY_GROUP_IDS"] = group.json()["id"]
 
 
 def _celery(*args: str) -> list[str]:

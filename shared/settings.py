@@ -5,9 +5,14 @@ variable. `.env.example` lists every variable; a test keeps the two in step.
 """
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+# Which of a VM's addresses the control plane calls its guest at: the one-to-one NAT address, or the
+# VPC address (a control plane inside the VPC).
+GUEST_NETWORKS = ("public", "internal")
 
 
 class SettingsError(ValueError):
@@ -46,6 +51,24 @@ def _tokens(raw: str) -> frozenset[str]:
     if any(len(t) < 16 for t in tokens):
         raise ValueError("each token must be at least 16 characters")
     return tokens
+
+
+_CLOUD_ID_RE = re.compile(r"[a-z][a-z0-9-]{1,49}")
+
+
+def _cloud_ids(raw: str) -> tuple[str, ...]:
+    ids = tuple(dict.fromkeys(i.strip() for i in raw.split(",") if i.strip()))
+    bad = [i for i in ids if not _CLOUD_ID_RE.fullmatch(i)]
+    if bad:
+        raise ValueError(f"not a cloud resource id: {bad[0]!r} (comma-separated ids expected)")
+    return ids
+
+
+def _guest_network(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in GUEST_NETWORKS:
+        raise ValueError(f"expected one of {', '.join(GUEST_NETWORKS)}")
+    return value
 
 
 def _str(raw: str) -> str:
@@ -113,6 +136,13 @@ class Settings:
     yc_disk_gb: int = env("YC_DISK_GB", 30, _int)
     yc_disk_type: str = env("YC_DISK_TYPE", "network-ssd")
     yc_rpc_timeout: float = env("YC_RPC_TIMEOUT_SECS", 15.0, _pos_float)
+    yc_security_group_ids: tuple[str, ...] = env(
+        "YC_SECURITY_GROUP_IDS",
+        (),
+        _cloud_ids,
+        doc="comma-separated; every VM's network interface gets them (only the control plane may "
+        "reach the agent port); required in production",
+    )
     vm_image: str | None = env("DARK_VM_IMAGE")
     deployment: str = env(
         "DARK_DEPLOYMENT",
@@ -122,6 +152,12 @@ class Settings:
     )
 
     agent_port: int = env("DARK_AGENT_PORT", 8080, _int)
+    guest_network: str = env(
+        "DARK_GUEST_NETWORK",
+        "public",
+        _guest_network,
+        doc="public (the VM's NAT address) | internal (its VPC address): where guests are called",
+    )
     guest_timeout: float = env("DARK_GUEST_TIMEOUT_SECS", 10.0, _pos_float)
     guest_boot_timeout: float = env("DARK_GUEST_BOOT_TIMEOUT", 600.0, _pos_float)
     guest_max_response_bytes: int = env("DARK_GUEST_MAX_RESPONSE_BYTES", 1_048_576, _int)
@@ -191,6 +227,8 @@ _YC = frozenset(
         "YC_SUBNET_ID",
         "YC_ZONE",
         "YC_PLATFORM_ID",
+        # Which of a VM's addresses the compute adapter reports (and the worker calls the guest at).
+        "DARK_GUEST_NETWORK",
         "YC_CORES",
         "YC_MEMORY_GB",
         "YC_CORE_FRACTION",
@@ -232,6 +270,7 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
         "DARK_VM_IMAGE",
         "DARK_DEPLOYMENT",
         "DARK_GUEST_BOOT_TIMEOUT",
+        "YC_SECURITY_GROUP_IDS",  # the VMs it creates carry them
     },
     # Respawn only sends a message and bundle deletion is Postgres only: no Vault at all.
     "reconciler": _COMMON
@@ -312,6 +351,13 @@ def _check_production(s: Settings, service: str | None, *, deployment_set: bool)
         raise SettingsError("FLOWER_BASIC_AUTH: required in production (Flower is never open)")
     if needs("YC_SA_KEY_FILE") and not (s.yc_iam_token or s.yc_sa_key_file):
         raise SettingsError("YC_SA_KEY_FILE: required in production (or YC_IAM_TOKEN)")
+    if needs("YC_SECURITY_GROUP_IDS") and not s.yc_security_group_ids:
+        # Without one, a VM's agent port answers whoever reaches its address, and export hands out
+        # the tenant's identity.
+        raise SettingsError(
+            "YC_SECURITY_GROUP_IDS: required in production (only the control plane may reach the "
+            "agent port)"
+        )
     if service is not None and needs("VAULT_TOKEN") and not s.vault_token:
         raise SettingsError("VAULT_TOKEN: required in production (this service's own token)")
     if needs("DARK_DEPLOYMENT") and not deployment_set:

@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--agent-port", type=int, default=0, help="guest API port (0: pick one)")
     parser.add_argument("--iam-token", help="the bearer token to accept (default: random)")
     parser.add_argument("--yc-port", type=int, default=0, help="gRPC port (0: pick one)")
+    parser.add_argument(
+        "--security-groups",
+        default="",
+        help="comma-separated ids of the security groups that exist (more via the admin API)",
+    )
     parser.add_argument("--admin-port", type=int, default=0, help="admin HTTP port (0: pick one)")
     return parser.parse_args(argv)
 
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Every guest listens on the same port on its own address: choose it once, up front.
     fleet = GuestFleet(args.agent_port or _free_port(), args.boot_delay)
-    world = World(fleet, args.operation_delay)
+    groups = tuple(g.strip() for g in args.security_groups.split(",") if g.strip())
+    world = World(fleet, args.operation_delay, security_groups=groups)
     grpc_server, yc_port = yc.serve(world, token, cert, key, args.yc_port)
     admin_server, admin_thread = admin.serve(admin.create_app(world, fleet), args.admin_port)
 

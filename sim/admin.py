@@ -1,5 +1,6 @@
 """The simulator's admin HTTP API: configure, inject faults, inspect, and act behind our back."""
 
+import re
 import threading
 import time
 from typing import Any
@@ -13,7 +14,12 @@ from sim.agent import GuestFleet
 from sim.model import ApiError, Vm, parse_fault
 from sim.world import World
 
-_HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "ALREADY_EXISTS": 409}
+_HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409,
+}
 MAX_BULK = 100_000
 
 
@@ -134,6 +140,30 @@ def create_app(world: World, fleet: GuestFleet) -> Flask:
         guest = bool(body.get("guest", False))
         vms = [Vm(id="", name=f"{prefix}{i}", guest=guest, **template) for i in range(count)]
         return jsonify([vm.to_json() for vm in world.add_vms(vms)]), 201
+
+    @app.post("/cloud/vms/<vm_id>/address")
+    def move_address(vm_id: str):
+        """Re-address a running VM behind our back: {"network": "public" | "internal",
+        "address": optional loopback address no VM holds; default a fresh one}."""
+        body = _body()
+        address = body.get("address")
+        if address is not None and not isinstance(address, str):
+            raise ApiError("INVALID_ARGUMENT", "address must be a string")
+        vm = world.move_address(vm_id, str(body.get("network", "public")), address)
+        return jsonify(vm.to_json())
+
+    @app.get("/cloud/security-groups")
+    def list_security_groups():
+        return jsonify(world.security_groups())
+
+    @app.post("/cloud/security-groups")
+    def add_security_group():
+        group_id = _body().get("id")
+        if group_id is not None and not (
+            isinstance(group_id, str) and re.fullmatch(r"[a-z][a-z0-9-]{1,49}", group_id)
+        ):
+            raise ApiError("INVALID_ARGUMENT", "id must be a lowercase cloud id")
+        return jsonify({"id": world.add_security_group(group_id)}), 201
 
     @app.delete("/cloud/vms/<vm_id>")
     def remove_vm(vm_id: str):

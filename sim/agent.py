@@ -1,4 +1,5 @@
-"""The dark-agent simulator: one HTTP listener per simulated VM, on that VM's loopback address.
+"""The dark-agent simulator: HTTP listeners per simulated VM, one on each of its loopback addresses
+(the NAT one and the VPC one).
 
 It speaks dark-agent 0.19.0's guest API as far as it is known (docs/ARCHITECTURE.md#http-contracts),
 quirks included (the init answer has no `nks_configured`), and injects the faults the control plane
@@ -138,9 +139,9 @@ def _nonempty_str(value: object) -> bool:
 @dataclass
 class _Guest:
     vm_id: str
-    address: str
+    addresses: tuple[str, ...]
     boot_at: float  # time.monotonic()
-    server: GuestServer | None = None
+    servers: list[GuestServer] = field(default_factory=list)
     identity: _Identity | None = None
     initialised: bool = False
     imported: bool = False
@@ -149,7 +150,7 @@ class _Guest:
     def view(self) -> dict:
         return {
             "vm_id": self.vm_id,
-            "address": self.address,
+            "addresses": list(self.addresses),
             "booted": time.monotonic() >= self.boot_at,
             "initialised": self.initialised,
             "imported": self.imported,
@@ -175,14 +176,26 @@ class GuestFleet:
     def agent_port(self) -> int:
         return self._port
 
-    def vm_running(self, vm_id: str, address: str) -> None:
-        """Serve the guest API at (address, agent_port); it answers 503 until it has booted."""
+    def vm_running(self, vm_id: str, addresses: tuple[str, ...]) -> None:
+        """Serve the guest API at (address, agent_port) for each address; it answers 503 until it
+        has booted."""
         with self._lock:
             old = self._guests.pop(vm_id, None)
             if old:
                 self._stop_listener(old)
-            guest = _Guest(vm_id, address, boot_at=time.monotonic() + self._boot_delay)
+            guest = _Guest(vm_id, addresses, boot_at=time.monotonic() + self._boot_delay)
             self._guests[vm_id] = guest
+            if self._fault_mode(vm_id) != "refuse":
+                self._start_listener(guest)
+
+    def vm_readdressed(self, vm_id: str, addresses: tuple[str, ...]) -> None:
+        """The same guest (its identity kept) now serves at `addresses` only."""
+        with self._lock:
+            guest = self._guests.get(vm_id)
+            if guest is None:
+                return
+            self._stop_listener(guest)
+            guest.addresses = addresses
             if self._fault_mode(vm_id) != "refuse":
                 self._start_listener(guest)
 
@@ -207,21 +220,26 @@ class GuestFleet:
         with self._lock:
             for guest in self._guests.values():
                 refusing = self._closed or self._fault_mode(guest.vm_id) == "refuse"
-                if refusing and guest.server:
+                if refusing and guest.servers:
                     self._stop_listener(guest)
-                elif not refusing and not guest.server:
+                elif not refusing and not guest.servers:
                     try:
                         self._start_listener(guest)
                     except OSError:
-                        log.exception("guest %s: cannot listen on %s", guest.vm_id, guest.address)
+                        log.exception("guest %s: cannot listen on %s", guest.vm_id, guest.addresses)
 
     def _start_listener(self, guest: _Guest) -> None:
-        answer = functools.partial(self.answer, guest.vm_id)
-        guest.server = start_listener(guest.vm_id, guest.address, self._port, answer)
+        try:
+            for address in guest.addresses:
+                answer = functools.partial(self.answer, guest.vm_id, address)
+                guest.servers.append(start_listener(guest.vm_id, address, self._port, answer))
+        except OSError:
+            self._stop_listener(guest)
+            raise
 
     def _stop_listener(self, guest: _Guest) -> None:
-        server, guest.server = guest.server, None
-        if server is not None:
+        servers, guest.servers = guest.servers, []
+        for server in servers:
             stop_listener(server)
 
     # --- faults -------------------------------------------------------------------------------
@@ -265,8 +283,9 @@ class GuestFleet:
 
     # --- the guest API ------------------------------------------------------------------------
 
-    def answer(self, vm_id: str, method: str, path: str, body: bytes) -> Reply | None:
-        """The reply to one guest API request; None means drop the connection unanswered."""
+    def answer(self, vm_id: str, address: str, method: str, path: str, body: bytes) -> Reply | None:
+        """The reply to one guest API request received at `address`; None means drop the
+        connection unanswered."""
         call = _ENDPOINTS.get((method, path.split("?", 1)[0]))
         fault = self._active_fault(vm_id)
         if fault and fault.mode in ("hang", "refuse"):
@@ -281,7 +300,12 @@ class GuestFleet:
             if call:
                 self._counts[call] += 1
                 self._calls.setdefault(vm_id, []).append(
-                    {"method": call, "at": datetime.now(UTC).isoformat(), "status": reply.status}
+                    {
+                        "method": call,
+                        "address": address,
+                        "at": datetime.now(UTC).isoformat(),
+                        "status": reply.status,
+                    }
                 )
             return reply
 

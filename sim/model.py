@@ -43,8 +43,9 @@ class Vm:
     memory: int = 4 << 30
     core_fraction: int = 100
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
-    address: str | None = None
-    internal_address: str = ""
+    address: str | None = None  # the one-to-one NAT address, once RUNNING
+    internal_address: str = ""  # the VPC address, from creation
+    security_group_ids: list[str] = dataclasses.field(default_factory=list)
     guest: bool = True  # start a guest when the VM is running (bulk admin VMs have none)
     guest_started: bool = False
 
@@ -67,6 +68,8 @@ class Vm:
             "labels": dict(self.labels),
             "status": self.status,
             "address": self.address,
+            "internal_address": self.internal_address,
+            "security_group_ids": list(self.security_group_ids),
             "created_at": iso(self.created_at),
         }
 
@@ -102,6 +105,10 @@ class Fault:
         else:
             out["count"] = self.count
         return out
+
+
+def new_security_group_id() -> str:
+    return "enp" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(17))
 
 
 def iso(ts: float) -> str:

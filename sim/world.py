@@ -8,6 +8,7 @@ Errors are `ApiError` with a gRPC status code *name*; sim/yc.py turns them into 
 import base64
 import copy
 import heapq
+import ipaddress
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from sim.model import (
     Vm,
     iso,
     new_id,
+    new_security_group_id,
     validate_labels,
     validate_name,
 )
@@ -33,14 +35,28 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
 
+NETWORKS = ("public", "internal")
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
 class Guests(Protocol):
-    def vm_running(self, vm_id: str, address: str) -> None: ...
+    """The guests of running VMs, each serving on every address its VM has."""
+
+    def vm_running(self, vm_id: str, addresses: tuple[str, ...]) -> None: ...
+
+    def vm_readdressed(self, vm_id: str, addresses: tuple[str, ...]) -> None: ...
 
     def vm_gone(self, vm_id: str) -> None: ...
 
 
+def guest_addresses(vm: Vm) -> tuple[str, ...]:
+    return tuple(a for a in (vm.address, vm.internal_address) if a)
+
+
 class World:
-    def __init__(self, guests: Guests, operation_delay: float) -> None:
+    def __init__(
+        self, guests: Guests, operation_delay: float, security_groups: tuple[str, ...] = ()
+    ) -> None:
         self.guests = guests
         self.operation_delay = operation_delay
         self._lock = threading.Lock()
@@ -59,6 +75,8 @@ class World:
         # a newer VM.
         self._addresses = 0
         self._hosts = 0
+        # Configuration, like the operation delay: a reset keeps them.
+        self._security_groups: set[str] = set(security_groups)
         self._closed = False
         self._ticker = threading.Thread(target=self._tick_forever, name="sim-ticker", daemon=True)
         self._ticker.start()
@@ -81,6 +99,13 @@ class World:
             replay = self._replay("Create", idempotency_key)
             if replay:
                 return replay
+            unknown = [g for g in vm.security_group_ids if g not in self._security_groups]
+            if unknown:
+                raise ApiError(
+                    "INVALID_ARGUMENT",
+                    f"Illegal argument network_interface_specs.security_group_ids: "
+                    f"security group {unknown[0]} not found",
+                )
             if vm.name and self._name_taken(vm.folder_id, vm.name):
                 raise ApiError(
                     "ALREADY_EXISTS", f"Instance with name {vm.name!r} already exists in folder"
@@ -181,8 +206,54 @@ class World:
                 self._insert(vm, by="admin")
             created = [copy.copy(vm) for vm in vms]
         for vm in started:
-            self.guests.vm_running(vm.id, vm.address or "")
+            self.guests.vm_running(vm.id, guest_addresses(vm))
         return created
+
+    def move_address(self, vm_id: str, network: str, address: str | None) -> Vm:
+        """Give a running VM another address on `network` (a fresh one unless `address` names a
+        loopback address no VM holds); its guest then serves there and no longer at the old one.
+        What the control plane must notice before it sends a secret."""
+        if network not in NETWORKS:
+            raise ApiError("INVALID_ARGUMENT", f"network must be one of {', '.join(NETWORKS)}")
+        if address is not None:
+            try:
+                wanted = ipaddress.ip_address(address)
+            except ValueError:
+                raise ApiError("INVALID_ARGUMENT", "address must be an IPv4 address") from None
+            if wanted not in _LOOPBACK or str(wanted) == "127.0.0.1" or wanted.version != 4:
+                raise ApiError("INVALID_ARGUMENT", "address must be in 127.0.0.0/8, not 127.0.0.1")
+            address = str(wanted)
+        with self._lock:
+            vm = self._vms.get(vm_id)
+            if vm is None:
+                raise ApiError("NOT_FOUND", f"Instance {vm_id} not found")
+            if vm.status != "RUNNING":
+                raise ApiError("FAILED_PRECONDITION", f"Instance {vm_id} is {vm.status}")
+            if address is None:
+                address = (
+                    self._next_address() if network == "public" else self._next_internal_address()
+                )
+            elif any(address in guest_addresses(other) for other in self._vms.values()):
+                raise ApiError("ALREADY_EXISTS", f"address {address} is in use")
+            if network == "public":
+                vm.address = address
+            else:
+                vm.internal_address = address
+            self._record("readdressed", vm, by="admin", network=network, address=address)
+            moved = copy.copy(vm)
+        if moved.guest_started:
+            self.guests.vm_readdressed(moved.id, guest_addresses(moved))
+        return moved
+
+    def add_security_group(self, group_id: str | None) -> str:
+        with self._lock:
+            group_id = group_id or new_security_group_id()
+            self._security_groups.add(group_id)
+            return group_id
+
+    def security_groups(self) -> list[str]:
+        with self._lock:
+            return sorted(self._security_groups)
 
     def remove_vms(self, *, vm_id: str | None = None, folder_id: str | None = None) -> list[Vm]:
         """Remove one VM, or every VM of a folder, behind the control plane's back."""
@@ -284,10 +355,15 @@ class World:
         high, low = divmod(n, 254)
         return f"127.{10 + high // 256}.{high % 256}.{low + 1}"
 
-    def _insert(self, vm: Vm, by: str) -> None:
-        high, low = divmod(self._hosts, 250)
+    def _next_internal_address(self) -> str:
+        # 127.200.0.1 upward: loopback too (the guest serves on it), apart from the public range.
+        n = self._hosts
         self._hosts += 1
-        vm.internal_address = f"10.{128 + high // 256 % 128}.{high % 256}.{low + 3}"
+        high, low = divmod(n, 254)
+        return f"127.{200 + high // 256 % 50}.{high % 256}.{low + 1}"
+
+    def _insert(self, vm: Vm, by: str) -> None:
+        vm.internal_address = self._next_internal_address()
         self._vms[vm.id] = vm
         if vm.name:
             self._names[(vm.folder_id, vm.name)] = vm.id
@@ -303,9 +379,10 @@ class World:
             del self._by_folder[vm.folder_id]
         self._record("deleted", vm, by)
 
-    def _record(self, event: str, vm: Vm, by: str) -> None:
+    def _record(self, event: str, vm: Vm, by: str, **detail: str) -> None:
         self._log.append(
             {
+                **detail,
                 "at": iso(time.time()),
                 "event": event,
                 "vm_id": vm.id,
@@ -345,8 +422,8 @@ class World:
         if not vm.guest:
             return None
         vm.guest_started = True
-        address = vm.address
-        return lambda: self.guests.vm_running(vm.id, address)
+        addresses = guest_addresses(vm)
+        return lambda: self.guests.vm_running(vm.id, addresses)
 
     def _tick_forever(self) -> None:
         while True:

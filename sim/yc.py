@@ -64,6 +64,7 @@ def instance_message(vm: Vm, *, full: bool) -> instance_pb2.Instance:
             instance_pb2.NetworkInterface(
                 index="0",
                 subnet_id=vm.subnet_id,
+                security_group_ids=vm.security_group_ids,
                 primary_v4_address=instance_pb2.PrimaryAddress(
                     address=vm.internal_address, one_to_one_nat=nat
                 ),
@@ -150,6 +151,8 @@ def _vm_from_request(request: isvc.CreateInstanceRequest) -> Vm:
         zone_id=request.zone_id,
         platform_id=request.platform_id,
         subnet_id=request.network_interface_specs[0].subnet_id,
+        # Checked against the known groups by the world, under its lock.
+        security_group_ids=list(request.network_interface_specs[0].security_group_ids),
         cores=resources.cores,
         memory=resources.memory,
         core_fraction=resources.core_fraction or 100,

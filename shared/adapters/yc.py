@@ -142,6 +142,7 @@ class YcCompute:
             network_interface_specs=[
                 isvc.NetworkInterfaceSpec(
                     subnet_id=s.yc_subnet_id,
+                    security_group_ids=list(s.yc_security_group_ids),
                     primary_v4_address_spec=isvc.PrimaryAddressSpec(
                         one_to_one_nat_spec=isvc.OneToOneNatSpec(
                             ip_version=instance_pb2.IpVersion.IPV4
@@ -179,7 +180,7 @@ class YcCompute:
             )
         except CloudNotFound:
             return None
-        return _cloud_vm(instance)
+        return self._cloud_vm(instance)
 
     def find_by_name(self, name: str) -> CloudVm | None:
         if not _NAME_RE.fullmatch(name):
@@ -193,7 +194,7 @@ class YcCompute:
                 timeout=self._timeout,
             ),
         )
-        return next((_cloud_vm(i) for i in response.instances if i.name == name), None)
+        return next((self._cloud_vm(i) for i in response.instances if i.name == name), None)
 
     def list_managed(self, labels: dict[str, str]) -> Iterator[CloudVm]:
         # YC's list filter knows no labels: page through the whole folder, filter here.
@@ -213,7 +214,7 @@ class YcCompute:
             response = self._call(f"list VMs in folder {self._settings.yc_folder_id}", list_page)
             for instance in response.instances:
                 if all(instance.labels.get(k) == v for k, v in labels.items()):
-                    yield _cloud_vm(instance)
+                    yield self._cloud_vm(instance)
             page_token = response.next_page_token
             if not page_token:
                 return
@@ -246,6 +247,9 @@ class YcCompute:
         return state  # a cloud that fails every delete at once: report the last failure
 
     # --- plumbing -------------------------------------------------------------------------
+
+    def _cloud_vm(self, instance: instance_pb2.Instance) -> CloudVm:
+        return _cloud_vm(instance, internal=self._settings.guest_network == "internal")
 
     def _call(self, action: str, rpc: Callable[[_Clients], T]) -> T:
         clients = self._connected()
@@ -327,10 +331,13 @@ def _operation_state(operation: operation_pb2.Operation) -> OperationState:
     )
 
 
-def _cloud_vm(instance: instance_pb2.Instance) -> CloudVm:
+def _cloud_vm(instance: instance_pb2.Instance, *, internal: bool) -> CloudVm:
+    """The VM as the domain sees it; its `address` is the one guests are called at
+    (DARK_GUEST_NETWORK): the one-to-one NAT address, or with `internal` the VPC address."""
     address = None
     if instance.network_interfaces:
-        address = instance.network_interfaces[0].primary_v4_address.one_to_one_nat.address or None
+        primary = instance.network_interfaces[0].primary_v4_address
+        address = (primary.address if internal else primary.one_to_one_nat.address) or None
     return CloudVm(
         provider_id=instance.id,
         name=instance.name,

@@ -27,9 +27,13 @@ The races, and what closes each:
   is gone, and with no bundle either the row fails (OFFBOARDED); that identity is abandoned, and a
   re-onboarded tenant gets a new one.
 - Another machine answers at the address (the VM stopped, replaced or re-addressed since the health
-  check): nothing secret-bearing goes out unless the VM, read again just before, is RUNNING at the
-  address it was given (`vm_check`); a teardown asks for the identity only at that address
-  (`at_its_address`).
+  check, or between two calls of the hand-over): before *each* call that sends a secret or takes an
+  identity back (init, export, import, claude) the VM is read again, and the call goes out only if
+  it is RUNNING at the address it was given (`vm_check`); otherwise the row fails ("the VM's
+  address changed ...; sent it nothing"). Keeping the identity of a guest going away (`salvage`)
+  asks for it only under the same check (`at_its_address`). What remains is the window between
+  that read and the call itself, which the VMs' security groups (YC_SECURITY_GROUP_IDS) close from
+  the network side.
 - The owner fails, or is torn down, mid-init: before the row says failed and before the VM is
   deleted, what its guest holds is stored or the claim released (`salvage`), so a waiter sees the
   identity stored or released, never taken over while it is being kept.
@@ -125,10 +129,10 @@ Outcome = Provided | AwaitIdentity | NotUp | Failed | BackendDown | CloudRetry
 # --- decisions (pure) -----------------------------------------------------------------------------
 
 
-def at_its_address(vm: CloudVm, address: str | None) -> bool:
+def at_its_address(vm: CloudVm | None, address: str | None) -> bool:
     """Whether the VM is RUNNING at the address the row was given: only then is it asked or sent
     anything that bears the tenant's identity."""
-    return vm.status == VmStatus.RUNNING and vm.address == address
+    return vm is not None and vm.status == VmStatus.RUNNING and vm.address == address
 
 
 def vm_check(vm: CloudVm | None, address: str | None) -> NotUp | Failed | None:
@@ -141,6 +145,14 @@ def vm_check(vm: CloudVm | None, address: str | None) -> NotUp | Failed | None:
         reason = f"the VM's address changed from {address} to {vm.address}; sent it nothing"
         return Failed(reason, guest_up=False)
     return None
+
+
+class _Refused(Exception):
+    """The VM, read again before a guest call, is not RUNNING at its address: nothing is sent."""
+
+    def __init__(self, outcome: NotUp | Failed) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 class GuestStepFailed(Exception):
@@ -214,20 +226,18 @@ class TenantIdentity:
     def hand_over(self, instance: Instance) -> Outcome:
         """Give the guest of an initializing instance, whose health check just passed, the
         tenant's identity and Claude token; the outcome says what the pipeline does next."""
-        provider_id, address = placed(instance)
         try:
             try:
                 secrets = self.secrets.read(instance.tenant)
             except SecretsMissing:
                 return Failed("tenant not onboarded")
-            refused = vm_check(self.compute.get_instance(provider_id), address)
-            if refused is not None:
-                return refused
             provided = self.provide(instance, secrets)
             if provided is None:
                 return AwaitIdentity()
-            guest_call("claude", self.guest.claude, address, secrets)
+            self._guarded(instance, "claude", self.guest.claude, secrets)
             return provided
+        except _Refused as exc:
+            return exc.outcome
         except GuestError as exc:
             # Unreachable, 503, or an answer that is not one (500, not JSON, oversized): the
             # guest is not ready yet. The calls' permanent errors are GuestStepFailed.
@@ -245,7 +255,6 @@ class TenantIdentity:
         """Give the instance's guest the tenant's identity; None while another instance is
         creating it (poll again). Guest and bundle-backend errors propagate."""
         tenant = instance.tenant
-        _, address = placed(instance)
         bundle = self.bundles.get(tenant)
         if bundle is None:
             owner, claimed_now = self.bundles.claim(tenant, instance.id)
@@ -269,7 +278,7 @@ class TenantIdentity:
                 # them while this guest was creating the identity. That identity is abandoned; a
                 # fresh start (a new instance) makes a new one for the re-onboarded tenant.
                 raise GuestStepFailed(OFFBOARDED)
-        identity = guest_call("import", self.guest.import_bundle, address, bundle)
+        identity = self._guarded(instance, "import", self.guest.import_bundle, bundle)
         return Provided(identity, "guest imported the tenant's bundle")
 
     def _create(
@@ -277,11 +286,10 @@ class TenantIdentity:
     ) -> Provided | None:
         """Init (or recover from the guest) the identity and store it first; None when another
         instance's bundle is stored already (the caller imports that one instead)."""
-        _, address = placed(instance)
-        held = self._held_by_guest(address) if recover else None
+        held = self._held_by_guest(instance) if recover else None
         if held is None:
-            identity = guest_call("init", self.guest.init, address, secrets)
-            exported = guest_call("export", self.guest.export, address)
+            identity = self._guarded(instance, "init", self.guest.init, secrets)
+            exported = self._guarded(instance, "export", self.guest.export)
         else:
             identity, exported = None, held
         if not self.bundles.put(instance.tenant, exported, instance.id):
@@ -292,11 +300,12 @@ class TenantIdentity:
             return None
         if identity is None:
             # Its own bundle back: how the guest reports the identity it holds.
-            identity = guest_call("import", self.guest.import_bundle, address, exported)
+            identity = self._guarded(instance, "import", self.guest.import_bundle, exported)
             return Provided(identity, "guest initialised (identity kept from an earlier attempt)")
         return Provided(identity, "guest initialised")
 
-    def _held_by_guest(self, address: str) -> Bundle | None:
+    def _held_by_guest(self, instance: Instance) -> Bundle | None:
+        address = self._check_vm(instance)
         try:
             return self.guest.export(address)
         except GuestCredentialsError as exc:
@@ -305,6 +314,27 @@ class TenantIdentity:
             raise GuestStepFailed(refusal("export", exc)) from None
         except GuestValidation as exc:
             raise GuestStepFailed(refusal("export", exc)) from None
+
+    def _guarded(self, instance: Instance, what: str, call: Callable[..., _R], *args: object) -> _R:
+        """One credentials call, made only if the VM, read again now, is RUNNING at the address
+        the row was given (raises `_Refused` otherwise)."""
+        return guest_call(what, call, self._check_vm(instance), *args)
+
+    def _check_vm(self, instance: Instance) -> str:
+        """The address to call, once the VM read again now is RUNNING there (`_Refused` if not)."""
+        refused = vm_check(self._read_vm(instance), instance.address)
+        if refused is not None:
+            log.warning(
+                "%s",
+                refused.reason if isinstance(refused, Failed) else refused.why,
+                extra={"instance_id": instance.id},
+            )
+            raise _Refused(refused)
+        assert instance.address is not None  # vm_check refuses a VM that is not at this address
+        return instance.address
+
+    def _read_vm(self, instance: Instance) -> CloudVm | None:
+        return self.compute.get_instance(instance.provider_id) if instance.provider_id else None
 
     def _cannot_finish(self, owner: uuid.UUID) -> bool:
         row = self.registry.get(owner)
@@ -320,6 +350,14 @@ class TenantIdentity:
         if self.bundles.pending_claim(tenant) != instance.id:
             return True
         if not instance.address or not guest_up:
+            self.release(instance)
+            return True
+        if not at_its_address(self._read_vm(instance), instance.address):
+            # Whatever answers there now is not this instance's guest: take nothing from it.
+            log.info(
+                "not asking for the identity: the VM is no longer running at its address",
+                extra={"instance_id": instance.id},
+            )
             self.release(instance)
             return True
         try:

@@ -187,7 +187,7 @@ class Pipeline:
         if vm.status != VmStatus.RUNNING:
             return self._wait(instance, OPERATION_POLL_SECS)
         if not vm.address:
-            return self._fail(instance, "the VM has no public IPv4 address")
+            return self._fail(instance, "the VM has no IPv4 address on the guest network")
         self._move(instance, Status.INITIALIZING, f"VM running at {vm.address}", address=vm.address)
         raise _Continue()
 

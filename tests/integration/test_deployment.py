@@ -49,6 +49,7 @@ REQUIRED_ENV = {
     "DARK_SESSION_SECRET": "s" * 40,
     "FLOWER_BASIC_AUTH": "admin:flower0123456789",
     "DARK_VM_IMAGE": "fd8image0123456789",
+    "YC_SECURITY_GROUP_IDS": "enpsg0123456789abcdef",
     "DARK_DEPLOYMENT": "compose-test",
 }
 OPTIONAL_ENV = {"YC_IAM_TOKEN": "t1.sim-token-0123456789"}
@@ -348,7 +349,11 @@ def test_make_env_writes_a_private_env_file_that_compose_accepts(tmp_path):
         )
         # The image and the deployment label are names, not secrets: each is set, the rest random.
         assert written["DARK_DEPLOYMENT"], "DARK_DEPLOYMENT is required in production"
-        for name in REQUIRED_ENV.keys() - {"DARK_VM_IMAGE", "DARK_DEPLOYMENT"}:
+        for name in REQUIRED_ENV.keys() - {
+            "DARK_VM_IMAGE",
+            "DARK_DEPLOYMENT",
+            "YC_SECURITY_GROUP_IDS",
+        }:
             assert len(written[name]) >= 16 and written[name] not in made.stdout, name
     again = subprocess.run(
         [sys.executable, "deploy/make_env.py", "demo", "--output", str(demo)],
@@ -367,12 +372,13 @@ def test_make_env_writes_a_private_env_file_that_compose_accepts(tmp_path):
         env = {k: v or "" for k, v in config["services"][name]["environment"].items()}
         assert load_settings(env, service=ROLE_OF[name]).production, name
 
-    # The cloud file needs the operator's image id before Compose accepts it.
-    result = run_compose(tmp_path, "config", "--quiet", env={}, env_file=cloud)
-    assert result.returncode != 0 and "DARK_VM_IMAGE" in result.stderr
-    result = run_compose(
-        tmp_path, "config", "--format", "json", env={"DARK_VM_IMAGE": "fd8abc"}, env_file=cloud
-    )
+    # The cloud file needs the operator's image id and security groups before Compose accepts it.
+    operator = {"DARK_VM_IMAGE": "fd8abc", "YC_SECURITY_GROUP_IDS": "enpsg0123456789abcdef"}
+    for name in operator:
+        partial = {k: v for k, v in operator.items() if k != name}
+        result = run_compose(tmp_path, "config", "--quiet", env=partial, env_file=cloud)
+        assert result.returncode != 0 and name in result.stderr
+    result = run_compose(tmp_path, "config", "--format", "json", env=operator, env_file=cloud)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     assert {"api", "provisioner", "reconciler"} <= set(services) and "sim" not in services

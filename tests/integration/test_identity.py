@@ -494,3 +494,136 @@ def test_a_teardown_does_not_ask_a_re_addressed_vm_for_the_identity(harness):
     assert retired.status is Status.RETIRED, retired.reason
     assert harness.guest_calls(row.provider_id).count("export") == exports
     assert harness.bundles.get(tenant) is None
+
+
+# --- the simulated cloud re-addresses the VM itself (its admin API), in both guest networks -------
+
+IDENTITY_BEARING = (*SECRET_BEARING, "export")
+
+
+class Readdress:
+    """Moves the instance's VM to a fresh address on the guest network, through the simulator's
+    admin API, and gives its old address to a stranger VM that runs a guest of its own: whatever
+    was meant for the old address would reach the stranger."""
+
+    def __init__(self, harness, instance_id) -> None:
+        self.harness = harness
+        self.instance_id = instance_id
+        self.network = harness.settings.guest_network
+        self.field = "address" if self.network == "public" else "internal_address"
+        self.moved: tuple[str, str] | None = None
+        self.stranger: str | None = None
+
+    def __call__(self) -> None:
+        if self.moved:
+            return
+        sim, row = self.harness.sim, self.harness.registry.get(self.instance_id)
+        body = {"network": self.network}
+        new = sim.admin("POST", f"/cloud/vms/{row.provider_id}/address", json=body)[self.field]
+        stranger = sim.admin(
+            "POST",
+            "/cloud/vms",
+            json={"folder_id": self.harness.settings.yc_folder_id, "name": f"x-{uuid.uuid4()}"},
+        )
+        sim.admin(
+            "POST",
+            f"/cloud/vms/{stranger['id']}/address",
+            json={**body, "address": row.address},
+        )
+        self.moved, self.stranger = (row.address, new), stranger["id"]
+
+    def calls_to_either(self, provider_id: str) -> list[dict]:
+        """Every successful-or-not guest call the moved VM or the stranger received."""
+        by_vm = self.harness.sim.admin("GET", "/guests/calls")["by_vm"]
+        return by_vm.get(provider_id, []) + by_vm.get(self.stranger, [])
+
+
+class MoveAfter:
+    """The real guest agent, except that the VM is re-addressed right after `method` returns."""
+
+    def __init__(self, guest, method: str, move: Readdress) -> None:
+        self._guest = guest
+        self._method = method
+        self._move = move
+
+    def __getattr__(self, name):
+        call = getattr(self._guest, name)
+        if name != self._method:
+            return call
+
+        def then_move(*args, **kwargs):
+            result = call(*args, **kwargs)
+            self._move()
+            return result
+
+        return then_move
+
+
+@pytest.fixture(params=["public", "internal"])
+def net_harness(request, simulator, openbao, pg_pool):
+    harness = Harness(simulator, openbao, pg_pool, DARK_GUEST_NETWORK=request.param)
+    yield harness
+    simulator.admin("DELETE", "/cloud/vms", params={"folder_id": harness.settings.yc_folder_id})
+
+
+def assert_failed_for_the_move(row, move: Readdress) -> None:
+    old, new = move.moved
+    assert row.status is Status.FAILED, row.reason
+    assert row.reason == f"the VM's address changed from {old} to {new}; sent it nothing"
+
+
+@pytest.mark.parametrize("first_vm", [True, False], ids=["init", "import"])
+def test_a_vm_readdressed_between_running_and_the_hand_over_gets_no_secret(net_harness, first_vm):
+    harness = net_harness
+    tenant = tenant_name("readdr")
+    harness.onboard(tenant)
+    if not first_vm:  # the tenant has an identity: the second VM would import it
+        earlier, _ = harness.registry.create(tenant)
+        assert Driver(harness.pipeline(), earlier.id).run().status is Status.READY
+    instance, _ = harness.registry.create(tenant)
+    move = Readdress(harness, instance.id)
+    row = Driver(
+        harness.pipeline(guest=MoveAfter(harness.guest, "health", move)), instance.id
+    ).run()
+
+    assert_failed_for_the_move(row, move)
+    assert row.address == move.moved[0]
+    sent = [c for c in move.calls_to_either(row.provider_id) if c["method"] in IDENTITY_BEARING]
+    assert sent == []
+
+
+def test_a_vm_readdressed_after_init_gets_no_claude_token_and_gives_no_bundle(net_harness):
+    harness = net_harness
+    tenant = tenant_name("readdr2")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    move = Readdress(harness, instance.id)
+    row = Driver(harness.pipeline(guest=MoveAfter(harness.guest, "init", move)), instance.id).run()
+
+    assert_failed_for_the_move(row, move)
+    calls = move.calls_to_either(row.provider_id)
+    assert [(c["method"], c["address"]) for c in calls if c["method"] in IDENTITY_BEARING] == [
+        ("init", move.moved[0])
+    ]
+    # Nothing taken from an unchecked address: the claim is released, no bundle stored.
+    assert harness.bundles.get(tenant) is None
+    assert harness.bundles.pending_claim(tenant) is None
+
+
+def test_a_teardown_asks_a_vm_readdressed_mid_init_for_nothing(net_harness):
+    harness = net_harness
+    tenant = tenant_name("readdr3")
+    harness.onboard(tenant)
+    instance, _ = harness.registry.create(tenant)
+    dying = PutNeverReturns(harness.bundles)
+    row = Driver(harness.pipeline(bundles=dying), instance.id).run(until=lambda _: dying.killed)
+    move = Readdress(harness, instance.id)
+    move()
+    exports_before = [c for c in move.calls_to_either(row.provider_id) if c["method"] == "export"]
+
+    request_teardown(harness.registry, instance.id)
+    retired = Driver(harness.pipeline(), instance.id).run()
+    assert retired.status is Status.RETIRED, retired.reason
+    exports = [c for c in move.calls_to_either(row.provider_id) if c["method"] == "export"]
+    assert exports == exports_before
+    assert harness.bundles.get(tenant) is None

@@ -44,7 +44,10 @@ def add_vm(simulator, folder: str, name: str, **fields) -> dict:
 
 def test_the_cli_prints_one_json_line_and_serves_until_sigterm(tmp_path):
     proc = spawn(
-        [sys.executable, "-m", "sim", "--state-dir", str(tmp_path), "--iam-token", "t1.cli-test"],
+        [
+            *[sys.executable, "-m", "sim", "--state-dir", str(tmp_path)],
+            *["--iam-token", "t1.cli-test", "--security-groups", "enpcli1,enpcli2"],
+        ],
         log_path=tmp_path / "sim.log",
         stdout=subprocess.PIPE,
     )
@@ -60,6 +63,8 @@ def test_the_cli_prints_one_json_line_and_serves_until_sigterm(tmp_path):
         assert info["agent_port"] > 0
         health = requests.get(info["admin_url"] + "/health", timeout=5)
         assert health.status_code == 200
+        groups = requests.get(info["admin_url"] + "/cloud/security-groups", timeout=5).json()
+        assert groups == ["enpcli1", "enpcli2"]
     finally:
         stop_process(proc)
     assert proc.returncode == 0
@@ -200,3 +205,106 @@ def test_bulk_creation_of_2500_vms_is_quick(simulator, folder):
     assert len(created) == 2500
     assert all(vm["status"] == "RUNNING" and vm["address"] for vm in created[:3])
     assert len({vm["address"] for vm in created}) == 2500
+
+
+def guest_url(simulator, address: str, path: str = "/health") -> str:
+    return f"http://{address}:{simulator.info['agent_port']}{path}"
+
+
+def test_a_running_vm_serves_its_guest_on_its_nat_and_its_vpc_address(simulator, folder):
+    vm = add_vm(simulator, folder, "two-addresses")
+    assert vm["address"] != vm["internal_address"]
+    for address in (vm["address"], vm["internal_address"]):
+        wait_until(
+            lambda a=address: requests.get(guest_url(simulator, a), timeout=1).ok,
+            10,
+            what=f"the guest at {address}",
+        )
+    calls = simulator.admin("GET", "/guests/calls")["by_vm"][vm["id"]]
+    assert {c["address"] for c in calls if c["status"] == 200} == {
+        vm["address"],
+        vm["internal_address"],
+    }
+
+
+@pytest.mark.parametrize("network", ["public", "internal"])
+def test_the_admin_api_moves_a_vms_address_and_its_guest_follows(simulator, folder, network):
+    field = "address" if network == "public" else "internal_address"
+    vm = add_vm(simulator, folder, f"moving-{network}")
+    old = vm[field]
+    wait_until(lambda: requests.get(guest_url(simulator, old), timeout=1).ok, 10, what="boot")
+
+    moved = simulator.admin("POST", f"/cloud/vms/{vm['id']}/address", json={"network": network})
+    new = moved[field]
+    assert new != old
+    assert requests.get(guest_url(simulator, new), timeout=2).ok
+    with pytest.raises(requests.ConnectionError):
+        requests.get(guest_url(simulator, old), timeout=1)
+    # The cloud API says so too.
+    got = instances(simulator).Get(isvc.GetInstanceRequest(instance_id=vm["id"]), timeout=5)
+    primary = got.network_interfaces[0].primary_v4_address
+    assert (primary.one_to_one_nat.address if network == "public" else primary.address) == new
+    log = [e for e in simulator.admin("GET", "/cloud/log") if e["vm_id"] == vm["id"]]
+    assert log[-1]["event"] == "readdressed" and log[-1]["address"] == new
+
+    # The freed address can go to another VM: the "new holder" of a moved VM's old address.
+    other = add_vm(simulator, folder, f"holder-{network}")
+    simulator.admin(
+        "POST", f"/cloud/vms/{other['id']}/address", json={"network": network, "address": old}
+    )
+    wait_until(lambda: requests.get(guest_url(simulator, old), timeout=1).ok, 10, what="holder")
+    calls = simulator.admin("GET", "/guests/calls")["by_vm"]
+    assert calls[other["id"]][-1]["address"] == old
+
+
+def test_moving_an_address_is_refused_for_bad_or_taken_addresses(simulator, folder):
+    vm = add_vm(simulator, folder, "stays")
+    other = add_vm(simulator, folder, "holds")
+
+    def move(body: dict, vm_id: str = vm["id"]) -> requests.Response:
+        url = f"{simulator.admin_url}/cloud/vms/{vm_id}/address"
+        return requests.post(url, json=body, timeout=5)
+
+    assert move({"address": other["address"]}).status_code == 409
+    assert move({"network": "internal", "address": other["internal_address"]}).status_code == 409
+    assert move({"address": "10.0.0.1"}).status_code == 400
+    assert move({"address": "127.0.0.1"}).status_code == 400
+    assert move({"address": "not an address"}).status_code == 400
+    assert move({"network": "vpn"}).status_code == 400
+    assert move({}, vm_id="fhmnosuchvm").status_code == 404
+    assert simulator.admin("GET", f"/cloud/vms?folder_id={folder}")[0]["address"] == vm["address"]
+
+
+def test_security_groups_exist_once_created_and_unknown_ones_fail_a_create(simulator, folder):
+    created = simulator.admin("POST", "/cloud/security-groups", json={"id": "enpsimtestgroup"})
+    assert created == {"id": "enpsimtestgroup"}
+    assert "enpsimtestgroup" in simulator.admin("GET", "/cloud/security-groups")
+    bad = requests.post(
+        f"{simulator.admin_url}/cloud/security-groups", json={"id": "Bad Id"}, timeout=5
+    )
+    assert bad.status_code == 400
+
+    def create(name: str, groups: list[str]):
+        request = isvc.CreateInstanceRequest(
+            folder_id=folder,
+            name=name,
+            zone_id="ru-central1-a",
+            platform_id="standard-v3",
+            resources_spec=isvc.ResourcesSpec(memory=2 << 30, cores=2),
+            boot_disk_spec=isvc.AttachedDiskSpec(
+                disk_spec=isvc.AttachedDiskSpec.DiskSpec(image_id="dark-image-sim")
+            ),
+            network_interface_specs=[
+                isvc.NetworkInterfaceSpec(subnet_id="dark-subnet", security_group_ids=groups)
+            ],
+        )
+        return instances(simulator).Create(request, timeout=5)
+
+    create("with-group", ["enpsimtestgroup"])
+    with pytest.raises(grpc.RpcError) as caught:
+        create("with-unknown-group", ["enpsimtestgroup", "enpnosuchgroup"])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "enpnosuchgroup" in caught.value.details()
+    vms = {v["name"]: v for v in simulator.admin("GET", f"/cloud/vms?folder_id={folder}")}
+    assert set(vms) == {"with-group"}
+    assert vms["with-group"]["security_group_ids"] == ["enpsimtestgroup"]

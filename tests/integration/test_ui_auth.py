@@ -120,6 +120,7 @@ def test_production_marks_the_cookie_secure(make_app):
         DARK_VM_IMAGE="fd8image",
         FLOWER_BASIC_AUTH="ops:" + secrets.token_hex(8),
         YC_SA_KEY_FILE="/nonexistent/sa.json",
+        YC_SECURITY_GROUP_IDS="enpsg0123456789abcdef",
         DARK_SESSION_SECRET=secrets.token_hex(32),
         DARK_DEPLOYMENT="prod-eu",
     )

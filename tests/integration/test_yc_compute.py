@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -92,6 +93,61 @@ def test_create_runs_a_vm_with_a_public_loopback_address(compute, simulator, fol
     assert vm.created_at.tzinfo is not None
     assert abs(datetime.now(UTC) - vm.created_at) < timedelta(minutes=1)
     assert [v["id"] for v in vms_in(simulator, folder)] == [vm.provider_id]
+
+
+# --- the guest channel: security groups, and which address guests are called at -------------------
+
+
+def new_security_group(simulator) -> str:
+    return simulator.admin("POST", "/cloud/security-groups", json={})["id"]
+
+
+def test_every_vm_interface_carries_the_configured_security_groups(env, simulator, folder):
+    groups = [new_security_group(simulator), new_security_group(simulator)]
+    compute = YcCompute.from_settings(
+        load_settings({**env, "YC_SECURITY_GROUP_IDS": ",".join(groups)})
+    )
+    started = compute.create_instance(spec())
+    assert finished(compute, started.operation_id).error is None
+    [vm] = vms_in(simulator, folder)
+    assert vm["security_group_ids"] == groups
+
+
+def test_an_unknown_security_group_is_rejected_by_the_cloud_and_no_vm_is_made(
+    env, simulator, folder
+):
+    compute = YcCompute.from_settings(
+        load_settings({**env, "YC_SECURITY_GROUP_IDS": "enpnosuchgroup000000"})
+    )
+    with pytest.raises(CloudPermanent, match="enpnosuchgroup000000") as caught:
+        compute.create_instance(spec())
+    assert caught.value.code == "INVALID_ARGUMENT"
+    assert vms_in(simulator, folder) == []
+
+
+def test_the_guest_network_chooses_the_nat_or_the_vpc_address(env, simulator, folder):
+    public = YcCompute.from_settings(load_settings(env))
+    internal = YcCompute.from_settings(load_settings({**env, "DARK_GUEST_NETWORK": "internal"}))
+    started = public.create_instance(spec())
+    assert finished(public, started.operation_id).error is None
+    [listed] = vms_in(simulator, folder)
+
+    nat = public.get_instance(started.provider_id).address
+    vpc = internal.get_instance(started.provider_id).address
+    assert (nat, vpc) == (listed["address"], listed["internal_address"])
+    assert nat != vpc
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    assert {ipaddress.ip_address(a) in loopback for a in (nat, vpc)} == {True}
+    assert [v.address for v in internal.list_managed(MANAGED)] == [vpc]
+    assert internal.find_by_name(listed["name"]).address == vpc
+    # The simulated guest answers on both, as dark-agent listens on every interface.
+    port = simulator.info["agent_port"]
+    for address in (nat, vpc):
+        wait_until(
+            lambda a=address: requests.get(f"http://{a}:{port}/health", timeout=1).ok,
+            10,
+            what=f"the guest at {address}",
+        )
 
 
 def test_the_same_idempotency_key_returns_the_same_operation_and_one_vm(compute, simulator, folder):

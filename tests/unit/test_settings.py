@@ -11,6 +11,7 @@ PROD = {
     "YC_SA_KEY_FILE": "/etc/dark/sa.json",
     "DARK_SESSION_SECRET": "d" * 32,
     "DARK_DEPLOYMENT": "prod-eu",
+    "YC_SECURITY_GROUP_IDS": "enp1a2b3c4d5e6f7g8h9",
 }
 
 
@@ -47,11 +48,28 @@ def test_production_starts_with_everything_it_needs():
         "FLOWER_BASIC_AUTH",
         "DARK_SESSION_SECRET",
         "DARK_DEPLOYMENT",
+        "YC_SECURITY_GROUP_IDS",
     ],
 )
 def test_production_refuses_to_start_without(missing):
     with pytest.raises(SettingsError, match=missing):
         load_settings({**PROD, missing: ""})
+
+
+def test_security_group_ids_are_a_comma_separated_list_of_cloud_ids():
+    assert load_settings({}).yc_security_group_ids == ()
+    parsed = load_settings({"YC_SECURITY_GROUP_IDS": " enpaaa1 , enpbbb2,,enpaaa1 "})
+    assert parsed.yc_security_group_ids == ("enpaaa1", "enpbbb2")
+    for bad in ("enp aaa", "ENPAAA", "enp;drop", "x"):
+        with pytest.raises(SettingsError, match="YC_SECURITY_GROUP_IDS"):
+            load_settings({"YC_SECURITY_GROUP_IDS": bad})
+
+
+def test_the_guest_network_is_public_unless_set_to_internal():
+    assert load_settings({}).guest_network == "public"
+    assert load_settings({"DARK_GUEST_NETWORK": "Internal"}).guest_network == "internal"
+    with pytest.raises(SettingsError, match="DARK_GUEST_NETWORK"):
+        load_settings({"DARK_GUEST_NETWORK": "vpn"})
 
 
 def test_development_falls_back_to_the_local_deployment_label():
@@ -116,6 +134,7 @@ PER_SERVICE = {
         "DARK_VM_IMAGE": "fd8image",
         "YC_SA_KEY_FILE": "/etc/dark/sa.json",
         "DARK_DEPLOYMENT": "prod-eu",
+        "YC_SECURITY_GROUP_IDS": "enp-sg-control-plane",
     },
     "reconciler": {"YC_SA_KEY_FILE": "/etc/dark/sa.json", "DARK_DEPLOYMENT": "prod-eu"},
     "beat": {},
