@@ -39,7 +39,7 @@ JsonObject = dict[str, Any]
 _T = TypeVar("_T")
 _D = TypeVar("_D")
 
-_SSH_KEY_TYPE = re.compile(r"^(?:ssh-|ecdsa-|sk-)[a-z0-9@.\-]+$")
+_SSH_KEY_TYPE = re.compile(r"(?:ssh-|ecdsa-|sk-)[a-z0-9@.\-]+\Z")
 
 
 class _TooLarge(Exception):
