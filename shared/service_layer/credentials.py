@@ -37,6 +37,7 @@ The races, and what closes each:
 """
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shared.domain.errors import (
@@ -57,6 +58,7 @@ from shared.domain.lifecycle import Status
 from shared.domain.records import CloudVm, Instance, VmStatus
 from shared.domain.secrets import Bundle, TenantSecrets
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
+from shared.redaction import mask_message
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +155,44 @@ _REJECTED = {
 }
 
 
-def refusal(what: str, exc: GuestValidation | GuestCredentialsError) -> str:
-    """What the row says when the guest refuses credentials call `what` for good."""
+def refusal(
+    what: str, exc: GuestValidation | GuestCredentialsError, known: Iterable[str] = ()
+) -> str:
+    """What the row says when the guest refuses credentials call `what` for good. The guest's own
+    text is masked against `known`, the secret values the call carried or may echo back: a guest
+    that quotes its input must not put a bundle or a token into a reason."""
+    # Longest first: a value that contains another is masked whole.
+    values = sorted(known, key=len, reverse=True)
     if isinstance(exc, GuestValidation):
-        return f"{_REJECTED[what]}: {_guest_detail(exc)}"
-    return f"guest credentials error during {what}: {exc}"
+        return mask_message(f"{_REJECTED[what]}: {_guest_detail(exc)}", values)
+    return mask_message(f"guest credentials error during {what}: {exc}", values)
 
 
-def guest_call(what: str, call, *args):
-    """Run one credentials call; permanent guest errors become a reason naming the call.
-    Anything else a guest answers (unreachable, 503, not JSON) means it is not up yet."""
+def guest_call(what: str, call, *args, known: Iterable[str] = ()):
+    """Run one credentials call; permanent guest errors become a reason naming the call, masked
+    against `known`. Anything else a guest answers (unreachable, 503, not JSON) means it is not
+    up yet."""
     try:
         return call(*args)
     except (GuestValidation, GuestCredentialsError) as exc:
-        raise GuestStepFailed(refusal(what, exc)) from None
+        raise GuestStepFailed(refusal(what, exc, known)) from None
+
+
+def secret_strings(value: object) -> list[str]:
+    """Every string value in a bundle's JSON, or a tenant's secret values: what a reason may not
+    quote."""
+    if isinstance(value, Bundle):
+        return secret_strings(value.reveal())
+    if isinstance(value, TenantSecrets):
+        forges = [forge.token.reveal() for forge in value.forges]
+        return [value.claude_oauth_token.reveal(), value.nks_pat.reveal(), *forges]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in secret_strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in secret_strings(item)]
+    return []
 
 
 def _guest_detail(exc: GuestValidation) -> str:
@@ -254,17 +280,21 @@ class TenantIdentity:
                 # them while this guest was creating the identity. That identity is abandoned; a
                 # fresh start (a new instance) makes a new one for the re-onboarded tenant.
                 raise GuestStepFailed(OFFBOARDED)
-        identity = guest_call("import", self.guest.import_bundle, address, bundle)
+        identity = guest_call(
+            "import", self.guest.import_bundle, address, bundle, known=secret_strings(bundle)
+        )
         return Provided(identity, "guest imported the tenant's bundle")
 
     def _create(self, instance: Instance, secrets: TenantSecrets, *, recover: bool):
         """Init (or recover from the guest) the identity and store it first; None when another
         instance's bundle is stored already (the caller imports that one instead)."""
         address = instance.address
-        held = self._held_by_guest(address) if recover else None
+        # An export's error can only quote what the guest holds, made from the tenant's secrets.
+        tenant_values = secret_strings(secrets)
+        held = self._held_by_guest(address, tenant_values) if recover else None
         if held is None:
-            identity = guest_call("init", self.guest.init, address, secrets)
-            exported = guest_call("export", self.guest.export, address)
+            identity = guest_call("init", self.guest.init, address, secrets, known=tenant_values)
+            exported = guest_call("export", self.guest.export, address, known=tenant_values)
         else:
             identity, exported = None, held
         if not self.bundles.put(instance.tenant, exported, instance.id):
@@ -275,19 +305,25 @@ class TenantIdentity:
             return None
         if identity is None:
             # Its own bundle back: how the guest reports the identity it holds.
-            identity = guest_call("import", self.guest.import_bundle, address, exported)
+            identity = guest_call(
+                "import",
+                self.guest.import_bundle,
+                address,
+                exported,
+                known=[*tenant_values, *secret_strings(exported)],
+            )
             return Provided(identity, "guest initialised (identity kept from an earlier attempt)")
         return Provided(identity, "guest initialised")
 
-    def _held_by_guest(self, address: str) -> Bundle | None:
+    def _held_by_guest(self, address: str, known: list[str]) -> Bundle | None:
         try:
             return self.guest.export(address)
         except GuestCredentialsError as exc:
             if _not_initialised(exc):
                 return None
-            raise GuestStepFailed(refusal("export", exc)) from None
+            raise GuestStepFailed(refusal("export", exc, known)) from None
         except GuestValidation as exc:
-            raise GuestStepFailed(refusal("export", exc)) from None
+            raise GuestStepFailed(refusal("export", exc, known)) from None
 
     def _cannot_finish(self, owner) -> bool:
         row = self.registry.get(owner)
