@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from shared.adapters.bundles import PostgresBundleRemover, PostgresIdentityClaims
-    from shared.adapters.fleet_stats import PostgresFleetStats
+    from shared.adapters.fleet_stats import FleetStatsSource
     from shared.adapters.locks import PostgresLocks
     from shared.adapters.runs import PostgresReconcileRuns
     from shared.adapters.tenants import PostgresTenantDirectory
@@ -62,7 +62,7 @@ class GatewayServices:
     guest: GuestAgent
     celery: Celery  # reads task state
     producer: Celery  # sends only (see shared.celery_app.producer_app)
-    stats: PostgresFleetStats
+    stats: FleetStatsSource  # /metrics' fleet figures: cached, on a connection of their own
     probes: dict[str, Callable[[], None]]
 
 
@@ -74,11 +74,12 @@ def build_gateway(
     guest: GuestAgent | None = None,
     celery_app: Celery | None = None,
     tenants: PostgresTenantDirectory | None = None,
+    stats: FleetStatsSource | None = None,
 ) -> GatewayServices:
     """The gateway's objects. Tests hand in a registry on their own pool, or a Celery app on their
     own Redis DB; whatever is not passed is built from the settings."""
     from shared.adapters.db import make_pool
-    from shared.adapters.fleet_stats import PostgresFleetStats
+    from shared.adapters.fleet_stats import CachedFleetStats, PostgresFleetStats
     from shared.adapters.guest import HttpGuestAgent
     from shared.adapters.registry import PostgresFleetRegistry
     from shared.adapters.runs import PostgresReconcileRuns
@@ -105,7 +106,8 @@ def build_gateway(
         guest=guest or HttpGuestAgent.from_settings(settings),
         celery=celery_app,
         producer=producer_app(celery_app),
-        stats=PostgresFleetStats(pool),
+        # Not the pool: a scrape must never hold a connection the API's requests wait for.
+        stats=stats or CachedFleetStats(PostgresFleetStats(settings.database_url)),
         probes={
             "postgres": _postgres_probe(settings.database_url),
             "redis": _redis_probe(celery_app.conf.broker_url),

@@ -142,9 +142,10 @@ class Settings:
 
     metrics_loopback_open: bool = env(
         "DARK_METRICS_LOOPBACK_OPEN",
-        True,
+        False,
         _bool,
-        doc="/metrics without a token from loopback; off behind a reverse proxy on the same host",
+        doc="/metrics without a token from loopback (development only; refused in production, "
+        "and never behind a reverse proxy on the same host)",
     )
 
     reconcile_interval: int = env("RECONCILE_INTERVAL_SECS", 60, _nonneg_int)
@@ -208,6 +209,10 @@ def _check(s: Settings) -> None:
             raise SettingsError("DARK_SESSION_SECRET: required in production (signs UI sessions)")
         if not s.flower_basic_auth:
             raise SettingsError("FLOWER_BASIC_AUTH: required in production (Flower is never open)")
+        if s.metrics_loopback_open:
+            raise SettingsError(
+                "DARK_METRICS_LOOPBACK_OPEN: must be off in production (scrape with a token)"
+            )
         if not (s.yc_iam_token or s.yc_sa_key_file):
             raise SettingsError("YC_SA_KEY_FILE: required in production (or YC_IAM_TOKEN)")
     if s.api_tokens & s.onboarding_tokens:

@@ -63,6 +63,7 @@ def create_app(
     guest=None,
     celery_app=None,
     tenants=None,
+    stats=None,
 ) -> Flask:
     built = build_gateway(
         settings,
@@ -71,6 +72,7 @@ def create_app(
         guest=guest,
         celery_app=celery_app,
         tenants=tenants,
+        stats=stats,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
