@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from shared.adapters.fleet_stats import FleetStatsSource
     from shared.adapters.locks import PostgresLocks
     from shared.adapters.runs import PostgresReconcileRuns
+    from shared.adapters.sessions import PostgresOperatorSessions
     from shared.adapters.tenants import PostgresTenantDirectory
     from shared.ports import (
         BundleStore,
@@ -63,6 +64,7 @@ class GatewayServices:
     celery: Celery  # reads task state
     producer: Celery  # sends only (see shared.celery_app.producer_app)
     stats: FleetStatsSource  # /metrics' fleet figures: cached, on a connection of their own
+    sessions: PostgresOperatorSessions  # the dashboard's sessions
     probes: dict[str, Callable[[], None]]
 
 
@@ -83,6 +85,7 @@ def build_gateway(
     from shared.adapters.guest import HttpGuestAgent
     from shared.adapters.registry import PostgresFleetRegistry
     from shared.adapters.runs import PostgresReconcileRuns
+    from shared.adapters.sessions import PostgresOperatorSessions
     from shared.adapters.tenants import PostgresTenantDirectory
     from shared.celery_app import CeleryDispatcher, make_celery, producer_app
     from shared.service_layer.fleet import FleetService
@@ -108,6 +111,7 @@ def build_gateway(
         producer=producer_app(celery_app),
         # Not the pool: a scrape must never hold a connection the API's requests wait for.
         stats=stats or CachedFleetStats(PostgresFleetStats(settings.database_url)),
+        sessions=PostgresOperatorSessions(pool),
         probes={
             "postgres": _postgres_probe(settings.database_url),
             "redis": _redis_probe(celery_app.conf.broker_url),

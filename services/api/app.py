@@ -90,7 +90,7 @@ def create_app(
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
     install_request_hooks(app, log, observe=record_request)
-    install_operator_auth(app, settings)
+    install_operator_auth(app, settings, built.sessions)
     # On every response; the dashboard's pages keep the policy they set (services/api/ui.py).
     install_security_headers(app)
     # The routes and, from their declarations, the OpenAPI document (services/api/openapi.py).
