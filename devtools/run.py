@@ -127,6 +127,22 @@ def flower_env(env: dict, generated: dict) -> None:
     env.setdefault("DARK_FLOWER_URL", _flower_url(env))  # the dashboard links to it
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only, at every moment: a temporary file created 0600
+    (never wider, whatever the umask or an older file's mode), then renamed over `path`."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def main() -> int:
     RUN.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if v.strip()}
@@ -137,12 +153,14 @@ def main() -> int:
     env.setdefault("DARK_DEPLOYMENT", "local")
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("GRPC_VERBOSITY", "ERROR")
+    if env.get("DARK_ENV") != "production":  # where the exemption is refused
+        # The local stack only: a Prometheus or curl on this host reads /metrics without a token.
+        env.setdefault("DARK_METRICS_LOOPBACK_OPEN", "true")
     generated: dict[str, str] = {}
     _token(env, "DARK_API_TOKENS", "op-", generated)
     _token(env, "DARK_ONBOARDING_TOKENS", "onb-", generated)
     flower_env(env, generated)
-    (RUN / "tokens.json").write_text(json.dumps(generated, indent=2))
-    os.chmod(RUN / "tokens.json", 0o600)
+    write_private(RUN / "tokens.json", json.dumps(generated, indent=2))
 
     runner = Runner()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -26,7 +26,8 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from celery import Celery
 
-    from shared.adapters.fleet_stats import PostgresFleetStats
+    from shared.adapters.fleet_stats import FleetStatsSource
+    from shared.adapters.sessions import PostgresOperatorSessions
     from shared.celery_app import GatewayTasks
     from shared.ports import (
         BundleRemover,
@@ -65,7 +66,8 @@ class GatewayServices:
     fleet: FleetService
     guest: GuestAgent
     tasks: GatewayTasks  # a reconcile run now, and task states: all the gateway asks of Celery
-    stats: PostgresFleetStats
+    stats: FleetStatsSource  # /metrics' fleet figures: cached, on a connection of their own
+    sessions: PostgresOperatorSessions  # the dashboard's sessions
     agent_port: int
     probes: dict[str, Callable[[], None]]
 
@@ -78,14 +80,16 @@ def build_gateway(
     guest: GuestAgent | None = None,
     celery_app: Celery | None = None,
     tenants: TenantDirectory | None = None,
+    stats: FleetStatsSource | None = None,
 ) -> GatewayServices:
     """The gateway's objects. Tests hand in a registry on their own pool, or a Celery app on their
     own Redis DB; whatever is not passed is built from the settings."""
     from shared.adapters.db import make_pool
-    from shared.adapters.fleet_stats import PostgresFleetStats
+    from shared.adapters.fleet_stats import CachedFleetStats, PostgresFleetStats
     from shared.adapters.guest import HttpGuestAgent
     from shared.adapters.registry import PostgresFleetRegistry
     from shared.adapters.runs import PostgresReconcileRuns
+    from shared.adapters.sessions import PostgresOperatorSessions
     from shared.adapters.tenants import PostgresTenantDirectory
     from shared.celery_app import CeleryDispatcher, GatewayTasks, make_celery
     from shared.service_layer.fleet import FleetService
@@ -108,7 +112,9 @@ def build_gateway(
         fleet=fleet,
         guest=guest or HttpGuestAgent.from_settings(settings),
         tasks=GatewayTasks(celery_app),
-        stats=PostgresFleetStats(pool),
+        # Not the pool: a scrape must never hold a connection the API's requests wait for.
+        stats=stats or CachedFleetStats(PostgresFleetStats(settings.database_url)),
+        sessions=PostgresOperatorSessions(pool),
         agent_port=settings.agent_port,
         probes={
             "postgres": _postgres_probe(settings.database_url),

@@ -16,7 +16,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# `\Z`, not `$`, which would also accept a trailing newline.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")
 
 
 def new_request_id(candidate: str | None = None) -> str:

@@ -178,9 +178,10 @@ class Settings:
 
     metrics_loopback_open: bool = env(
         "DARK_METRICS_LOOPBACK_OPEN",
-        True,
+        False,
         _bool,
-        doc="/metrics without a token from loopback; off behind a reverse proxy on the same host",
+        doc="/metrics without a token from loopback (development only; refused in production, "
+        "and never behind a reverse proxy on the same host)",
     )
 
     reconcile_interval: int = env("RECONCILE_INTERVAL_SECS", 60, _nonneg_int)
@@ -351,6 +352,10 @@ def _check_production(s: Settings, service: str | None, *, deployment_set: bool)
         raise SettingsError("FLOWER_BASIC_AUTH: required in production (Flower is never open)")
     if needs("YC_SA_KEY_FILE") and not (s.yc_iam_token or s.yc_sa_key_file):
         raise SettingsError("YC_SA_KEY_FILE: required in production (or YC_IAM_TOKEN)")
+    if needs("DARK_METRICS_LOOPBACK_OPEN") and s.metrics_loopback_open:
+        raise SettingsError(
+            "DARK_METRICS_LOOPBACK_OPEN: must be off in production (scrape with a token)"
+        )
     if needs("YC_SECURITY_GROUP_IDS") and not s.yc_security_group_ids:
         # Without one, a VM's agent port answers whoever reaches its address, and export hands out
         # the tenant's identity.

@@ -63,6 +63,7 @@ def create_app(
     guest=None,
     celery_app=None,
     tenants=None,
+    stats=None,
 ) -> Flask:
     built = build_gateway(
         settings,
@@ -71,6 +72,7 @@ def create_app(
         guest=guest,
         celery_app=celery_app,
         tenants=tenants,
+        stats=stats,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -79,7 +81,7 @@ def create_app(
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
     install_request_hooks(app, log, observe=record_request)
-    install_operator_auth(app, settings)
+    install_operator_auth(app, settings, built.sessions)
     # On every response; the dashboard's pages keep the policy they set (services/api/ui.py).
     install_security_headers(app)
     # The routes and, from their declarations, the OpenAPI document (services/api/openapi.py).

@@ -7,13 +7,16 @@ the session cookie instead. Every route needs one of the two unless its view is 
 With no tokens configured every protected route answers 401: an empty DARK_API_TOKENS never means
 "open", and nobody can sign in.
 
-The session is Flask's signed cookie: HttpOnly, SameSite=Strict, Secure in production, and valid
-for SESSION_LIFETIME from sign-in (it is not re-signed per request, so an open dashboard does not
-extend it). It holds no token: only an HMAC of the token under the session key, which names the
-token without revealing it (the cookie is signed, not encrypted) and ends the session when that
-token is removed from DARK_API_TOKENS; and a CSRF token. A cookie is an ambient credential, so a
-state-changing request that relies on the session must repeat the CSRF token in `X-CSRF-Token`;
-a browser never sends a bearer token on its own, so a bearer request needs none.
+The session is server-side (docs/ARCHITECTURE.md#dashboard-sessions): a row in Postgres
+(shared/adapters/sessions.py) named by a random id that Flask's signed cookie carries (HttpOnly,
+SameSite=Strict, Secure in production), with a CSRF token. The row holds an HMAC of the operator
+token under the session key, which names the token without revealing it, and expires
+SESSION_LIFETIME after sign-in (an open dashboard does not extend it). A session is valid only while
+its row exists and its token is still in DARK_API_TOKENS: signing out deletes the row, so a stolen
+copy of the cookie stops working at once, and removing a token ends the sessions signed in with it.
+A cookie is an ambient credential, so a state-changing request that relies on the session must
+repeat the CSRF token in `X-CSRF-Token`; a browser never sends a bearer token on its own, so a
+bearer request needs none. In production every answer carries Strict-Transport-Security.
 
 The session key is DARK_SESSION_SECRET, required in production. In development it defaults to an
 HMAC of the configured tokens: every gunicorn worker, and the next restart, derives the same key
@@ -26,9 +29,10 @@ import hmac
 import secrets
 from datetime import timedelta
 
-from flask import Flask, current_app, request, session
+from flask import Flask, Response, current_app, g, request, session
 from werkzeug.routing import RequestRedirect
 
+from shared.adapters.sessions import PostgresOperatorSessions
 from shared.settings import Settings
 from shared.web import ApiError, BearerTokens, is_public_endpoint
 
@@ -38,6 +42,8 @@ SESSION_COOKIE = "dark_session"
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEVELOPMENT_KEY_LABEL = b"dark-orchestrator development session key"
+# A year: browsers reach the gateway over HTTPS only, once they have seen it there.
+HSTS = "max-age=31536000"
 
 
 class OperatorTokens(BearerTokens):
@@ -64,8 +70,11 @@ def session_key(settings: Settings) -> bytes:
     return hmac.new(_DEVELOPMENT_KEY_LABEL, material, hashlib.sha256).digest()
 
 
-def install_operator_auth(app: Flask, settings: Settings) -> None:
-    """Session cookie settings, and a before_request hook admitting a bearer token or a session.
+def install_operator_auth(
+    app: Flask, settings: Settings, sessions: PostgresOperatorSessions
+) -> None:
+    """Session cookie settings, and a before_request hook admitting a bearer token or a session;
+    in production, HSTS on every answer.
 
     Install it after the request-id hook, so that a 401 is logged and answered with the id.
     """
@@ -80,11 +89,25 @@ def install_operator_auth(app: Flask, settings: Settings) -> None:
         SESSION_REFRESH_EACH_REQUEST=False,
     )
     app.extensions["dark_operator_tokens"] = OperatorTokens(settings.api_tokens, key)
+    app.extensions["dark_operator_sessions"] = sessions
     app.before_request(_check)
+    if settings.production:
+        app.after_request(_strict_transport_security)
+
+
+def _strict_transport_security(response: Response) -> Response:
+    response.headers.setdefault("Strict-Transport-Security", HSTS)
+    return response
 
 
 def _tokens() -> OperatorTokens:
-    return current_app.extensions["dark_operator_tokens"]
+    tokens: OperatorTokens = current_app.extensions["dark_operator_tokens"]
+    return tokens
+
+
+def _sessions() -> PostgresOperatorSessions:
+    sessions: PostgresOperatorSessions = current_app.extensions["dark_operator_sessions"]
+    return sessions
 
 
 def _check() -> None:
@@ -127,19 +150,47 @@ def sign_in(token: str) -> bool:
     if not token or not tokens.valid(token):
         return False
     # A fresh session, so that nothing from before sign-in (a planted cookie) carries over.
-    session.clear()
+    _end_session()
     session.permanent = True
-    session["operator"] = tokens.session_id(token)
+    session["sid"] = _sessions().start(tokens.session_id(token), SESSION_LIFETIME)
     session["csrf"] = secrets.token_urlsafe(32)
+    g.signed_in = True
     return True
 
 
 def sign_out() -> None:
+    """End the session on the server, so that no copy of the cookie works any more."""
+    _end_session()
+    g.signed_in = False
+
+
+def _end_session() -> None:
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        _sessions().end(session_id)
     session.clear()
 
 
 def signed_in() -> bool:
-    return _tokens().valid_session_id(session.get("operator")) and bool(session.get("csrf"))
+    """Whether the request carries a live session whose token is still configured (looked up
+    once per request)."""
+    if "signed_in" not in g:
+        g.signed_in = _live_session()
+    return bool(g.signed_in)
+
+
+def _live_session() -> bool:
+    session_id = session.get("sid")
+    if not isinstance(session_id, str) or not session.get("csrf"):
+        return False
+    digest = _sessions().token_digest(session_id)
+    if digest is None:
+        return False
+    if not _tokens().valid_session_id(digest):
+        # Its token was removed: the session ends for good, even if the token came back.
+        _sessions().end(session_id)
+        return False
+    return True
 
 
 def csrf_token() -> str:

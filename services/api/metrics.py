@@ -9,14 +9,15 @@ Two sources:
   files there and a scrape reads them all. Without the variable (the Flask test client) the
   samples live in a registry of the app's own, so that several apps in one process never collide.
 - Facts that live in Postgres (instances by status, lifecycle transitions, time spent in each
-  status, reconcile runs and actions), computed at scrape time by aggregate queries
+  status, reconcile runs and actions), computed by aggregate queries at most once every 15 s per
+  process, on a connection of their own (never the API's pool) and under a short budget
   (shared/adapters/fleet_stats.py). When Postgres does not answer they are left out and
   `dark_metrics_db_up` is 0: the HTTP figures still render, and the scrape never fails.
 
-Access: with DARK_METRICS_LOOPBACK_OPEN on, a caller on loopback (127.0.0.0/8, ::1) reads it
-without a token, as a Prometheus on the same host would; anyone else needs an operator bearer token.
-Behind a reverse proxy on the same host every request arrives from the proxy's loopback address:
-turn the setting off there, or the proxy opens /metrics to whoever can reach the proxy.
+Access: an operator bearer token. Only with DARK_METRICS_LOOPBACK_OPEN on (off by default, refused
+in production) may a caller on loopback (127.0.0.0/8, ::1) read it without one, as a Prometheus on
+the same host would. Behind a reverse proxy on the same host every request arrives from the proxy's
+loopback address: the setting would open /metrics to whoever can reach the proxy.
 """
 
 import ipaddress
@@ -35,7 +36,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.api.auth import require_bearer
-from shared.adapters.fleet_stats import STATUS_DURATION_BUCKETS, FleetStats, PostgresFleetStats
+from shared.adapters.fleet_stats import STATUS_DURATION_BUCKETS, FleetStats, FleetStatsSource
 from shared.domain.errors import RegistryUnavailable
 from shared.domain.lifecycle import Status
 from shared.service_layer.reconcile import ActionKind
@@ -74,7 +75,7 @@ class HttpMetrics:
 class FleetCollector:
     """The Postgres-derived families, computed when a scrape collects them."""
 
-    def __init__(self, stats: PostgresFleetStats) -> None:
+    def __init__(self, stats: FleetStatsSource) -> None:
         self._stats = stats
 
     def collect(self):
@@ -165,9 +166,10 @@ class GatewayMetrics:
     registry: CollectorRegistry  # what a scrape renders
     http: HttpMetrics
     loopback_open: bool
+    stats: FleetStatsSource
 
 
-def install_metrics(app: Flask, settings: Settings, stats: PostgresFleetStats) -> None:
+def install_metrics(app: Flask, settings: Settings, stats: FleetStatsSource) -> None:
     registry = CollectorRegistry()
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if multiprocess_dir:
@@ -178,7 +180,9 @@ def install_metrics(app: Flask, settings: Settings, stats: PostgresFleetStats) -
     else:
         http = HttpMetrics(registry)
     registry.register(FleetCollector(stats))
-    app.extensions["dark_metrics"] = GatewayMetrics(registry, http, settings.metrics_loopback_open)
+    app.extensions["dark_metrics"] = GatewayMetrics(
+        registry, http, settings.metrics_loopback_open, stats
+    )
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
 
 
@@ -186,7 +190,7 @@ def record_request(method: str, route: str, status: int, seconds: float) -> None
     current_app.extensions["dark_metrics"].http.observe(method, route, status, seconds)
 
 
-@public  # its own rule: loopback, or an operator bearer token (see the module docstring)
+@public  # its own rule: an operator bearer token, or loopback if opened (the module docstring)
 def metrics():
     gateway_metrics: GatewayMetrics = current_app.extensions["dark_metrics"]
     if not (gateway_metrics.loopback_open and _loopback(request.remote_addr)):

@@ -26,8 +26,9 @@ METRICS_OPERATIONS = {
     "get": {
         "summary": "Prometheus metrics: HTTP requests, instances, transitions, reconcile",
         "description": "Text exposition format (OpenMetrics when the Accept header asks "
-        "for it). No token is needed from loopback while DARK_METRICS_LOOPBACK_OPEN is "
-        "on; from anywhere else, an operator bearer token.",
+        "for it). An operator bearer token; only with DARK_METRICS_LOOPBACK_OPEN on (never in "
+        "production) may a caller on loopback omit it. The figures from Postgres are at most "
+        "15 s old.",
         "responses": {
             "200": {
                 "description": "the metrics",

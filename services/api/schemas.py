@@ -20,8 +20,9 @@ from shared.web import TENANT_CONSTRAINTS, TENANT_RULE, StrictSchema
 MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 50
 TEARDOWN_MODES = ("keep", "retire")
-# Printable ASCII, so the key is stored and compared exactly as the client sent it.
-_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
+# Printable ASCII, so the key is stored and compared exactly as the client sent it. `\Z`, not `$`:
+# `$` also matches before a trailing newline (validate.Regexp anchors only the start).
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}\Z")
 
 
 class TenantName(fields.String):

@@ -3,17 +3,27 @@
 Every figure is one aggregate query: Postgres counts, sums and buckets, and Python receives a few
 rows per status or kind, never a row per instance or event. The time spent in each status comes
 from consecutive events of one instance (a window function), so nothing beyond the event log
-(migrations/0001) is kept for it. The queries run in one transaction under a statement timeout: a
-slow database makes a scrape report the database down, never makes it hang.
+(migrations/0001) is kept for it.
+
+A scrape can never take the API's connections: PostgresFleetStats owns one connection of its own
+(never the gateway's pool), opened on first use, with a short connect timeout, and its queries run
+in one read-only transaction under a budget of QUERY_BUDGET_SECS in all (each statement's timeout
+is what is left of it). A slow database makes a scrape report the database down, never makes it
+hang. CachedFleetStats computes the figures at most once every MAX_AGE_SECS, whatever the number of
+scrapes, per process: gunicorn's workers each keep their own cache and their own connection, and
+the threads of one worker share them under a lock, so concurrent scrapes compute once.
 """
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+import psycopg
 from psycopg import sql
-from psycopg.rows import tuple_row
-from psycopg_pool import ConnectionPool
 
-from shared.adapters.db import pooled_cursor
+from shared.domain.errors import RegistryUnavailable
 
 # From a simulated pipeline step (under a second) to a VM kept for a week: upper bounds in seconds.
 STATUS_DURATION_BUCKETS = (
@@ -33,8 +43,13 @@ STATUS_DURATION_BUCKETS = (
     86400.0,
     604800.0,
 )
-# Seconds a scrape waits for a pooled connection, and for each statement.
-QUERY_TIMEOUT_SECS = 2
+# Seconds to open the connection (libpq honours nothing under 2), and for all of a snapshot's
+# queries together.
+CONNECT_TIMEOUT_SECS = 2
+QUERY_BUDGET_SECS = 3
+# The figures are computed at most this often per process; a scrape in between reads the last ones.
+MAX_AGE_SECS = 15.0
+APPLICATION_NAME = "dark-metrics"
 
 
 @dataclass(frozen=True)
@@ -95,30 +110,46 @@ _NEWEST_FINISHED_RUN = (
 _RECONCILE_RUNS = "SELECT dry_run, count(*) FROM reconcile_runs GROUP BY dry_run"
 
 
+class FleetStatsSource(Protocol):
+    def snapshot(self) -> FleetStats:
+        """The figures; RegistryUnavailable when the database does not answer in time."""
+        ...
+
+
 class PostgresFleetStats:
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
+    """The figures from Postgres, on a connection of this object's own. One caller at a time
+    (CachedFleetStats serialises them)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self.snapshots_taken = 0  # how many times the queries ran: the cache's effect, observable
 
     def snapshot(self) -> FleetStats:
         """The figures now; RegistryUnavailable when Postgres does not answer in time."""
-        with pooled_cursor(
-            self._pool,
-            "the registry database did not answer",
-            row_factory=tuple_row,
-            timeout=QUERY_TIMEOUT_SECS,
-        ) as cur:
-            # SET LOCAL: the pooled connection goes back with its own timeout.
-            cur.execute(
-                sql.SQL("SET LOCAL statement_timeout = {}").format(
-                    sql.Literal(QUERY_TIMEOUT_SECS * 1000)
-                )
-            )
-            instances = cur.execute(_INSTANCES_BY_STATUS).fetchall()
-            transitions = cur.execute(_TRANSITIONS).fetchall()
-            durations = cur.execute(_STATUS_DURATIONS).fetchall()
-            actions = cur.execute(_RECONCILE_ACTIONS).fetchall()
-            runs = cur.execute(_RECONCILE_RUNS).fetchall()
-            newest = cur.execute(_NEWEST_FINISHED_RUN).fetchone()
+        deadline = time.monotonic() + QUERY_BUDGET_SECS
+        try:
+            conn = self._connection()
+            self.snapshots_taken += 1
+            with conn.transaction(), conn.cursor() as cur:
+
+                def query(statement: str | sql.Composed) -> list[tuple[Any, ...]]:
+                    # What is left of the budget bounds the next statement.
+                    left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                    cur.execute(
+                        sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(left_ms))
+                    )
+                    return cur.execute(statement).fetchall()
+
+                instances = query(_INSTANCES_BY_STATUS)
+                transitions = query(_TRANSITIONS)
+                durations = query(_STATUS_DURATIONS)
+                actions = query(_RECONCILE_ACTIONS)
+                runs = query(_RECONCILE_RUNS)
+                newest = next(iter(query(_NEWEST_FINISHED_RUN)), None)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.close()  # a broken or timed-out connection is opened afresh next time
+            raise RegistryUnavailable("the registry database did not answer") from exc
         return FleetStats(
             instances_by_status=dict(instances),
             transitions={(src, dst): n for src, dst, n in transitions},
@@ -131,3 +162,54 @@ class PostgresFleetStats:
             reconcile_refused=bool(newest and newest[0]),
             reconcile_held_back=newest[1] if newest else 0,
         )
+
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._database_url,
+                autocommit=True,  # each snapshot is one explicit transaction
+                connect_timeout=CONNECT_TIMEOUT_SECS,
+                application_name=APPLICATION_NAME,
+                options="-c default_transaction_read_only=on",
+            )
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class CachedFleetStats:
+    """The source's figures, computed at most once every `max_age` seconds; the answer, figures
+    or RegistryUnavailable, is kept as long (a database that is down is asked again only then).
+    Concurrent callers wait for the one computing instead of computing again."""
+
+    def __init__(
+        self,
+        source: FleetStatsSource,
+        *,
+        max_age: float = MAX_AGE_SECS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self._max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._computed_at: float | None = None
+        self._answer: FleetStats | RegistryUnavailable | None = None
+
+    def snapshot(self) -> FleetStats:
+        with self._lock:
+            now = self._clock()
+            if self._computed_at is None or now - self._computed_at >= self._max_age:
+                try:
+                    self._answer = self.source.snapshot()
+                except RegistryUnavailable as exc:
+                    self._answer = exc
+                self._computed_at = self._clock()
+            answer = self._answer
+        if isinstance(answer, RegistryUnavailable):
+            raise RegistryUnavailable(answer.message) from answer.__cause__
+        assert answer is not None
+        return answer

@@ -39,7 +39,7 @@ JsonObject = dict[str, Any]
 _T = TypeVar("_T")
 _D = TypeVar("_D")
 
-_SSH_KEY_TYPE = re.compile(r"^(?:ssh-|ecdsa-|sk-)[a-z0-9@.\-]+$")
+_SSH_KEY_TYPE = re.compile(r"(?:ssh-|ecdsa-|sk-)[a-z0-9@.\-]+\Z")
 
 
 class _TooLarge(Exception):
@@ -121,7 +121,13 @@ class HttpGuestAgent:
         return Bundle(_field(body, "bundle", dict, what))
 
     def import_bundle(self, address: str, bundle: Bundle) -> GuestIdentity:
-        body, what = self._call(address, "POST", "/credentials/import", {"bundle": bundle.reveal()})
+        body, what = self._call(
+            address,
+            "POST",
+            "/credentials/import",
+            {"bundle": bundle.reveal()},
+            secrets=_strings(bundle.reveal()),
+        )
         return _identity(body, what)
 
     # --- transport --------------------------------------------------------------------------
@@ -271,6 +277,17 @@ def _forge(item: object, what: str) -> ForgeRegistration:
         host=_field(item, "host", str, what, default=None),
         registered=_field(item, "registered", bool, what, default=False),
     )
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string value in a JSON value (not the keys): what a guest's error may not quote."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
 
 
 def _guest_message(raw: bytes, secrets: Iterable[str]) -> str:

@@ -42,9 +42,9 @@ The races, and what closes each:
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
 from shared.domain.errors import (
     BundleBackendUnavailable,
@@ -64,10 +64,10 @@ from shared.domain.lifecycle import Status
 from shared.domain.records import CloudVm, Instance, VmStatus
 from shared.domain.secrets import Bundle, TenantSecrets
 from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, TenantSecretStore
+from shared.redaction import mask_message
 
 log = logging.getLogger(__name__)
 
-_P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 # An owner in one of these will not store a bundle any more: its claim may be taken over.
@@ -171,20 +171,44 @@ _REJECTED = {
 }
 
 
-def refusal(what: str, exc: GuestValidation | GuestCredentialsError) -> str:
-    """What the row says when the guest refuses credentials call `what` for good."""
+def refusal(
+    what: str, exc: GuestValidation | GuestCredentialsError, known: Iterable[str] = ()
+) -> str:
+    """What the row says when the guest refuses credentials call `what` for good. The guest's own
+    text is masked against `known`, the secret values the call carried or may echo back: a guest
+    that quotes its input must not put a bundle or a token into a reason."""
+    # Longest first: a value that contains another is masked whole.
+    values = sorted(known, key=len, reverse=True)
     if isinstance(exc, GuestValidation):
-        return f"{_REJECTED[what]}: {_guest_detail(exc)}"
-    return f"guest credentials error during {what}: {exc}"
+        return mask_message(f"{_REJECTED[what]}: {_guest_detail(exc)}", values)
+    return mask_message(f"guest credentials error during {what}: {exc}", values)
 
 
-def guest_call(what: str, call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-    """Run one credentials call; permanent guest errors become a reason naming the call.
-    Anything else a guest answers (unreachable, 503, not JSON) means it is not up yet."""
+def guest_call(what: str, call: Callable[..., _R], *args: object, known: Iterable[str] = ()) -> _R:
+    """Run one credentials call; permanent guest errors become a reason naming the call, masked
+    against `known`. Anything else a guest answers (unreachable, 503, not JSON) means it is not
+    up yet."""
     try:
-        return call(*args, **kwargs)
+        return call(*args)
     except (GuestValidation, GuestCredentialsError) as exc:
-        raise GuestStepFailed(refusal(what, exc)) from None
+        raise GuestStepFailed(refusal(what, exc, known)) from None
+
+
+def secret_strings(value: object) -> list[str]:
+    """Every string value in a bundle's JSON, or a tenant's secret values: what a reason may not
+    quote."""
+    if isinstance(value, Bundle):
+        return secret_strings(value.reveal())
+    if isinstance(value, TenantSecrets):
+        forges = [forge.token.reveal() for forge in value.forges]
+        return [value.claude_oauth_token.reveal(), value.nks_pat.reveal(), *forges]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in secret_strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in secret_strings(item)]
+    return []
 
 
 def _guest_detail(exc: GuestValidation) -> str:
@@ -234,7 +258,9 @@ class TenantIdentity:
             provided = self.provide(instance, secrets)
             if provided is None:
                 return AwaitIdentity()
-            self._guarded(instance, "claude", self.guest.claude, secrets)
+            self._guarded(
+                instance, "claude", self.guest.claude, secrets, known=secret_strings(secrets)
+            )
             return provided
         except _Refused as exc:
             return exc.outcome
@@ -278,7 +304,9 @@ class TenantIdentity:
                 # them while this guest was creating the identity. That identity is abandoned; a
                 # fresh start (a new instance) makes a new one for the re-onboarded tenant.
                 raise GuestStepFailed(OFFBOARDED)
-        identity = self._guarded(instance, "import", self.guest.import_bundle, bundle)
+        identity = self._guarded(
+            instance, "import", self.guest.import_bundle, bundle, known=secret_strings(bundle)
+        )
         return Provided(identity, "guest imported the tenant's bundle")
 
     def _create(
@@ -286,10 +314,14 @@ class TenantIdentity:
     ) -> Provided | None:
         """Init (or recover from the guest) the identity and store it first; None when another
         instance's bundle is stored already (the caller imports that one instead)."""
-        held = self._held_by_guest(instance) if recover else None
+        # An export's error can only quote what the guest holds, made from the tenant's secrets.
+        tenant_values = secret_strings(secrets)
+        held = self._held_by_guest(instance, tenant_values) if recover else None
         if held is None:
-            identity = self._guarded(instance, "init", self.guest.init, secrets)
-            exported = self._guarded(instance, "export", self.guest.export)
+            identity = self._guarded(
+                instance, "init", self.guest.init, secrets, known=tenant_values
+            )
+            exported = self._guarded(instance, "export", self.guest.export, known=tenant_values)
         else:
             identity, exported = None, held
         if not self.bundles.put(instance.tenant, exported, instance.id):
@@ -300,25 +332,38 @@ class TenantIdentity:
             return None
         if identity is None:
             # Its own bundle back: how the guest reports the identity it holds.
-            identity = self._guarded(instance, "import", self.guest.import_bundle, exported)
+            identity = self._guarded(
+                instance,
+                "import",
+                self.guest.import_bundle,
+                exported,
+                known=[*tenant_values, *secret_strings(exported)],
+            )
             return Provided(identity, "guest initialised (identity kept from an earlier attempt)")
         return Provided(identity, "guest initialised")
 
-    def _held_by_guest(self, instance: Instance) -> Bundle | None:
+    def _held_by_guest(self, instance: Instance, known: list[str]) -> Bundle | None:
         address = self._check_vm(instance)
         try:
             return self.guest.export(address)
         except GuestCredentialsError as exc:
             if _not_initialised(exc):
                 return None
-            raise GuestStepFailed(refusal("export", exc)) from None
+            raise GuestStepFailed(refusal("export", exc, known)) from None
         except GuestValidation as exc:
-            raise GuestStepFailed(refusal("export", exc)) from None
+            raise GuestStepFailed(refusal("export", exc, known)) from None
 
-    def _guarded(self, instance: Instance, what: str, call: Callable[..., _R], *args: object) -> _R:
+    def _guarded(
+        self,
+        instance: Instance,
+        what: str,
+        call: Callable[..., _R],
+        *args: object,
+        known: Iterable[str] = (),
+    ) -> _R:
         """One credentials call, made only if the VM, read again now, is RUNNING at the address
         the row was given (raises `_Refused` otherwise)."""
-        return guest_call(what, call, self._check_vm(instance), *args)
+        return guest_call(what, call, self._check_vm(instance), *args, known=known)
 
     def _check_vm(self, instance: Instance) -> str:
         """The address to call, once the VM read again now is RUNNING there (`_Refused` if not)."""

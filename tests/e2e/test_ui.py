@@ -253,3 +253,20 @@ def test_reconcile_runs_on_request_and_shows_what_it_did(browser, reconcile_stac
         wait_for_refresh(page, "#fleet-updated")
         expect(run).to_have_attribute("open", "")
         page.screenshot(path=str(ARTIFACTS / "reconcile.png"), animations="disabled")
+
+
+def test_signing_out_ends_the_session_for_a_copy_of_the_cookie(stack, browser, context):
+    page = context.new_page()
+    sign_in(page, stack.api_token)
+    assert page.request.get(stack.api_url + "/instances?limit=1").ok
+    copied = context.cookies()
+    with browser_context(browser, stack) as elsewhere:
+        elsewhere.add_cookies(copied)  # a stolen copy, in another browser
+        assert elsewhere.request.get(stack.api_url + "/instances?limit=1").ok
+
+        page.click("text=Sign out")
+        page.wait_for_selector("#token")
+        assert elsewhere.request.get(stack.api_url + "/instances?limit=1").status == 401
+        replay = elsewhere.new_page()
+        replay.goto("/ui/")
+        assert replay.locator("#token").is_visible()  # the sign-in page, not the dashboard

@@ -1,9 +1,12 @@
 """HttpGuestAgent against the dark-agent simulator in the real `python -m sim` process."""
 
+import json
 import logging
 import secrets
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -179,6 +182,39 @@ def test_a_guest_message_is_masked_and_bounded():
     assert "x" * 40 not in message and "\n" not in message
     assert message.startswith("token *** rejected; also *** and ***")
     assert len(message) <= MAX_MESSAGE
+
+
+def test_an_import_error_quoting_the_bundle_is_masked_at_the_edge():
+    """A guest (not the simulator, which never quotes input) whose 400 repeats the bundle."""
+    private_key = "key part " + secrets.token_hex(8)  # spaces: no token-like run to catch
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self):
+            sent = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            quoted = sent["bundle"]["ssh_private_key"]
+            body = json.dumps({"error": f"bundle rejected: {quoted!r} is malformed"}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    agent = HttpGuestAgent(
+        port=server.server_address[1], timeout=TIMEOUT, max_response_bytes=1_048_576
+    )
+    try:
+        with pytest.raises(GuestValidation) as caught:
+            agent.import_bundle("127.0.0.1", Bundle({"ssh_private_key": private_key}))
+    finally:
+        agent.close()
+        server.shutdown()
+        server.server_close()
+    assert str(caught.value) == "bundle rejected: '***' is malformed"
 
 
 def test_a_deleted_vm_is_unreachable(simulator, agent, booted_vm):

@@ -2,7 +2,9 @@
 gunicorn whose two workers must add up to one set of counts (prometheus_client multiprocess mode).
 
 Every body is parsed with prometheus_client's own parser. The session's database is shared with
-other modules, so the Postgres-derived figures are checked as differences between two scrapes.
+other modules, so the Postgres-derived figures are checked as differences between two scrapes: the
+`client` reads them uncached, so that two scrapes in a row see a change; the apps built as the
+gateway builds itself (`make_app`) cache them for 15 s, on a connection of their own.
 """
 
 import secrets
@@ -14,6 +16,8 @@ import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.api.app import create_app
+from shared.adapters import db
+from shared.adapters.fleet_stats import CachedFleetStats, PostgresFleetStats
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.runs import PostgresReconcileRuns
 from shared.celery_app import make_celery
@@ -25,6 +29,7 @@ from tests.support.prometheus import matching, parse, total
 TOKEN = "metrics-test-token-" + secrets.token_hex(8)
 PREFIX = f"metricstest-{secrets.token_hex(4)}"
 REMOTE = {"REMOTE_ADDR": "10.1.2.3"}
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def tenant_name() -> str:
@@ -47,21 +52,23 @@ def registry(pg_pool):
         conn.execute("DELETE FROM instances WHERE tenant LIKE %s", (PREFIX + "%",))
 
 
-def make_app(env: dict, **overrides: str):
+def make_app(env: dict, stats=None, **overrides: str):
     settings = load_settings({**env, **overrides})
     celery_app = make_celery(settings)
-    return create_app(settings, celery_app=celery_app), celery_app
+    return create_app(settings, celery_app=celery_app, stats=stats), celery_app
 
 
 @pytest.fixture(scope="module")
 def client(env):
-    app, celery_app = make_app(env)
+    stats = PostgresFleetStats(env["DATABASE_URL"])
+    app, celery_app = make_app(env, stats=stats)
     yield app.test_client()
     celery_app.close()
+    stats.close()
 
 
-def scrape(client, **kwargs) -> dict:
-    resp = client.get("/metrics", **kwargs)
+def scrape(client, headers=BEARER, **kwargs) -> dict:
+    resp = client.get("/metrics", headers=headers, **kwargs)
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert resp.content_type.startswith("text/plain")
     return parse(resp.get_data(as_text=True))
@@ -104,8 +111,7 @@ def test_requests_are_counted_by_route_and_status_with_latency(client):
 
 def test_an_unknown_method_is_not_a_label_value_of_its_own(client):
     before = scrape(client)
-    bearer = {"Authorization": f"Bearer {TOKEN}"}
-    assert client.open("/health", method="BREW", headers=bearer).status_code == 405
+    assert client.open("/health", method="BREW", headers=BEARER).status_code == 405
     after = scrape(client)
     assert not matching(after, "dark_http_requests_total", method="BREW")
     assert (
@@ -263,9 +269,23 @@ def test_postgres_down_leaves_out_its_figures_and_never_fails_the_scrape(env):
 # --- access ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("remote_addr", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
-def test_loopback_reads_metrics_without_a_token(client, remote_addr):
-    scrape(client, environ_base={"REMOTE_ADDR": remote_addr})
+LOOPBACK = ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"]
+
+
+@pytest.mark.parametrize("remote_addr", LOOPBACK)
+def test_loopback_needs_the_token_unless_the_exemption_is_on(client, env, remote_addr):
+    resp = client.get("/metrics", environ_base={"REMOTE_ADDR": remote_addr})
+    assert resp.status_code == 401
+    assert error_of(resp)["code"] == "unauthorized"
+    assert "dark_" not in resp.get_data(as_text=True)
+
+    app, celery_app = make_app(env, DARK_METRICS_LOOPBACK_OPEN="true")
+    try:
+        scrape(app.test_client(), headers={}, environ_base={"REMOTE_ADDR": remote_addr})
+        resp = app.test_client().get("/metrics", environ_base=REMOTE)
+        assert resp.status_code == 401, "the exemption is for loopback only"
+    finally:
+        celery_app.close()
 
 
 @pytest.mark.parametrize(
@@ -282,16 +302,59 @@ def test_from_elsewhere_metrics_need_the_operator_token(client, authorization):
     scrape(client, environ_base=REMOTE, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
-def test_with_loopback_access_off_loopback_needs_the_token_too(env):
-    app, celery_app = make_app(env, DARK_METRICS_LOOPBACK_OPEN="false")
+# --- the fleet figures: cached, on a connection of their own -------------------------------------
+
+
+def fleet_queries(app) -> int:
+    cached = app.extensions["dark_metrics"].stats
+    assert isinstance(cached, CachedFleetStats)
+    return cached.source.snapshots_taken
+
+
+def test_scrapes_within_15_s_query_postgres_once(env, registry):
+    app, celery_app = make_app(env)
     try:
         client = app.test_client()
-        resp = client.get("/metrics")
-        assert resp.status_code == 401
-        assert error_of(resp)["code"] == "unauthorized"
-        scrape(client, headers={"Authorization": f"Bearer {TOKEN}"})
+        first = scrape(client)
+        registry.create(tenant_name())
+        with ThreadPoolExecutor(4) as pool:
+            concurrent = list(pool.map(lambda _: scrape(app.test_client()), range(4)))
+        assert fleet_queries(app) == 1
     finally:
         celery_app.close()
+        app.extensions["dark_metrics"].stats.source.close()
+    # The figures of the one computation, not a newer one.
+    for later in concurrent:
+        assert total(later, "dark_instances", status="pending") == total(
+            first, "dark_instances", status="pending"
+        )
+
+
+def test_a_scrape_takes_nothing_from_the_api_pool(env, monkeypatch):
+    pools = []
+    real_make_pool = db.make_pool
+
+    def recording_make_pool(*args, **kwargs):
+        pools.append(real_make_pool(*args, **kwargs))
+        return pools[-1]
+
+    monkeypatch.setattr(db, "make_pool", recording_make_pool)
+    app, celery_app = make_app(env)
+    (api_pool,) = pools
+    held = []
+    try:
+        # Every connection of the API's pool taken, as by requests stuck on a slow query.
+        held = [api_pool.getconn() for _ in range(api_pool.max_size)]
+        requested = api_pool.get_stats().get("requests_num", 0)
+        families = scrape(app.test_client())
+        assert api_pool.get_stats().get("requests_num", 0) == requested
+    finally:
+        for conn in held:
+            api_pool.putconn(conn)
+        celery_app.close()
+        app.extensions["dark_metrics"].stats.source.close()
+        api_pool.close()
+    assert total(families, "dark_metrics_db_up") == 1
 
 
 # --- gunicorn: two workers, one set of counts -----------------------------------------------------
@@ -345,7 +408,7 @@ def test_gunicorn_workers_add_up_to_one_count_in_every_scrape(env, tmp_path):
         assert sum(counts_by_worker(metrics_dir, "/openapi.json").values()) == sent
 
         for _ in range(4):
-            resp = requests.get(base + "/metrics", timeout=10)
+            resp = requests.get(base + "/metrics", headers=BEARER, timeout=10)
             assert resp.status_code == 200
             families = parse(resp.text)
             assert total(families, "dark_http_requests_total", route="/openapi.json") == sent

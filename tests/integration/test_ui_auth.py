@@ -1,6 +1,7 @@
 """The dashboard's sign-in and session against the gateway app on its real peers (Postgres, Redis):
-the cookie's flags and content, bearer-or-session on the JSON API, CSRF on state-changing calls,
-the page headers. The browser itself is exercised in tests/e2e/test_ui.py.
+the cookie's flags and content, the server-side session (sign-out ends every copy of the cookie;
+a removed token ends its sessions), bearer-or-session on the JSON API, CSRF on state-changing
+calls, the page headers. The browser itself is exercised in tests/e2e/test_ui.py.
 """
 
 import base64
@@ -38,7 +39,8 @@ def make_app(migrated_database_url, redis_url, pg_pool):
                 "REDIS_URL": redis_url,
                 "DARK_API_TOKENS": tokens,
                 **env,
-            }
+            },
+            service="api",  # as services/api loads them: the gateway's own checks
         )
         celery_app = make_celery(settings)
         celery_apps.append(celery_app)
@@ -57,6 +59,26 @@ def make_app(migrated_database_url, redis_url, pg_pool):
 @pytest.fixture(scope="module")
 def app(make_app):
     return make_app(f"{TOKEN},{OTHER_TOKEN}")
+
+
+PRODUCTION = {
+    "DARK_ENV": "production",
+    "DARK_ONBOARDING_TOKENS": "onb-" + secrets.token_hex(8),
+    "DARK_VM_IMAGE": "fd8image",
+    "FLOWER_BASIC_AUTH": "ops:" + secrets.token_hex(8),
+    "YC_SA_KEY_FILE": "/nonexistent/sa.json",
+    "DARK_SESSION_SECRET": secrets.token_hex(32),
+    "DARK_DEPLOYMENT": "prod-eu",
+}
+
+
+def sessions_in_table(pg_pool, cookie_value: str) -> int:
+    session_id = session_payload(cookie_value)["sid"]
+    with pg_pool.connection() as conn:
+        return conn.execute(
+            "SELECT count(*) FROM operator_sessions WHERE id_hash = sha256(%s::bytea)",
+            (session_id.encode(),),
+        ).fetchone()[0]
 
 
 def sign_in(client, token: str = TOKEN, **form):
@@ -109,7 +131,7 @@ def test_the_session_cookie_is_httponly_strict_and_holds_no_token(app):
     assert "Secure" not in set_cookie  # development serves plain http on loopback
     cookie = client.get_cookie(SESSION_COOKIE).value
     payload = session_payload(cookie)
-    assert set(payload) == {"_permanent", "operator", "csrf"}
+    assert set(payload) == {"_permanent", "sid", "csrf"}
     assert TOKEN not in cookie and TOKEN not in json.dumps(payload)
 
 
@@ -127,6 +149,15 @@ def test_production_marks_the_cookie_secure(make_app):
     resp = sign_in(production.test_client())
     assert resp.status_code == 303
     assert "Secure" in resp.headers["Set-Cookie"]
+
+
+def test_hsts_is_sent_in_production_only(make_app, app):
+    production = make_app(**PRODUCTION).test_client()
+    for path in ("/health", "/ui/", "/instances"):
+        assert production.get(path).headers["Strict-Transport-Security"] == "max-age=31536000"
+    development = app.test_client()
+    for path in ("/health", "/ui/", "/instances"):
+        assert "Strict-Transport-Security" not in development.get(path).headers
 
 
 def test_a_session_reads_the_api_without_a_bearer_token(app):
@@ -173,6 +204,83 @@ def test_every_gunicorn_worker_accepts_the_session_and_new_tokens_end_it(app, ma
     rotated = make_app(OTHER_TOKEN).test_client()
     rotated.set_cookie(SESSION_COOKIE, cookie)
     assert rotated.get("/instances?limit=1").status_code == 401
+
+
+def test_removing_a_token_ends_the_sessions_signed_in_with_it(make_app):
+    """With a fixed session secret (production's case) the cookie's signature stays valid when
+    the tokens change: the session's record of its token is what ends it."""
+    secret = {"DARK_SESSION_SECRET": secrets.token_hex(32)}
+    client, _ = signed_in_client(make_app(f"{TOKEN},{OTHER_TOKEN}", **secret))
+    cookie = client.get_cookie(SESSION_COOKIE).value
+    kept = make_app(f"{OTHER_TOKEN},{TOKEN}", **secret).test_client()
+    kept.set_cookie(SESSION_COOKIE, cookie)
+    assert kept.get("/instances?limit=1").status_code == 200
+    removed = make_app(OTHER_TOKEN, **secret).test_client()
+    removed.set_cookie(SESSION_COOKIE, cookie)
+    assert removed.get("/instances?limit=1").status_code == 401
+    # Ended, not suspended: configuring the token again does not bring the session back.
+    restored = make_app(f"{TOKEN},{OTHER_TOKEN}", **secret).test_client()
+    restored.set_cookie(SESSION_COOKIE, cookie)
+    assert restored.get("/instances?limit=1").status_code == 401
+
+
+def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(app, pg_pool):
+    client, csrf = signed_in_client(app)
+    stolen = client.get_cookie(SESSION_COOKIE).value
+    thief = app.test_client()
+    thief.set_cookie(SESSION_COOKIE, stolen)
+    assert thief.get("/instances?limit=1").status_code == 200
+    assert sessions_in_table(pg_pool, stolen) == 1
+
+    assert client.post("/ui/sign-out", data={"csrf_token": csrf}).status_code == 303
+    assert sessions_in_table(pg_pool, stolen) == 0
+    replay = app.test_client()
+    replay.set_cookie(SESSION_COOKIE, stolen)
+    assert replay.get("/instances?limit=1").status_code == 401
+    assert 'name="token"' in replay.get("/ui/").get_data(as_text=True)  # the sign-in page
+    assert (
+        replay.post(
+            "/instances", json={"tenant": "acme"}, headers={"X-CSRF-Token": csrf}
+        ).status_code
+        == 401
+    )
+
+
+def test_the_table_holds_neither_the_session_id_nor_the_token(app, pg_pool):
+    client, _ = signed_in_client(app)
+    cookie = client.get_cookie(SESSION_COOKIE).value
+    session_id = session_payload(cookie)["sid"]
+    with pg_pool.connection() as conn:
+        rows = conn.execute("SELECT id_hash, token_digest FROM operator_sessions").fetchall()
+    stored = repr(rows)
+    assert session_id not in stored and TOKEN not in stored and OTHER_TOKEN not in stored
+    assert len(rows) >= 1
+
+
+def test_an_expired_session_ends_whatever_the_cookie_says(app, pg_pool):
+    client, _ = signed_in_client(app)
+    session_id = session_payload(client.get_cookie(SESSION_COOKIE).value)["sid"]
+    with pg_pool.connection() as conn:
+        conn.execute(
+            "UPDATE operator_sessions SET expires_at = now() - interval '1 second'"
+            " WHERE id_hash = sha256(%s::bytea)",
+            (session_id.encode(),),
+        )
+    assert client.get("/instances?limit=1").status_code == 401
+
+
+def test_a_forged_session_id_is_no_session(make_app):
+    """Signed with the right key (as by someone who has it), but naming no session row."""
+    app = make_app()
+    client, _ = signed_in_client(app)
+    with app.test_request_context():
+        from flask import session
+
+        session["sid"] = "x" * 43
+        session["csrf"] = "y" * 43
+        forged = app.session_interface.get_signing_serializer(app).dumps(dict(session))
+    client.set_cookie(SESSION_COOKIE, forged)
+    assert client.get("/instances?limit=1").status_code == 401
 
 
 def test_sign_out_ends_the_session_only_from_the_dashboard_form(app):

@@ -72,6 +72,14 @@ def test_the_guest_network_is_public_unless_set_to_internal():
         load_settings({"DARK_GUEST_NETWORK": "vpn"})
 
 
+def test_the_metrics_loopback_exemption_is_off_unless_set_and_never_in_production():
+    assert load_settings({}).metrics_loopback_open is False
+    assert load_settings({"DARK_METRICS_LOOPBACK_OPEN": "true"}).metrics_loopback_open is True
+    assert load_settings({**PROD, "DARK_METRICS_LOOPBACK_OPEN": "false"}).production
+    with pytest.raises(SettingsError, match="DARK_METRICS_LOOPBACK_OPEN"):
+        load_settings({**PROD, "DARK_METRICS_LOOPBACK_OPEN": "true"})
+
+
 def test_development_falls_back_to_the_local_deployment_label():
     assert load_settings({}).deployment == "local"
 
