@@ -63,6 +63,7 @@ def create_app(
     guest=None,
     celery_app=None,
     tenants=None,
+    invites=None,
 ) -> Flask:
     built = build_gateway(
         settings,
@@ -71,6 +72,7 @@ def create_app(
         guest=guest,
         celery_app=celery_app,
         tenants=tenants,
+        invites=invites,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -84,6 +86,8 @@ def create_app(
         producer=built.producer,
         agent_port=settings.agent_port,
         probes=built.probes,
+        invites=built.invites,
+        onboarding_page_url=settings.onboarding_page_url,
     )
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.

@@ -10,6 +10,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from urllib.parse import quote
 
 from celery import Celery, states
@@ -25,6 +26,7 @@ from services.api.schemas import (
     InstanceAccepted,
     InstanceDetail,
     InstancePage,
+    InviteIssued,
     ListQuery,
     ProvisionHeaders,
     ProvisionRequest,
@@ -42,12 +44,14 @@ from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
 from shared.celery_app import send_reconcile
 from shared.domain.errors import GuestError, GuestUnreachable, InstanceNotFound
+from shared.domain.invites import Invite, InviteState
 from shared.domain.lifecycle import Status
 from shared.domain.records import Instance
 from shared.domain.tenants import normalize_tenant
 from shared.ports import FleetRegistry, GuestAgent
 from shared.redaction import redact
 from shared.service_layer.fleet import FleetService
+from shared.service_layer.invites import Invites
 from shared.web import (
     ApiBlueprint,
     ApiError,
@@ -88,6 +92,8 @@ class Gateway:
     producer: Celery  # sends only (see shared.celery_app.producer_app)
     agent_port: int
     probes: dict[str, Callable[[], None]]
+    invites: Invites
+    onboarding_page_url: str
 
 
 def _gateway() -> Gateway:
@@ -189,6 +195,37 @@ def trigger_reconcile(body: dict):
     return {"task_id": task_id}
 
 
+@bp.route("/tenants/<tenant>/invites", methods=["POST"], parameters=[tenant_parameter()])
+@bp.response(201, InviteIssued, description="issued; the token is shown this once")
+@error_responses(bp, 401, 403, 422, 503)
+def issue_invite(tenant: str):
+    """Issue the tenant's onboarding token (an invite); its previous invite stops working
+
+    Hand `url` to the tenant: the onboarding page reads the token from the URL's fragment, which
+    a browser never sends to a server. Only the token's SHA-256 is stored.
+    """
+    gateway = _gateway()
+    issued = gateway.invites.issue(tenant)
+    token = issued.token.reveal()
+    return {
+        "token": token,
+        "url": f"{gateway.onboarding_page_url}#token={token}",
+        "expires_at": issued.expires_at,
+    }, 201
+
+
+@bp.route("/tenants/<tenant>/invites", methods=["DELETE"], parameters=[tenant_parameter()])
+@bp.response(204, description="revoked (or there was none)")
+@error_responses(bp, 401, 403, 422, 503)
+def revoke_invite(tenant: str):
+    """Revoke the tenant's invite (idempotent); what it already stored stays"""
+    _gateway().invites.revoke(tenant)
+    response = current_app.response_class(status=204)
+    # A 204 has no body, so it has no media type either.
+    del response.headers["Content-Type"]
+    return response
+
+
 # --- reads -----------------------------------------------------------------------------------
 
 
@@ -221,14 +258,17 @@ def list_instances(query: dict):
 @bp.response(200, TenantList, description="by name")
 @error_responses(bp, 401, 422, 503)
 def list_tenants(_query: dict):
-    """Tenants, whether each is onboarded, and their live VMs (no secrets)
+    """Tenants, whether each is onboarded, their invite's state, and their live VMs (no secrets)
 
     Tenants with live instances but no directory row (onboarded before the directory existed, or
-    rows written by hand) are listed too, as not onboarded.
+    rows written by hand) are listed too, as not onboarded; so are tenants invited but not yet
+    onboarded.
     """
     gateway = _gateway()
     live = gateway.registry.live_counts()
     records = {record.name: record for record in gateway.tenants.list()}
+    invites = gateway.invites.current()
+    now = gateway.invites.now()
     items = [
         {
             "name": name,
@@ -238,8 +278,9 @@ def list_tenants(_query: dict):
             "offboarded_at": record.offboarded_at if record else None,
             "secrets_version": record.secrets_version if record else None,
             "live_instances": live.get(name, 0),
+            "invite": _invite_view(invites.get(name), now),
         }
-        for name in sorted(records.keys() | live.keys())
+        for name in sorted(records.keys() | live.keys() | invites.keys())
         for record in [records.get(name)]
     ]
     return {"items": items}
@@ -331,6 +372,16 @@ def _owned_instance(tenant: str, instance_id: uuid.UUID) -> Instance:
     if instance is None or instance.tenant != tenant:
         raise InstanceNotFound("no such instance for this tenant")
     return instance
+
+
+def _invite_view(invite: Invite | None, now: datetime) -> dict:
+    if invite is None:
+        return {"state": InviteState.NONE, "expires_at": None, "used_at": None}
+    return {
+        "state": invite.state(now),
+        "expires_at": invite.expires_at,
+        "used_at": invite.used_at,
+    }
 
 
 def _current_address(instance: Instance) -> str | None:

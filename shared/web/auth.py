@@ -33,6 +33,11 @@ class BearerTokens:
 
     def require(self, authorization: str) -> None:
         """Pass only if the Authorization header value carries one of the tokens; else a 401."""
+        if not self.valid(self.supplied(authorization)):
+            raise self.invalid()
+
+    def supplied(self, authorization: str) -> str:
+        """The bearer token an Authorization header value carries; a 401 when it carries none."""
         supplied = _bearer(authorization)
         if supplied is None:
             raise ApiError(
@@ -41,13 +46,16 @@ class BearerTokens:
                 "a bearer token is required",
                 headers={"WWW-Authenticate": self.challenge},
             )
-        if not self.valid(supplied):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "the bearer token is not valid",
-                headers={"WWW-Authenticate": f'{self.challenge}, error="invalid_token"'},
-            )
+        return supplied
+
+    def invalid(self) -> ApiError:
+        """The 401 for a bearer token that is not valid here."""
+        return ApiError(
+            401,
+            "unauthorized",
+            "the bearer token is not valid",
+            headers={"WWW-Authenticate": f'{self.challenge}, error="invalid_token"'},
+        )
 
 
 def bearer_token_check(
