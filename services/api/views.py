@@ -197,7 +197,7 @@ def trigger_reconcile(body: dict):
 
 @bp.route("/tenants/<tenant>/invites", methods=["POST"], parameters=[tenant_parameter()])
 @bp.response(201, InviteIssued, description="issued; the token is shown this once")
-@error_responses(bp, 401, 403, 422, 503)
+@error_responses(bp, 401, 422, 503)
 def issue_invite(tenant: str):
     """Issue the tenant's onboarding token (an invite); its previous invite stops working
 
@@ -216,7 +216,7 @@ def issue_invite(tenant: str):
 
 @bp.route("/tenants/<tenant>/invites", methods=["DELETE"], parameters=[tenant_parameter()])
 @bp.response(204, description="revoked (or there was none)")
-@error_responses(bp, 401, 403, 422, 503)
+@error_responses(bp, 401, 422, 503)
 def revoke_invite(tenant: str):
     """Revoke the tenant's invite (idempotent); what it already stored stays"""
     _gateway().invites.revoke(tenant)
