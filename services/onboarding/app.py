@@ -83,7 +83,9 @@ def create_app(
     # `/tenants//secrets` must reach the view (an empty name is a 422), not redirect elsewhere.
     app.url_map.merge_slashes = False
     app.url_map.converters["tenant"] = AnyTenantText
-    app.extensions["dark_onboarding"] = OnboardingService(onboarding=built.onboarding)
+    app.extensions["dark_onboarding"] = OnboardingService(
+        onboarding=built.onboarding, invites=built.invites
+    )
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
     install_request_hooks(app, log)

@@ -28,6 +28,7 @@ from services.onboarding.schemas import (
 from shared.domain.errors import SecretsMissing
 from shared.domain.secrets import TenantSecrets
 from shared.domain.tenants import normalize_tenant
+from shared.service_layer.invites import Invites
 from shared.service_layer.onboarding import Onboarding
 from shared.web import (
     PAGE_CONTENT_SECURITY_POLICY,
@@ -50,6 +51,7 @@ class OnboardingService:
     """Everything the views use, built once by create_app."""
 
     onboarding: Onboarding
+    invites: Invites
 
 
 def _service() -> OnboardingService:
@@ -134,10 +136,13 @@ def get_secrets(tenant: str):
 def delete_secrets(query: dict, tenant: str):
     """Offboard: remove the tenant's secrets (idempotent); admin tokens only
 
-    Refused with 409 while the tenant has live instances, unless force=true. A tenant token gets
-    404, as if the route did not exist.
+    Refused with 409 while the tenant has live instances, unless force=true. Revokes the tenant's
+    invite. A tenant token gets 404, as if the route did not exist.
     """
-    _service().onboarding.offboard(tenant, force=query["force"])
+    service = _service()
+    service.onboarding.offboard(tenant, force=query["force"])
+    # A name reused later starts a new identity: an old invite must not write its secrets.
+    service.invites.revoke(tenant)
     return _no_content()
 
 

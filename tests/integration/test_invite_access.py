@@ -299,6 +299,16 @@ def test_the_admin_token_still_acts_on_any_tenant(onboarding):
     assert call(onboarding, "DELETE", path_of(tenant), ADMIN_TOKEN).status_code == 204
 
 
+def test_offboarding_revokes_the_tenants_invite(gateway, onboarding):
+    tenant = tenant_name()
+    token = invite(gateway, tenant)["token"]
+    assert call(onboarding, "PUT", path_of(tenant), token, json=secrets_body()).status_code == 204
+
+    assert call(onboarding, "DELETE", path_of(tenant), ADMIN_TOKEN).status_code == 204
+
+    assert call(onboarding, "PUT", path_of(tenant), token, json=secrets_body()).status_code == 401
+
+
 class Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
