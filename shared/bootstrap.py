@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         TenantSecretStore,
     )
     from shared.service_layer.fleet import FleetService
+    from shared.service_layer.invites import Invites
     from shared.service_layer.onboarding import Onboarding
     from shared.service_layer.pipeline import Pipeline
 
@@ -70,6 +71,8 @@ class GatewayServices:
     sessions: PostgresOperatorSessions  # the dashboard's sessions
     agent_port: int
     probes: dict[str, Callable[[], None]]
+    invites: Invites
+    onboarding_page_url: str  # what invite links start with
 
 
 def build_gateway(
@@ -81,18 +84,21 @@ def build_gateway(
     celery_app: Celery | None = None,
     tenants: TenantDirectory | None = None,
     stats: FleetStatsSource | None = None,
+    invites: Invites | None = None,
 ) -> GatewayServices:
     """The gateway's objects. Tests hand in a registry on their own pool, or a Celery app on their
     own Redis DB; whatever is not passed is built from the settings."""
     from shared.adapters.db import make_pool
     from shared.adapters.fleet_stats import CachedFleetStats, PostgresFleetStats
     from shared.adapters.guest import HttpGuestAgent
+    from shared.adapters.invites import PostgresInviteStore
     from shared.adapters.registry import PostgresFleetRegistry
     from shared.adapters.runs import PostgresReconcileRuns
     from shared.adapters.sessions import PostgresOperatorSessions
     from shared.adapters.tenants import PostgresTenantDirectory
     from shared.celery_app import CeleryDispatcher, GatewayTasks, make_celery
     from shared.service_layer.fleet import FleetService
+    from shared.service_layer.invites import Invites
 
     celery_app = celery_app or make_celery(settings)
     pool = make_pool(settings.database_url)
@@ -120,6 +126,8 @@ def build_gateway(
             "postgres": _postgres_probe(settings.database_url),
             "redis": _redis_probe(celery_app.conf.broker_url),
         },
+        invites=invites or Invites(PostgresInviteStore(pool), ttl_secs=settings.invite_ttl_secs),
+        onboarding_page_url=settings.onboarding_page_url,
     )
 
 
@@ -165,6 +173,7 @@ def _redis_probe(broker_url: str) -> Callable[[], None]:
 @dataclass(frozen=True)
 class OnboardingServices:
     onboarding: Onboarding
+    invites: Invites
 
 
 def build_onboarding(
@@ -174,25 +183,32 @@ def build_onboarding(
     tenants: TenantDirectory | None = None,
     fleet_counts: FleetRegistry | None = None,
     bundles: BundleRemover | None = None,
+    invites: Invites | None = None,
 ) -> OnboardingServices:
     """The onboarding service's objects; tests hand in adapters on their own pool or OpenBao."""
     from shared.adapters.bundles import PostgresBundleRemover
     from shared.adapters.db import make_pool
+    from shared.adapters.invites import PostgresInviteStore
     from shared.adapters.registry import PostgresFleetRegistry
     from shared.adapters.tenants import PostgresTenantDirectory
     from shared.adapters.vault_client import vault_client
     from shared.adapters.vault_kv import HvacTenantSecrets
+    from shared.service_layer.invites import Invites
     from shared.service_layer.onboarding import Onboarding
 
     if secrets is None:
         secrets = HvacTenantSecrets(vault_client(settings), kv_mount=settings.vault_kv_mount)
-    if tenants is None or fleet_counts is None or bundles is None:
+    if tenants is None or fleet_counts is None or bundles is None or invites is None:
         pool = make_pool(settings.database_url)
         tenants = tenants if tenants is not None else PostgresTenantDirectory(pool)
         fleet_counts = fleet_counts if fleet_counts is not None else PostgresFleetRegistry(pool)
         # Deleting a bundle needs Postgres only: onboarding gets no transit key.
         bundles = bundles if bundles is not None else PostgresBundleRemover(pool)
-    return OnboardingServices(onboarding=Onboarding(secrets, tenants, fleet_counts, bundles))
+        if invites is None:
+            invites = Invites(PostgresInviteStore(pool), ttl_secs=settings.invite_ttl_secs)
+    return OnboardingServices(
+        onboarding=Onboarding(secrets, tenants, fleet_counts, bundles), invites=invites
+    )
 
 
 # --- the provisioner ------------------------------------------------------------------------------

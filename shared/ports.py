@@ -12,9 +12,11 @@ import builtins
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, Protocol
 
 from shared.domain.guest import GuestHealth, GuestIdentity
+from shared.domain.invites import Invite
 from shared.domain.lifecycle import Status
 from shared.domain.records import CloudVm, Event, Instance, OperationState, VmSpec
 from shared.domain.secrets import Bundle, SecretsPresence, TenantSecrets
@@ -276,3 +278,27 @@ class TaskDispatcher(Protocol):
     ) -> str:
         """Queue the message (after `countdown` seconds, under `task_id` when given); returns the
         task id. Raises DispatchUnavailable when the task queue cannot be reached."""
+
+
+class InviteStore(Protocol):
+    """Tenants' invites, found by the digest of their token (docs/ARCHITECTURE.md#invites); never
+    the token itself. A tenant's current invite is its one invite not revoked.
+
+    Raises RegistryUnavailable when the database cannot be reached.
+    """
+
+    def issue(self, tenant: TenantName, digest: bytes, expires_at: datetime) -> Invite:
+        """Revoke the tenant's current invite and store this one, in one transaction: of two
+        concurrent issues for a tenant, exactly one stays current (the later)."""
+
+    def revoke(self, tenant: TenantName) -> bool:
+        """Revoke the tenant's current invite; False if it had none."""
+
+    def find(self, digest: bytes) -> Invite | None:
+        """The current invite with this digest, expired or not; None if none (or revoked)."""
+
+    def mark_used(self, digest: bytes) -> None:
+        """Record the invite's first use; a later use keeps the first time."""
+
+    def current(self) -> dict[TenantName, Invite]:
+        """Every tenant's current invite, by tenant."""

@@ -71,6 +71,13 @@ def _guest_network(raw: str) -> str:
     return value
 
 
+def _pos_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value <= 0:
+        raise ValueError("must be more than zero")
+    return value
+
+
 def _str(raw: str) -> str:
     return raw.strip()
 
@@ -168,6 +175,15 @@ class Settings:
     onboarding_tokens: frozenset[str] = env(
         "DARK_ONBOARDING_TOKENS", frozenset(), _tokens, secret=True
     )
+    onboarding_public_url: str | None = env(
+        "DARK_ONBOARDING_PUBLIC_URL",
+        parse=_url,
+        doc="the onboarding page's address as tenants reach it; invite links start with it "
+        "(unset = http://DARK_ONBOARDING_BIND/)",
+    )
+    invite_ttl_secs: int = env(
+        "DARK_INVITE_TTL_SECS", 7 * 24 * 3600, _pos_int, doc="how long an invite works"
+    )
     max_instances_per_tenant: int = env("DARK_MAX_INSTANCES_PER_TENANT", 5, _nonneg_int)
     session_secret: str | None = env(
         "DARK_SESSION_SECRET",
@@ -208,6 +224,13 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def onboarding_page_url(self) -> str:
+        """The onboarding page, as invite links name it."""
+        if self.onboarding_public_url:
+            return self.onboarding_public_url.rstrip("/") + "/"
+        return f"http://{self.onboarding_bind}/"
 
 
 # --- which process reads what (docs/ARCHITECTURE.md#secrets) -------------------------------------
@@ -253,6 +276,10 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
         "DARK_METRICS_LOOPBACK_OPEN",
         "DARK_FLOWER_URL",
         "DARK_MAX_INSTANCES_PER_TENANT",
+        # Invites: their lifetime, and the onboarding page their links name.
+        "DARK_INVITE_TTL_SECS",
+        "DARK_ONBOARDING_PUBLIC_URL",
+        "DARK_ONBOARDING_BIND",
     },
     # Onboarding: its own Vault token (KV only); deleting a bundle needs Postgres, not transit.
     "onboarding": _COMMON

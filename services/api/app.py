@@ -64,6 +64,7 @@ def create_app(
     celery_app=None,
     tenants=None,
     stats=None,
+    invites=None,
 ) -> Flask:
     built = build_gateway(
         settings,
@@ -73,6 +74,7 @@ def create_app(
         celery_app=celery_app,
         tenants=tenants,
         stats=stats,
+        invites=invites,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from shared.domain import tenants
 from shared.domain.errors import InvalidTenantName
+from shared.domain.invites import InviteState
 from shared.domain.lifecycle import Status
 from shared.web import TENANT_CONSTRAINTS, TENANT_RULE, StrictSchema
 
@@ -180,6 +181,35 @@ class EventList(Schema):
     items = fields.List(fields.Nested(EventOut), dump_only=True)
 
 
+class InviteStateOut(Schema):
+    """A tenant's current invite; never its token or the token's digest."""
+
+    state = fields.Enum(
+        InviteState,
+        by_value=True,
+        dump_only=True,
+        metadata={"description": "none | pending (until expires_at) | used | expired"},
+    )
+    expires_at = UtcDateTime(dump_only=True, allow_none=True)
+    used_at = UtcDateTime(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "when the tenant first stored its secrets with it"},
+    )
+
+
+class InviteIssued(Schema):
+    token = fields.String(
+        dump_only=True,
+        metadata={"description": "the tenant's onboarding token; shown this once, stored hashed"},
+    )
+    url = fields.String(
+        dump_only=True,
+        metadata={"description": "the onboarding page with the token in the fragment (#token=…)"},
+    )
+    expires_at = UtcDateTime(dump_only=True)
+
+
 class TenantOut(Schema):
     name = fields.String(dump_only=True)
     onboarded = fields.Boolean(dump_only=True)
@@ -188,6 +218,7 @@ class TenantOut(Schema):
     offboarded_at = fields.DateTime(dump_only=True, allow_none=True)
     secrets_version = fields.Integer(dump_only=True, allow_none=True)
     live_instances = fields.Integer(dump_only=True)
+    invite = fields.Nested(InviteStateOut, dump_only=True)
 
 
 class TenantList(Schema):

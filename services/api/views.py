@@ -10,6 +10,7 @@ Errors are raised and leave through shared/web/errors.py's handler.
 import logging
 import re
 import uuid
+from datetime import datetime
 from urllib.parse import quote
 
 from flask import current_app, g
@@ -22,6 +23,7 @@ from services.api.schemas import (
     InstanceAccepted,
     InstanceDetail,
     InstancePage,
+    InviteIssued,
     ListQuery,
     ProvisionHeaders,
     ProvisionRequest,
@@ -37,6 +39,7 @@ from services.api.schemas import (
 )
 from shared.bootstrap import GatewayServices
 from shared.domain.errors import DispatchUnavailable, GuestError, GuestUnreachable, InstanceNotFound
+from shared.domain.invites import Invite, InviteState
 from shared.domain.lifecycle import Status
 from shared.domain.records import Instance
 from shared.domain.tenants import TenantName
@@ -167,6 +170,37 @@ def trigger_reconcile(body: dict):
     return {"task_id": task_id}
 
 
+@bp.route("/tenants/<tenant>/invites", methods=["POST"], parameters=[tenant_parameter()])
+@bp.response(201, InviteIssued, description="issued; the token is shown this once")
+@error_responses(bp, 401, 422, 503)
+def issue_invite(tenant: str):
+    """Issue the tenant's onboarding token (an invite); its previous invite stops working
+
+    Hand `url` to the tenant: the onboarding page reads the token from the URL's fragment, which
+    a browser never sends to a server. Only the token's SHA-256 is stored.
+    """
+    gateway = _gateway()
+    issued = gateway.invites.issue(TenantName(tenant))
+    token = issued.token.reveal()
+    return {
+        "token": token,
+        "url": f"{gateway.onboarding_page_url}#token={token}",
+        "expires_at": issued.expires_at,
+    }, 201
+
+
+@bp.route("/tenants/<tenant>/invites", methods=["DELETE"], parameters=[tenant_parameter()])
+@bp.response(204, description="revoked (or there was none)")
+@error_responses(bp, 401, 422, 503)
+def revoke_invite(tenant: str):
+    """Revoke the tenant's invite (idempotent); what it already stored stays"""
+    _gateway().invites.revoke(TenantName(tenant))
+    response = current_app.response_class(status=204)
+    # A 204 has no body, so it has no media type either.
+    del response.headers["Content-Type"]
+    return response
+
+
 # --- reads -----------------------------------------------------------------------------------
 
 
@@ -199,14 +233,17 @@ def list_instances(query: dict):
 @bp.response(200, TenantList, description="by name")
 @error_responses(bp, 401, 422, 503)
 def list_tenants(_query: dict):
-    """Tenants, whether each is onboarded, and their live VMs (no secrets)
+    """Tenants, whether each is onboarded, their invite's state, and their live VMs (no secrets)
 
     Tenants with live instances but no directory row (onboarded before the directory existed, or
-    rows written by hand) are listed too, as not onboarded.
+    rows written by hand) are listed too, as not onboarded; so are tenants invited but not yet
+    onboarded.
     """
     gateway = _gateway()
     live = gateway.registry.live_counts()
     records = {record.name: record for record in gateway.tenants.list()}
+    invites = gateway.invites.current()
+    now = gateway.invites.now()
     items = [
         {
             "name": name,
@@ -216,8 +253,9 @@ def list_tenants(_query: dict):
             "offboarded_at": record.offboarded_at if record else None,
             "secrets_version": record.secrets_version if record else None,
             "live_instances": live.get(name, 0),
+            "invite": _invite_view(invites.get(name), now),
         }
-        for name in sorted(records.keys() | live.keys())
+        for name in sorted(records.keys() | live.keys() | invites.keys())
         for record in [records.get(name)]
     ]
     return {"items": items}
@@ -309,6 +347,16 @@ def _owned_instance(tenant: str, instance_id: uuid.UUID) -> Instance:
     if instance is None or instance.tenant != tenant:
         raise InstanceNotFound("no such instance for this tenant")
     return instance
+
+
+def _invite_view(invite: Invite | None, now: datetime) -> dict:
+    if invite is None:
+        return {"state": InviteState.NONE, "expires_at": None, "used_at": None}
+    return {
+        "state": invite.state(now),
+        "expires_at": invite.expires_at,
+        "used_at": invite.used_at,
+    }
 
 
 def _current_address(instance: Instance) -> str | None:

@@ -2,8 +2,9 @@
 
 Nothing here does I/O at import. Collaborators can be passed in (tests hand in adapters on their own
 pool or their own OpenBao); whatever is not passed is built from the settings. Per request: a
-request id, then the token check (DARK_ONBOARDING_TOKENS only: a gateway token is refused), then
-the view; one JSON log line when the response leaves, and security headers on every response.
+request id, then the caller (services/onboarding/auth.py: an admin token from
+DARK_ONBOARDING_TOKENS or a tenant's invite; a gateway token is refused), then the view; one JSON
+log line when the response leaves, and security headers on every response.
 """
 
 import logging
@@ -11,6 +12,7 @@ import logging
 from flask import Flask
 from werkzeug.routing import PathConverter
 
+from services.onboarding.auth import install_onboarding_auth
 from services.onboarding.openapi import DOCUMENT
 from services.onboarding.views import bp
 from shared.bootstrap import build_onboarding
@@ -24,7 +26,6 @@ from shared.domain.errors import (
 from shared.domain.tenant_records import SecretsVersionMismatch, TenantHasLiveInstances
 from shared.settings import Settings
 from shared.web import (
-    bearer_token_check,
     install_error_handler,
     install_request_hooks,
     install_security_headers,
@@ -61,10 +62,21 @@ class AnyTenantText(PathConverter):
 
 
 def create_app(
-    settings: Settings, *, secrets=None, tenants=None, fleet_counts=None, bundles=None
+    settings: Settings,
+    *,
+    secrets=None,
+    tenants=None,
+    fleet_counts=None,
+    bundles=None,
+    invites=None,
 ) -> Flask:
     built = build_onboarding(
-        settings, secrets=secrets, tenants=tenants, fleet_counts=fleet_counts, bundles=bundles
+        settings,
+        secrets=secrets,
+        tenants=tenants,
+        fleet_counts=fleet_counts,
+        bundles=bundles,
+        invites=invites,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -75,14 +87,9 @@ def create_app(
     install_error_handler(app, DOMAIN_ERRORS, log)
     # Order matters: the request id first, so that a 401 is logged and answered with it.
     install_request_hooks(app, log)
-    app.before_request(
-        bearer_token_check(
-            settings.onboarding_tokens,
-            realm="dark-onboarding",
-            # The page's own script and style; the page itself is a @public view.
-            open_endpoints=frozenset({"static"}),
-        )
-    )
+    # Admin tokens (DARK_ONBOARDING_TOKENS) or a tenant's live invite; the page's own script and
+    # style, and the page itself (a @public view), need neither.
+    install_onboarding_auth(app, settings.onboarding_tokens, built.invites)
     install_security_headers(app)
     # The routes and, from their declarations, the OpenAPI document (see openapi.py).
     api = new_api(app, **DOCUMENT)

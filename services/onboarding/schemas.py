@@ -200,3 +200,15 @@ class SecretsStatus(Schema):
     updated_at = fields.String(
         dump_only=True, metadata={"description": "ISO-8601 UTC, when this version was stored"}
     )
+
+
+class Whoami(Schema):
+    role = fields.String(
+        dump_only=True,
+        metadata={"description": "tenant (an invite: its own tenant only) | admin (any tenant)"},
+    )
+    tenant = fields.String(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "the invite's tenant; admin: null"},
+    )

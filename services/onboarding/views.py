@@ -11,7 +11,9 @@ import functools
 from collections.abc import Callable
 
 from flask import current_app, render_template
+from werkzeug.exceptions import NotFound
 
+from services.onboarding.auth import caller, record_invite_use
 from services.onboarding.schemas import (
     CLAUDE_TOKEN_PREFIX,
     MAX_FORGES,
@@ -19,9 +21,11 @@ from services.onboarding.schemas import (
     SecretsHeaders,
     SecretsIn,
     SecretsStatus,
+    Whoami,
     etag,
 )
 from shared.bootstrap import OnboardingServices
+from shared.domain.errors import SecretsMissing
 from shared.domain.secrets import TenantSecrets
 from shared.domain.tenants import TenantName
 from shared.web import (
@@ -51,11 +55,33 @@ _ETAG = {"ETag": {"description": 'the version, quoted ("3")', "schema": {"type":
 
 
 def _tenant_first(view: Callable) -> Callable:
-    """Check the path's tenant name before anything else (its body, its headers) is read."""
+    """Check the path's tenant name, and that the caller may act on it, before anything else (its
+    body, its headers) is read.
+
+    A tenant token on another tenant's path gets exactly the answer an admin gets for a tenant
+    that does not exist (404 not_onboarded): whether that tenant exists stays unsaid.
+    """
 
     @functools.wraps(view)
-    def check(*args, tenant: str, **kwargs):
-        return view(*args, tenant=TenantName(tenant), **kwargs)
+    def check(*args: object, tenant: str, **kwargs: object) -> object:
+        name = TenantName(tenant)
+        who = caller()
+        if not who.admin and who.tenant != name:
+            raise SecretsMissing("tenant not onboarded", tenant=name)
+        return view(*args, tenant=name, **kwargs)
+
+    return check
+
+
+def _admin_only(view: Callable) -> Callable:
+    """For a tenant token the route does not exist (404, as for any unknown path): offboarding
+    is the operator's."""
+
+    @functools.wraps(view)
+    def check(*args: object, **kwargs: object) -> object:
+        if not caller().admin:
+            raise NotFound()
+        return view(*args, **kwargs)
 
     return check
 
@@ -73,6 +99,7 @@ def put_secrets(secrets: TenantSecrets, expected_version: int | None, tenant: Te
     racing writers one gets 409 instead of silently overwriting the other.
     """
     version = _service().onboarding.store(tenant, secrets, expected_version=expected_version)
+    record_invite_use()
     return _no_content({"ETag": etag(version)})
 
 
@@ -94,23 +121,38 @@ def get_secrets(tenant: TenantName):
 
 @bp.route("/tenants/<tenant:tenant>/secrets", methods=["DELETE"], parameters=_TENANT)
 @_tenant_first
+@_admin_only
 @bp.arguments(OffboardQuery, location="query")
 @bp.response(204, description="offboarded (or was not onboarded)")
-@error_responses(bp, 401, 409, 422, 503)
+@error_responses(bp, 401, 404, 409, 422, 503)
 def delete_secrets(query: dict, tenant: TenantName):
-    """Offboard: remove the tenant's secrets (idempotent)
+    """Offboard: remove the tenant's secrets (idempotent); admin tokens only
 
-    Refused with 409 while the tenant has live instances, unless force=true.
+    Refused with 409 while the tenant has live instances, unless force=true. Revokes the tenant's
+    invite. A tenant token gets 404, as if the route did not exist.
     """
-    _service().onboarding.offboard(tenant, force=query["force"])
+    service = _service()
+    service.onboarding.offboard(tenant, force=query["force"])
+    # A name reused later starts a new identity: an old invite must not write its secrets.
+    service.invites.revoke(tenant)
     return _no_content()
+
+
+@bp.route("/whoami")
+@bp.response(200, Whoami, description="the caller")
+@error_responses(bp, 401, 503)
+def whoami():
+    """Who the bearer token is: a tenant's invite (and which tenant) or an admin token"""
+    who = caller()
+    return {"role": "admin" if who.admin else "tenant", "tenant": who.tenant}
 
 
 @bp.route("/")
 @public
 @bp.doc(security=[], responses={"200": {"description": "text/html"}})
 def page():
-    """The onboarding page (HTML); its API calls use the token typed in"""
+    """The onboarding page (HTML); its API calls use the invite in the URL's fragment (#token=…)
+    or the token typed in"""
     html = render_template(
         "index.html",
         forge_rows=range(PAGE_FORGE_ROWS),

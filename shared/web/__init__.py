@@ -11,7 +11,7 @@ Each service's app factory wires these in; its views and schemas stay its own. T
 are re-exported for `from shared.web import ...`.
 """
 
-from shared.web.auth import BearerTokens, bearer_token_check, is_public_endpoint, public
+from shared.web.auth import BearerTokens, is_public_endpoint, public
 from shared.web.errors import (
     RETRY_AFTER_SECS,
     ApiError,
@@ -56,7 +56,6 @@ __all__ = [
     "StrictParser",
     "StrictSchema",
     "add_open_routes",
-    "bearer_token_check",
     "error_response",
     "error_responses",
     "field_errors",

@@ -39,6 +39,11 @@ class BearerTokens:
 
     def require(self, authorization: str) -> None:
         """Pass only if the Authorization header value carries one of the tokens; else a 401."""
+        if not self.valid(self.supplied(authorization)):
+            raise self.invalid()
+
+    def supplied(self, authorization: str) -> str:
+        """The bearer token an Authorization header value carries; a 401 when it carries none."""
         supplied = _bearer(authorization)
         if supplied is None:
             raise ApiError(
@@ -47,31 +52,16 @@ class BearerTokens:
                 "a bearer token is required",
                 headers={"WWW-Authenticate": self.challenge},
             )
-        if not self.valid(supplied):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "the bearer token is not valid",
-                headers={"WWW-Authenticate": f'{self.challenge}, error="invalid_token"'},
-            )
+        return supplied
 
-
-def bearer_token_check(
-    tokens: frozenset[str], *, realm: str, open_endpoints: frozenset[str] = frozenset()
-) -> Callable[[], None]:
-    """A before_request hook that lets a request through only with one of `tokens`.
-
-    Views marked `@public` and the endpoints in `open_endpoints` (e.g. Flask's "static") need no
-    token. With no tokens configured every other route answers 401: empty never means open.
-    """
-    bearer_tokens = BearerTokens(tokens, realm=realm)
-
-    def check() -> None:
-        if request.endpoint in open_endpoints or is_public_endpoint():
-            return
-        bearer_tokens.require(request.headers.get("Authorization", ""))
-
-    return check
+    def invalid(self) -> ApiError:
+        """The 401 for a bearer token that is not valid here."""
+        return ApiError(
+            401,
+            "unauthorized",
+            "the bearer token is not valid",
+            headers={"WWW-Authenticate": f'{self.challenge}, error="invalid_token"'},
+        )
 
 
 def is_public_endpoint() -> bool:

@@ -826,7 +826,8 @@ def test_the_document_states_the_tenant_rule_that_validation_enforces(api):
         if parameter["name"] == "tenant"
     ]
     in_path = [p for p in parameters if p["in"] == "path"]
-    assert len(in_path) == 3  # the instance, its events, heal (DELETE shares GET's path)
+    # The instance, its events, heal, the invites (DELETEs share their path's parameters).
+    assert len(in_path) == 4
     assert [p for p in parameters if p["in"] == "query"]  # GET /instances?tenant=
     for parameter in parameters:
         assert rule.items() <= parameter["schema"].items(), parameter
@@ -897,7 +898,9 @@ def test_tenants_lists_onboarding_state_and_live_vms_without_secrets(api, direct
         "offboarded_at",
         "secrets_version",
         "live_instances",
+        "invite",
     }
+    assert items[onboarded]["invite"] == {"state": "none", "expires_at": None, "used_at": None}
     assert api.get("/tenants?secret=1").status_code == 422
 
 

@@ -55,9 +55,10 @@ class Stack:
         )
         wait_until(lambda: requests.get(self.api_url + "/health", timeout=1).ok, 30, what="gateway")
 
-    def start_onboarding(self, token: str) -> str:
-        """The onboarding service under gunicorn with its own token; returns its base URL."""
-        port = free_port()
+    def start_onboarding(self, token: str, port: int | None = None) -> str:
+        """The onboarding service under gunicorn with its own token (on `port`, or a free one);
+        returns its base URL."""
+        port = port or free_port()
         self.procs["onboarding"] = spawn(
             [
                 str(VENV_BIN / "gunicorn"),

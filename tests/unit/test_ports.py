@@ -18,6 +18,7 @@ from shared.adapters.bundles import (
     PostgresIdentityClaims,
 )
 from shared.adapters.guest import HttpGuestAgent
+from shared.adapters.invites import PostgresInviteStore
 from shared.adapters.locks import PostgresLocks
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.runs import PostgresReconcileRuns
@@ -56,6 +57,7 @@ ADAPTERS = [
     (ports.ReconcileRuns, PostgresReconcileRuns),
     (ports.TenantDirectory, PostgresTenantDirectory),
     (ports.TaskDispatcher, CeleryDispatcher),
+    (ports.InviteStore, PostgresInviteStore),
 ]
 
 
@@ -73,7 +75,8 @@ def _statically(pool: ConnectionPool) -> None:
     tenants = PostgresTenantDirectory(pool)
     claims = PostgresIdentityClaims(pool)
     remover: ports.BundleRemover = PostgresBundleRemover(pool)
-    del registry, compute, runs, locks, tenants, claims, dispatcher, remover
+    invites: ports.InviteStore = PostgresInviteStore(pool)
+    del registry, compute, runs, locks, tenants, claims, dispatcher, remover, invites
 
 
 def protocol_methods(protocol: type) -> list[str]:

@@ -177,3 +177,22 @@ def test_a_vault_token_is_demanded_per_service_never_of_all():
 def test_an_unknown_service_is_a_programming_error():
     with pytest.raises(ValueError, match="unknown service"):
         load_settings({}, service="gateway")
+
+
+def test_invites_last_a_week_and_link_to_the_onboarding_bind_by_default():
+    settings = load_settings({"DARK_ONBOARDING_BIND": "0.0.0.0:9081"})
+    assert settings.invite_ttl_secs == 7 * 24 * 3600
+    assert settings.onboarding_page_url == "http://0.0.0.0:9081/"
+
+
+def test_invite_links_start_with_the_public_onboarding_url():
+    settings = load_settings({"DARK_ONBOARDING_PUBLIC_URL": "https://onboard.example.com"})
+    assert settings.onboarding_page_url == "https://onboard.example.com/"
+    with pytest.raises(SettingsError, match="DARK_ONBOARDING_PUBLIC_URL"):
+        load_settings({"DARK_ONBOARDING_PUBLIC_URL": "onboard.example.com"})
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "week"])
+def test_an_invite_ttl_must_be_a_positive_number_of_seconds(ttl):
+    with pytest.raises(SettingsError, match="DARK_INVITE_TTL_SECS"):
+        load_settings({"DARK_INVITE_TTL_SECS": ttl})

@@ -1,7 +1,11 @@
 // The onboarding page: PUT the form as JSON, show the field errors of a 422 next to their inputs,
 // show the presence/version status (GET). The server validates everything; this script only
 // places its answers. Text from the server is set with textContent, never parsed as HTML, and
-// the typed token lives only in its input (no storage, no cookies).
+// the token lives only in its input (no storage, no cookies).
+//
+// An invite link carries the tenant's token in the URL's fragment (#token=…), which a browser
+// never sends to a server: the script takes it from there, removes it from the address bar (and
+// so from history), asks GET /whoami whose it is, and fixes the tenant field to that name.
 "use strict";
 
 (() => {
@@ -169,10 +173,56 @@
     await checkStatus();
   }
 
+  // The invite in the fragment, if any; the fragment is dropped from the address bar either way.
+  function inviteToken() {
+    if (!location.hash) return null;
+    const token = new URLSearchParams(location.hash.slice(1)).get("token");
+    history.replaceState(null, "", location.pathname + location.search);
+    return token || null;
+  }
+
+  async function useInvite(token) {
+    byId("token").value = token;
+    let response;
+    try {
+      response = await request("GET", "/whoami");
+    } catch (_unreachable) {
+      message.textContent = "The onboarding service could not be reached.";
+      return;
+    }
+    if (response.status === 401) {
+      message.textContent =
+        "This invite link has expired or was replaced; ask your operator for a new one.";
+      return;
+    }
+    if (!response.ok) {
+      await showFailure(response, []);
+      return;
+    }
+    const who = await response.json();
+    if (who.role !== "tenant") return;
+    const tenant = byId("tenant");
+    tenant.value = who.tenant;
+    tenant.readOnly = true;
+    byId("token-field").hidden = true;
+    byId("invite-tenant").textContent = who.tenant;
+    byId("invite").hidden = false;
+    const status = await request("GET", tenantPath());
+    if (status.ok) {
+      showStatus(await status.json());
+    } else if (status.status === 404) {
+      message.textContent = "Nothing is stored for this tenant yet.";
+    } else {
+      await showFailure(status, []);
+    }
+  }
+
   form.addEventListener("submit", save);
   byId("check").addEventListener("click", () => {
     clearErrors();
     message.textContent = "";
     checkStatus();
   });
+  const invite = inviteToken();
+  if (invite) useInvite(invite);
 })();

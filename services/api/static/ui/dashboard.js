@@ -297,6 +297,7 @@ function renderTenants(items) {
         name: el("td", {}, filterButton),
         state: el("td"),
         secrets: el("td"),
+        invite: el("td"),
         live: el("td", { className: "num" }),
       };
       row = { tr: el("tr"), cells };
@@ -310,6 +311,9 @@ function renderTenants(items) {
     cells.state.className = tenant.onboarded ? "" : "muted";
     setText(cells.secrets, version ? `v${version} · ${age(updatedAt)} ago` : "—");
     setAttr(cells.secrets, "title", updatedAt ? `Updated ${localTime(updatedAt)}` : null);
+    setText(cells.invite, inviteLabel(tenant.invite));
+    setAttr(cells.invite, "title", inviteTitle(tenant.invite));
+    cells.invite.className = tenant.invite.state === "pending" ? "" : "muted";
     setText(cells.live, tenant.live_instances);
     seen.add(tenant.name);
     const expected = previous ? previous.nextSibling : body.firstChild;
@@ -326,8 +330,72 @@ function renderTenants(items) {
   empty.hidden = items.length > 0;
   setText(
     empty,
-    "No tenant has onboarded yet. Tenants hand over their secrets on the onboarding page.",
+    "No tenant yet. Invite one: the tenant hands over its secrets on the onboarding page.",
   );
+}
+
+// --- invites -----------------------------------------------------------------------------------
+
+function inviteLabel(invite) {
+  if (invite.state === "pending") return `pending until ${localTime(invite.expires_at)}`;
+  if (invite.state === "used") return `used ${age(invite.used_at)} ago`;
+  if (invite.state === "expired") return "expired";
+  return "none";
+}
+
+function inviteTitle(invite) {
+  if (invite.state === "used") {
+    return `Used ${localTime(invite.used_at)}; works until ${localTime(invite.expires_at)}`;
+  }
+  if (invite.state === "expired") return `Expired ${localTime(invite.expires_at)}`;
+  return null;
+}
+
+// The link is shown once: it is in this page's DOM until the next invite, and nowhere else.
+async function onInvite(event) {
+  event.preventDefault();
+  const input = byId("invite-tenant");
+  const message = byId("invite-message");
+  const tenant = input.value.trim();
+  if (!tenant) {
+    showMessage(message, "Enter the tenant's name.", "error");
+    return;
+  }
+  byId("invite-result").hidden = true;
+  byId("invite-url").value = "";
+  byId("invite-submit").disabled = true;
+  showMessage(message, `Inviting ${tenant}…`, "busy");
+  try {
+    const issued = await api("POST", `/tenants/${encodeURIComponent(tenant)}/invites`);
+    byId("invite-url").value = issued.url;
+    setText(byId("invite-expires"), localTime(issued.expires_at));
+    byId("invite-result").hidden = false;
+    showMessage(message, `Invited ${tenant} at ${clockTime()}.`, "ok");
+    input.value = "";
+  } catch (err) {
+    const fields = (err.details && err.details.fields) || {};
+    const reason = fields.tenant ? fields.tenant.join(" ") : err.message;
+    showMessage(message, `Not invited: ${reason}`, "error");
+  } finally {
+    byId("invite-submit").disabled = false;
+  }
+  tenantsPoll.now();
+}
+
+// The Clipboard API needs a secure context (https or localhost); elsewhere, select and copy.
+async function onCopyInvite() {
+  const url = byId("invite-url");
+  url.select();
+  try {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(url.value);
+    } else if (!document.execCommand("copy")) {
+      throw new Error("copy refused");
+    }
+    showMessage(byId("invite-message"), "Link copied.", "ok");
+  } catch (_err) {
+    showMessage(byId("invite-message"), "Copy failed: select the link and copy it.", "error");
+  }
 }
 
 async function refreshTenants() {
@@ -356,6 +424,8 @@ byId("filter-hide-retired").addEventListener("change", (e) => {
   applyFilters();
 });
 byId("provision-form").addEventListener("submit", onProvision);
+byId("invite-form").addEventListener("submit", onInvite);
+byId("invite-copy").addEventListener("click", onCopyInvite);
 byId("provision-tenant").addEventListener("change", (e) => {
   byId("provision-submit").disabled = !e.target.value;
 });
