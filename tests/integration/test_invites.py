@@ -13,6 +13,7 @@ import pytest
 from shared.adapters.invites import PostgresInviteStore
 from shared.domain.errors import InvalidTenantName
 from shared.domain.invites import InviteState, token_digest
+from shared.domain.tenants import TenantName
 from shared.service_layer.invites import Invites
 
 PREFIX = f"invtest-{secrets.token_hex(4)}"
@@ -160,12 +161,12 @@ def test_an_unknown_token_names_no_tenant(invites):
     assert invites.tenant_of("") is None
 
 
-def test_tenant_names_are_normalised_and_validated(invites):
+def test_an_invite_is_bound_to_the_normalised_tenant_name(invites):
     decomposed = f"{PREFIX}-cafe\u0301"
 
-    issued = invites.issue(decomposed)
+    issued = invites.issue(TenantName(decomposed))
 
     assert issued.tenant == f"{PREFIX}-caf\u00e9"
     assert invites.tenant_of(issued.token.reveal()) == issued.tenant
     with pytest.raises(InvalidTenantName):
-        invites.issue("../etc")
+        invites.issue(TenantName("../etc"))
