@@ -187,8 +187,9 @@ def build_onboarding(
 ) -> OnboardingServices:
     """The onboarding service's objects; tests hand in adapters on their own pool or OpenBao."""
     from shared.adapters.bundles import PostgresBundleRemover
-    from shared.adapters.db import make_pool
+    from shared.adapters.db import make_lock_pool, make_pool
     from shared.adapters.invites import PostgresInviteStore
+    from shared.adapters.locks import PostgresLocks
     from shared.adapters.registry import PostgresFleetRegistry
     from shared.adapters.tenants import PostgresTenantDirectory
     from shared.adapters.vault_client import vault_client
@@ -206,8 +207,10 @@ def build_onboarding(
         bundles = bundles if bundles is not None else PostgresBundleRemover(pool)
         if invites is None:
             invites = Invites(PostgresInviteStore(pool), ttl_secs=settings.invite_ttl_secs)
+    # A lock lives on a connection of its own, never one of the queries' pool.
+    locks = PostgresLocks(make_lock_pool(settings.database_url))
     return OnboardingServices(
-        onboarding=Onboarding(secrets, tenants, fleet_counts, bundles), invites=invites
+        onboarding=Onboarding(secrets, tenants, fleet_counts, bundles, locks), invites=invites
     )
 
 

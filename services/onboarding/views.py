@@ -98,7 +98,14 @@ def put_secrets(secrets: TenantSecrets, expected_version: int | None, tenant: Te
     Without If-Match the write is checked against the version read just before it, so of two
     racing writers one gets 409 instead of silently overwriting the other.
     """
-    version = _service().onboarding.store(tenant, secrets, expected_version=expected_version)
+    service, token = _service(), caller().invite_token
+    version = service.onboarding.store(
+        tenant,
+        secrets,
+        expected_version=expected_version,
+        # A tenant's write lands only while its invite is current (offboarding revokes it).
+        still_allowed=None if token is None else lambda: service.invites.tenant_of(token) == tenant,
+    )
     record_invite_use()
     return _no_content({"ETag": etag(version)})
 
@@ -132,9 +139,10 @@ def delete_secrets(query: dict, tenant: TenantName):
     invite. A tenant token gets 404, as if the route did not exist.
     """
     service = _service()
-    service.onboarding.offboard(tenant, force=query["force"])
-    # A name reused later starts a new identity: an old invite must not write its secrets.
+    # First: a name reused later starts a new identity, so the old invite must not write secrets
+    # again, not even from a request already past its token check (Onboarding re-checks it).
     service.invites.revoke(tenant)
+    service.onboarding.offboard(tenant, force=query["force"])
     return _no_content()
 
 

@@ -349,6 +349,7 @@ def test_a_tenant_offboarded_then_onboarded_again_gets_a_new_identity(harness):
         PostgresTenantDirectory(harness.pool),
         harness.registry,
         PostgresBundleRemover(harness.pool),
+        harness.locks,
     )
     onboarding.offboard(tenant)
     assert harness.bundles.get(tenant) is None

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -16,6 +17,8 @@ import pytest
 
 from services.api.app import create_app as create_gateway
 from services.onboarding.app import create_app as create_onboarding
+from shared.adapters.vault_client import vault_client
+from shared.adapters.vault_kv import HvacTenantSecrets
 from shared.celery_app import make_celery
 from shared.domain.invites import token_digest
 from shared.logs import JsonFormatter
@@ -429,3 +432,62 @@ def test_every_onboarding_route_admits_admins_and_tenants_only_on_their_own(
         else:
             assert resp.status_code == 401, where
             assert resp.get_json()["error"]["code"] == "unauthorized", where
+
+
+# --- offboarding racing a tenant's write -------------------------------------------------------
+
+
+class HeldFirstRead:
+    """The tenant secrets adapter, whose next `presence` read (the first step of a PUT) waits
+    until released: the request has passed its token check and not yet touched Vault."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.armed = False
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def presence(self, tenant):
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            assert self.release.wait(30)
+        return self._real.presence(tenant)
+
+
+def test_an_invite_cannot_write_back_the_secrets_of_a_tenant_offboarded_meanwhile(
+    settings, gateway
+):
+    held = HeldFirstRead(
+        HvacTenantSecrets(vault_client(settings), kv_mount=settings.vault_kv_mount)
+    )
+    app = create_onboarding(settings, secrets=held)
+    tenant = tenant_name("race")
+    admin_onboard(app, tenant)
+    token = invite(gateway, tenant)["token"]
+    answers: list[int] = []
+
+    held.armed = True
+    writer = threading.Thread(
+        target=lambda: answers.append(
+            call(app, "PUT", path_of(tenant), token, json=secrets_body()).status_code
+        )
+    )
+    writer.start()
+    assert held.entered.wait(30)
+    first = call(app, "DELETE", path_of(tenant), ADMIN_TOKEN).status_code
+    held.release.set()
+    writer.join(30)
+    # The operator repeats an offboarding that was refused while the tenant's write was under way.
+    for _ in range(3):
+        if first == 204:
+            break
+        first = call(app, "DELETE", path_of(tenant), ADMIN_TOKEN).status_code
+    assert first == 204 and len(answers) == 1
+
+    # Offboarded means offboarded: no secrets, not onboarded, and the invite no longer works.
+    assert call(app, "GET", path_of(tenant), ADMIN_TOKEN).status_code == 404
+    assert tenants_listed(gateway)[tenant]["onboarded"] is False
+    assert call(app, "PUT", path_of(tenant), token, json=secrets_body()).status_code == 401
