@@ -362,8 +362,8 @@ def _announce(env: dict, generated: dict) -> None:
     lines = [
         "",
         "dark-orchestrator is running (Ctrl-C stops everything). Logs: .run/*.log",
-        f"  gateway     {api}   (OpenAPI: {api}/openapi.json)",
-        f"  onboarding  http://{env['DARK_ONBOARDING_BIND']}",
+        f"  gateway     {api}   (API docs: {api}/docs)",
+        f"  onboarding  http://{env['DARK_ONBOARDING_BIND']}   (API docs: /docs)",
         f"  Flower      {_flower_url(env)}   (basic auth: FLOWER_BASIC_AUTH)",
         f"  OpenBao     {env['VAULT_ADDR']}",
         f"  simulators  admin {env['SIM_ADMIN_URL']}",

@@ -237,6 +237,24 @@ def test_health_ready_and_openapi_need_no_token(api):
     assert api.get("/openapi.json", auth=False).status_code == 200
 
 
+def test_docs_serves_swagger_ui_from_this_origin_under_a_policy_without_inline_script(app):
+    anonymous = app.test_client()
+    page = anonymous.get("/docs")
+    assert page.status_code == 200
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+    html = page.get_data(as_text=True)
+    assert "<script>" not in html and "https://" not in html
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+        assert asset in html
+        assert anonymous.get(asset).status_code == 200, asset
+    assert "/openapi.json" in anonymous.get("/docs/docs.js").get_data(as_text=True)
+    # Only the assets the page loads: nothing else of the package, nothing outside it.
+    assert anonymous.get("/docs/assets/index.html").status_code == 404
+    # No route (a name is one path segment): the gateway's 401 for every unknown path.
+    assert anonymous.get("/docs/assets/..%2f__init__.py").status_code == 401
+
+
 PROTECTED = [
     ("GET", "/instances"),
     ("POST", "/instances"),
@@ -797,8 +815,9 @@ def test_openapi_documents_every_route_from_the_schemas(app, api):
 
     routes = {}
     for rule in app.url_map.iter_rules():
-        # The dashboard's pages (services/api/ui.py) are HTML for browsers, not part of the API.
-        if rule.endpoint == "static" or rule.endpoint.startswith("ui."):
+        # The dashboard's pages (services/api/ui.py) and /docs (shared/web/docs.py) are HTML for
+        # browsers, not part of the API.
+        if rule.endpoint == "static" or rule.endpoint.startswith(("ui.", "docs.")):
             continue
         path = rule.rule.replace("<uuid:", "{").replace("<", "{").replace(">", "}")
         routes.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
