@@ -129,7 +129,7 @@ def teardown(query: dict, tenant: str, instance_id: uuid.UUID):
 def heal(_body: dict, tenant: str, instance_id: uuid.UUID):
     """Drive the guest's self-repair and return its report"""
     instance = _owned_instance(tenant, instance_id)
-    if not can_heal(instance.status, instance.address):
+    if not can_heal(instance.status, instance.address) or instance.address is None:
         raise ApiError(
             409,
             "instance_not_ready",
