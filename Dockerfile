@@ -40,7 +40,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app \
     HOME=/tmp \
-    GRPC_VERBOSITY=ERROR
+    GRPC_VERBOSITY=ERROR \
+    # The gateway listens on every interface of its container: compose need not say so.
+    DARK_BIND=0.0.0.0:8080
 
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import requests
@@ -50,16 +51,105 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(what: str, check, timeout: float = 60) -> None:
+# How many lines of a log `make run` shows when its process exits while starting.
+LOG_TAIL_LINES = 20
+
+
+def step(text: str) -> None:
+    """One line per start-up step, as it begins."""
+    print(f"make run: {text}", flush=True)
+
+
+def _wait(what: str, check, timeout: float = 60, runner: "Runner | None" = None) -> None:
+    """Until `check()` is true; stops at once (SystemExit, with the end of its log) when a process
+    of `runner` exits meanwhile, and after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if runner is not None:
+            runner.raise_if_one_exited()
         try:
             if check():
                 return
         except Exception:  # noqa: S110 - not up yet
             pass
         time.sleep(0.2)
-    raise SystemExit(f"make run: {what} did not come up; see {RUN}/*.log")
+    raise SystemExit(f"make run: {what} did not come up in {timeout:.0f} s; see {RUN}/*.log")
+
+
+def log_tail(name: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of .run/<name>.log, indented, for a message."""
+    try:
+        text = (RUN / f"{name}.log").read_text(errors="replace")
+    except OSError:
+        return "    (no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty log)"
+
+
+# --- before anything starts: what the machine must provide -----------------------------------
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _port_problem(variable: str, bind: str) -> str | None:
+    """Why `bind` (host:port) cannot be listened on, or None when it can."""
+    import socket
+
+    host, _, port = bind.rpartition(":")
+    try:
+        with socket.socket() as s:
+            s.bind((host or "127.0.0.1", int(port)))
+    except ValueError:
+        return f"{variable}={bind} is not host:port"
+    except OSError as exc:
+        return (
+            f"port {port} ({variable}={bind}) is taken ({exc.strerror}): stop what listens there "
+            f"(`ss -ltnp 'sport = :{port}'` shows it) or set {variable} to a free host:port"
+        )
+    return None
+
+
+def preflight(env: dict) -> list[str]:
+    """What keeps `make run` from starting, each with what to do about it: Postgres and Redis must
+    answer at DATABASE_URL and REDIS_URL, and the ports of the gateway, the onboarding service and
+    Flower must be free. Empty when all is well."""
+    import redis
+
+    problems = []
+    database = env["DATABASE_URL"]
+    try:
+        psycopg.connect(
+            database.rpartition("/")[0] + "/postgres", connect_timeout=3, autocommit=True
+        ).close()
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        problems.append(
+            f"Postgres does not answer at {_without_password(database)} ({first}): start it "
+            "(e.g. `service postgresql start`) or point DATABASE_URL at one"
+        )
+    try:
+        client = redis.Redis.from_url(env["REDIS_URL"], socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        problems.append(
+            f"Redis does not answer at {_without_password(env['REDIS_URL'])} ({exc}): start it "
+            "(e.g. `service redis-server start`) or point REDIS_URL at one"
+        )
+    for variable, bind in (
+        ("DARK_BIND", env["DARK_BIND"]),
+        ("DARK_ONBOARDING_BIND", env["DARK_ONBOARDING_BIND"]),
+        ("FLOWER_PORT", f"127.0.0.1:{env['FLOWER_PORT']}"),
+    ):
+        problem = _port_problem(variable, bind)
+        if problem:
+            problems.append(problem)
+    return problems
 
 
 class Runner:
@@ -78,6 +168,15 @@ class Runner:
         )
         self.procs.append((name, proc))
         return proc
+
+    def raise_if_one_exited(self) -> None:
+        """SystemExit naming the first process that has exited, with the end of its log."""
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise SystemExit(
+                    f"make run: {name} exited ({proc.returncode}) while starting; the end of "
+                    f".run/{name}.log:\n{log_tail(name)}"
+                )
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -160,28 +259,48 @@ def main() -> int:
     _token(env, "DARK_API_TOKENS", "op-", generated)
     _token(env, "DARK_ONBOARDING_TOKENS", "onb-", generated)
     flower_env(env, generated)
+    step("checking Postgres, Redis and the ports...")
+    problems = preflight(env)
+    if problems:
+        print("\n".join(f"make run: {problem}" for problem in problems), flush=True)
+        return 2
     write_private(RUN / "tokens.json", json.dumps(generated, indent=2))
 
     runner = Runner()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         _create_database(env["DATABASE_URL"])
+        step("OpenBao...")
         _start_openbao(runner, env)
+        step("simulators...")
         _start_simulators(runner, env)
+        step("migrations...")
         subprocess.run(
             [sys.executable, "-m", "devtools.migrate"],
             cwd=ROOT,
             env=service_env(env, "migrate"),
             check=True,
         )
+        step("services (gateway, onboarding, provisioner, reconciler, beat, Flower)...")
         _start_services(runner, env)
         _announce(env, generated)
         while True:
             for name, proc in runner.procs:
                 if proc.poll() is not None:
-                    print(f"make run: {name} exited ({proc.returncode}); see .run/{name}.log")
+                    print(
+                        f"make run: {name} exited ({proc.returncode}); the end of "
+                        f".run/{name}.log:\n{log_tail(name)}",
+                        flush=True,
+                    )
                     return 1
             time.sleep(1)
+    except subprocess.CalledProcessError as failed:
+        print(f"make run: {failed.cmd[-1]} failed ({failed.returncode}); see its output above")
+        return 1
+    except SystemExit as stop:
+        # A step failed: its message, then everything started so far stops (finally).
+        print(stop.code if isinstance(stop.code, str) else f"make run: failed ({stop.code})")
+        return 1
     except KeyboardInterrupt:
         print("\nmake run: stopping")
         return 0
@@ -224,7 +343,11 @@ def _start_openbao(runner: Runner, env: dict) -> None:
         {**plain_env(env), "HOME": str(RUN), "BAO_DEV_ROOT_TOKEN_ID": root},
     )
     env["VAULT_ADDR"] = f"http://127.0.0.1:{port}"
-    _wait("OpenBao", lambda: requests.get(env["VAULT_ADDR"] + "/v1/sys/health", timeout=1).ok)
+    _wait(
+        "OpenBao",
+        lambda: requests.get(env["VAULT_ADDR"] + "/v1/sys/health", timeout=1).ok,
+        runner=runner,
+    )
     tokens = {role: f"{role}-" + secrets.token_hex(16) for role in ROLE_TOKENS}
     settings = load_settings(
         {k: env.get(k, "") for k in ("VAULT_KV_MOUNT", "VAULT_TRANSIT_MOUNT", "DARK_BUNDLE_KEY")}
@@ -258,7 +381,9 @@ def _start_simulators(runner: Runner, env: dict) -> None:
     assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline()
     if not line:
-        raise SystemExit("make run: the simulators did not start; see .run/sim.log")
+        raise SystemExit(
+            f"make run: the simulators did not start; the end of .run/sim.log:\n{log_tail('sim')}"
+        )
     (RUN / "sim.json").write_bytes(line)
     info = json.loads(line)
     env.update(
@@ -348,9 +473,10 @@ def _start_services(runner: Runner, env: dict) -> None:
         runner.start(name, argv, service_env(env, SERVICE_OF[name]))
     api = "http://" + env["DARK_BIND"]
     onboarding = "http://" + env["DARK_ONBOARDING_BIND"]
-    _wait("the gateway", lambda: requests.get(api + "/ready", timeout=1).ok)
-    _wait("onboarding", lambda: requests.get(onboarding + "/health", timeout=1).ok)
-    _wait("Flower", lambda: requests.get(_flower_url(env) + "/healthcheck", timeout=1).ok)
+    _wait("the gateway", lambda: requests.get(api + "/ready", timeout=1).ok, runner=runner)
+    _wait("onboarding", lambda: requests.get(onboarding + "/health", timeout=1).ok, runner=runner)
+    flower = _flower_url(env) + "/healthcheck"
+    _wait("Flower", lambda: requests.get(flower, timeout=1).ok, runner=runner)
 
 
 def _flower_url(env: dict) -> str:
@@ -362,8 +488,8 @@ def _announce(env: dict, generated: dict) -> None:
     lines = [
         "",
         "dark-orchestrator is running (Ctrl-C stops everything). Logs: .run/*.log",
-        f"  gateway     {api}   (OpenAPI: {api}/openapi.json)",
-        f"  onboarding  http://{env['DARK_ONBOARDING_BIND']}",
+        f"  gateway     {api}   (API docs: {api}/docs)",
+        f"  onboarding  http://{env['DARK_ONBOARDING_BIND']}   (API docs: /docs)",
         f"  Flower      {_flower_url(env)}   (basic auth: FLOWER_BASIC_AUTH)",
         f"  OpenBao     {env['VAULT_ADDR']}",
         f"  simulators  admin {env['SIM_ADMIN_URL']}",

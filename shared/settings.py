@@ -345,6 +345,14 @@ def load_settings(
             raise SettingsError(f"{name}: {exc}") from None
     settings = Settings(**values)
     _check(settings)
+    # A real cloud is one reached through the system's roots (YC_ROOT_CERT unset): the simulator
+    # always brings its own. There a VM with no configured image is refused at start-up, in any
+    # DARK_ENV, rather than at the first provision.
+    if service == "provisioner" and not settings.vm_image and not settings.yc_root_cert:
+        raise SettingsError(
+            "DARK_VM_IMAGE: required when the provisioner talks to a real cloud (YC_ROOT_CERT "
+            "unset); only the simulator (YC_ROOT_CERT set) has a default image"
+        )
     if settings.production:
         _check_production(settings, service, deployment_set="deployment" in values)
     return settings

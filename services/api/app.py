@@ -31,6 +31,7 @@ from shared.domain.errors import (
 )
 from shared.settings import Settings
 from shared.web import (
+    install_docs,
     install_error_handler,
     install_request_hooks,
     install_security_headers,
@@ -92,4 +93,6 @@ def create_app(
     install_metrics(app, settings, built.stats)
     api.spec.path(rule=next(app.url_map.iter_rules("metrics")), operations=METRICS_OPERATIONS)
     install_ui(app, settings)
+    # /docs: the document above in Swagger UI (shared/web/docs.py).
+    install_docs(app, DOCUMENT["title"])
     return app

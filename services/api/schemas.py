@@ -146,6 +146,14 @@ class EntryPoints(Schema):
     agent_url = fields.String(dump_only=True)
 
 
+class ForgeOut(Schema):
+    """A forge's registration as the guest reported it after init; never its token."""
+
+    name = fields.String(dump_only=True)
+    host = fields.String(dump_only=True, allow_none=True)
+    registered = fields.Boolean(dump_only=True)
+
+
 class GuestHealthOut(Schema):
     status = fields.String(dump_only=True)
     version = fields.String(dump_only=True, allow_none=True)
@@ -173,6 +181,14 @@ class InstanceDetail(Schema):
         metadata={
             "description": "the public key dark-agent registered with the tenant's forges; "
             "null until the instance is ready"
+        },
+    )
+    forges = fields.List(
+        fields.Nested(ForgeOut),
+        dump_only=True,
+        metadata={
+            "description": "the forge registration summary from init: each forge and whether "
+            "dark-agent registered the VM's key with it; empty until the instance is ready"
         },
     )
 

@@ -40,7 +40,7 @@ from services.api.schemas import (
 from shared.bootstrap import GatewayServices
 from shared.domain.errors import DispatchUnavailable, GuestError, GuestUnreachable, InstanceNotFound
 from shared.domain.invites import Invite, InviteState
-from shared.domain.lifecycle import Status
+from shared.domain.lifecycle import Status, can_heal
 from shared.domain.records import Instance
 from shared.domain.tenants import TenantName
 from shared.redaction import redact
@@ -129,11 +129,13 @@ def teardown(query: dict, tenant: str, instance_id: uuid.UUID):
 def heal(_body: dict, tenant: str, instance_id: uuid.UUID):
     """Drive the guest's self-repair and return its report"""
     instance = _owned_instance(tenant, instance_id)
-    if instance.status is not Status.READY or not instance.address:
+    if not can_heal(instance.status, instance.address) or instance.address is None:
         raise ApiError(
             409,
             "instance_not_ready",
-            f"heal needs a ready instance with an address; this one is {instance.status.value}",
+            "heal needs an instance with a VM (initializing, ready, failed or lost, with an "
+            f"address); this one is {instance.status.value}"
+            + ("" if instance.address else " with no address"),
             {"status": instance.status.value},
         )
     try:
@@ -280,6 +282,7 @@ def show_instance(tenant: str, instance_id: uuid.UUID):
         "entry_points": entry_points,
         "guest": _guest_view(instance),
         "ssh_pubkey": instance.ssh_pubkey,
+        "forges": list(instance.forges),
     }
 
 

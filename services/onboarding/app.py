@@ -26,6 +26,7 @@ from shared.domain.errors import (
 from shared.domain.tenant_records import SecretsVersionMismatch, TenantHasLiveInstances
 from shared.settings import Settings
 from shared.web import (
+    install_docs,
     install_error_handler,
     install_request_hooks,
     install_security_headers,
@@ -94,4 +95,6 @@ def create_app(
     # The routes and, from their declarations, the OpenAPI document (see openapi.py).
     api = new_api(app, **DOCUMENT)
     api.register_blueprint(bp)
+    # /docs: the document above in Swagger UI (shared/web/docs.py).
+    install_docs(app, DOCUMENT["title"])
     return app

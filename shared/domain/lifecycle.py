@@ -33,6 +33,13 @@ IN_FLIGHT = frozenset({Status.PENDING, Status.PROVISIONING, Status.INITIALIZING}
 # Statuses whose instance counts against the tenant: it has (or is getting) a VM.
 LIVE = IN_FLIGHT | {Status.READY}
 TERMINAL = frozenset({Status.RETIRED})
+# Statuses whose VM the guest's self-repair (heal) may be asked of, when it has an address: it helps
+# most while init is stuck, after a failure that left the VM, and on a lost VM that still answers.
+HEALABLE = frozenset({Status.INITIALIZING, Status.READY, Status.FAILED, Status.LOST})
+
+
+def can_heal(current: Status, address: str | None) -> bool:
+    return Status(current) in HEALABLE and bool(address)
 
 
 def can_transition(current: Status, target: Status) -> bool:

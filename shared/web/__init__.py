@@ -5,13 +5,15 @@
   webargs parser that applies it to the routes' declared schemas;
 - auth.py: bearer tokens and the `@public` mark;
 - hooks.py: request ids, the request log line, security headers;
-- openapi.py: flask-smorest wiring, so that each route's declaration is its documentation.
+- openapi.py: flask-smorest wiring, so that each route's declaration is its documentation;
+- docs.py: /docs, that document in Swagger UI.
 
 Each service's app factory wires these in; its views and schemas stay its own. The names below
 are re-exported for `from shared.web import ...`.
 """
 
 from shared.web.auth import BearerTokens, is_public_endpoint, public
+from shared.web.docs import install_docs
 from shared.web.errors import (
     RETRY_AFTER_SECS,
     ApiError,
@@ -59,6 +61,7 @@ __all__ = [
     "error_response",
     "error_responses",
     "field_errors",
+    "install_docs",
     "install_error_handler",
     "install_request_hooks",
     "install_security_headers",

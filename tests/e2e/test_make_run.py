@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -307,3 +308,39 @@ def test_make_run_then_the_readme_quick_start_gets_a_vm_to_ready(clone, run_env)
             os.kill(pid, signal.SIGKILL)
     assert "make run: stopping" in run.rest_of_output()
     assert not left, f"left running after Ctrl-C: {left}"
+
+
+# --- a first run that cannot start ----------------------------------------------------------------
+
+
+def make_run_refused(clone: Path, env: dict) -> tuple[str, float]:
+    """`make run` that must give up by itself: its output and how long it took."""
+    started = time.monotonic()
+    done = subprocess.run(
+        ["make", "run"], cwd=clone, env=env, capture_output=True, text=True, timeout=30
+    )
+    took = time.monotonic() - started
+    assert done.returncode != 0, done.stdout
+    assert not processes_in(clone), "nothing it started is left"
+    return done.stdout + done.stderr, took
+
+
+def test_make_run_with_redis_down_says_so_within_10_s(clone, run_env):
+    with socket.socket() as closed:  # a port where nothing listens
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    output, took = make_run_refused(clone, {**run_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    assert f"Redis does not answer at redis://127.0.0.1:{port}/0" in output, output
+    assert "REDIS_URL" in output and "Postgres does not answer" not in output, output
+    assert took < 10, output
+
+
+def test_make_run_with_the_gateway_port_taken_says_so_within_10_s(clone, run_env):
+    port = run_env["DARK_BIND"].rpartition(":")[2]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(port)))
+        taken.listen()
+        output, took = make_run_refused(clone, run_env)
+    assert f"port {port} (DARK_BIND=127.0.0.1:{port}) is taken" in output, output
+    assert "Redis does not answer" not in output, output
+    assert took < 10, output

@@ -237,6 +237,24 @@ def test_health_ready_and_openapi_need_no_token(api):
     assert api.get("/openapi.json", auth=False).status_code == 200
 
 
+def test_docs_serves_swagger_ui_from_this_origin_under_a_policy_without_inline_script(app):
+    anonymous = app.test_client()
+    page = anonymous.get("/docs")
+    assert page.status_code == 200
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+    html = page.get_data(as_text=True)
+    assert "<script>" not in html and "https://" not in html
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+        assert asset in html
+        assert anonymous.get(asset).status_code == 200, asset
+    assert "/openapi.json" in anonymous.get("/docs/docs.js").get_data(as_text=True)
+    # Only the assets the page loads: nothing else of the package, nothing outside it.
+    assert anonymous.get("/docs/assets/index.html").status_code == 404
+    # No route (a name is one path segment): the gateway's 401 for every unknown path.
+    assert anonymous.get("/docs/assets/..%2f__init__.py").status_code == 401
+
+
 PROTECTED = [
     ("GET", "/instances"),
     ("POST", "/instances"),
@@ -694,12 +712,60 @@ def test_heal_needs_a_ready_instance_and_accepts_only_an_empty_body(api, registr
     assert resp.status_code == 409
     assert error_of(resp) == {
         "code": "instance_not_ready",
-        "message": "heal needs a ready instance with an address; this one is pending",
+        "message": "heal needs an instance with a VM (initializing, ready, failed or lost, with "
+        "an address); this one is pending with no address",
         "details": {"status": "pending"},
     }
     assert api.post(path, json={}).status_code == 409
     assert api.post(path, json={"force": True}).status_code == 422
     assert api.post(path, data="{", content_type="application/json").status_code == 400
+
+
+@pytest.mark.parametrize("status", [Status.INITIALIZING, Status.FAILED, Status.LOST])
+def test_heal_reaches_the_guest_of_any_instance_with_a_vm(api, registry, status):
+    """Not only ready: a stuck init, a failure that left its VM, a lost VM that still answers."""
+    tenant = tenant_name()
+    instance, _ = registry.create(tenant)
+    registry.transition(instance.id, Status.PENDING, Status.PROVISIONING, "test")
+    registry.transition(
+        instance.id,
+        Status.PROVISIONING,
+        Status.INITIALIZING,
+        "test",
+        address=UNREACHABLE_ADDRESS,
+    )
+    if status is Status.LOST:
+        registry.transition(instance.id, Status.INITIALIZING, Status.READY, "test")
+        registry.transition(instance.id, Status.READY, Status.LOST, "test")
+    elif status is not Status.INITIALIZING:
+        registry.transition(instance.id, Status.INITIALIZING, status, "test")
+    resp = api.post(f"/instances/{tenant}/{instance.id}/heal")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    # The guest was asked: the answer is the guest's (here: unreachable), not a 409.
+    assert resp.get_json()["reachable"] is False
+    assert UNREACHABLE_ADDRESS in resp.get_json()["error"]
+
+
+def test_the_detail_shows_the_forge_registration_summary_from_init(api, registry):
+    tenant = tenant_name()
+    instance = make_ready(registry, tenant, UNREACHABLE_ADDRESS)
+    path = f"/instances/{tenant}/{instance.id}"
+    assert api.get(path).get_json()["forges"] == []
+    summary = [
+        {"name": "github", "host": "github.com", "registered": True},
+        {"name": "own", "host": None, "registered": False},
+    ]
+    registry.transition(instance.id, Status.READY, Status.LOST, "test", forges=summary)
+    assert api.get(path).get_json()["forges"] == summary
+
+
+def test_heal_refuses_a_failed_instance_that_never_had_a_vm(api, registry):
+    tenant = tenant_name()
+    instance, _ = registry.create(tenant)
+    registry.transition(instance.id, Status.PENDING, Status.FAILED, "test")
+    resp = api.post(f"/instances/{tenant}/{instance.id}/heal")
+    assert resp.status_code == 409
+    assert error_of(resp)["details"] == {"status": "failed"}
 
 
 # --- dependencies down -------------------------------------------------------------------------
@@ -797,8 +863,9 @@ def test_openapi_documents_every_route_from_the_schemas(app, api):
 
     routes = {}
     for rule in app.url_map.iter_rules():
-        # The dashboard's pages (services/api/ui.py) are HTML for browsers, not part of the API.
-        if rule.endpoint == "static" or rule.endpoint.startswith("ui."):
+        # The dashboard's pages (services/api/ui.py) and /docs (shared/web/docs.py) are HTML for
+        # browsers, not part of the API.
+        if rule.endpoint == "static" or rule.endpoint.startswith(("ui.", "docs.")):
             continue
         path = rule.rule.replace("<uuid:", "{").replace("<", "{").replace(">", "}")
         routes.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})

@@ -268,13 +268,38 @@ def test_python_services_run_the_one_image_as_non_root_with_valid_settings(tmp_p
         if name in HELPERS:
             continue
         role = ROLE_OF[name]
-        env = svc["environment"]
+        # What the image's ENV sets (the gateway's DARK_BIND) is given too.
+        env = {**image_env(), **svc["environment"]}
         missing = SERVICE_SETTINGS[role] - set(env)
         assert not missing, f"{name} is not given {sorted(missing)}, which it reads"
         settings = load_settings({k: v or "" for k, v in env.items()}, service=role)
         assert settings.production, f"{name} must run in production mode"
-    given = set().union(*(svc["environment"] for n, svc in ours.items() if n not in HELPERS))
+    given = set(image_env()).union(
+        *(svc["environment"] for n, svc in ours.items() if n not in HELPERS)
+    )
     assert set(env_names()) <= given, f"no service is given {sorted(set(env_names()) - given)}"
+
+
+def image_env() -> dict[str, str]:
+    """The variables the Dockerfile's ENV instructions set (NAME=value form), comments skipped."""
+    text = (ROOT / "Dockerfile").read_text()
+    found: dict[str, str] = {}
+    for block in re.findall(r"^ENV (.*?)(?<!\\)\n(?![ \t]*#)(?![ \t]+\S)", text, flags=re.M | re.S):
+        for line in block.splitlines():
+            line = line.strip().rstrip("\\").strip()
+            if line and not line.startswith("#"):
+                for item in line.split():
+                    name, _, value = item.partition("=")
+                    found[name] = value
+    return found
+
+
+def test_the_image_defaults_the_gateway_to_every_interface_and_compose_no_longer_says_so(
+    tmp_path,
+):
+    assert image_env()["DARK_BIND"] == "0.0.0.0:8080"
+    services = compose_config(tmp_path, PROFILES[0])["services"]
+    assert "DARK_BIND" not in services["api"]["environment"]
 
 
 @pytest.mark.parametrize("profiles", [(), *PROFILES], ids=lambda p: "-".join(p) or "none")

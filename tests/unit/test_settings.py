@@ -196,3 +196,16 @@ def test_invite_links_start_with_the_public_onboarding_url():
 def test_an_invite_ttl_must_be_a_positive_number_of_seconds(ttl):
     with pytest.raises(SettingsError, match="DARK_INVITE_TTL_SECS"):
         load_settings({"DARK_INVITE_TTL_SECS": ttl})
+
+
+def test_the_provisioner_refuses_to_start_on_a_real_cloud_with_no_vm_image():
+    # Development mode too: YC_ROOT_CERT unset means the system's roots, i.e. the real cloud.
+    with pytest.raises(SettingsError, match="DARK_VM_IMAGE: required when the provisioner"):
+        load_settings({"DARK_ENV": "development"}, service="provisioner")
+    # The simulator brings its own root certificate and has a default image.
+    assert load_settings({"YC_ROOT_CERT": "/tmp/sim.pem"}, service="provisioner").vm_image is None
+    assert (
+        load_settings({"DARK_VM_IMAGE": "fd8image"}, service="provisioner").vm_image == "fd8image"
+    )
+    # Only the provisioner creates VMs: the other processes start without it.
+    load_settings({}, service="reconciler")
