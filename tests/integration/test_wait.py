@@ -136,9 +136,7 @@ def test_waits_beyond_the_cap_are_refused_with_429_and_retry_after(
         running_gateway(tmp_path, migrated_database_url, redis_url, DARK_MAX_OPEN_WAITS="2") as gw,
         ThreadPoolExecutor(6) as pool,
     ):
-        answers = [
-            pool.submit(gw.get, path(instance, "?timeout=30"), timeout=45) for _ in range(6)
-        ]
+        answers = [pool.submit(gw.get, path(instance, "?timeout=30"), timeout=45) for _ in range(6)]
         wait_until(lambda: sum(a.done() for a in answers) >= 2, 20, what="two answers")
         time.sleep(0.5)
         refused = [a.result() for a in answers if a.done()]
