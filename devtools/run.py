@@ -265,6 +265,10 @@ def main() -> int:
         print("\n".join(f"make run: {problem}" for problem in problems), flush=True)
         return 2
     write_private(RUN / "tokens.json", json.dumps(generated, indent=2))
+    # Where `dark login` finds this run's services (cli/config.py).
+    endpoints = {"gateway": "http://" + env["DARK_BIND"]}
+    endpoints["onboarding"] = "http://" + env["DARK_ONBOARDING_BIND"]
+    write_private(RUN / "endpoints.json", json.dumps(endpoints, indent=2))
 
     runner = Runner()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

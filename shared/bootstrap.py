@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from shared.service_layer.invites import Invites
     from shared.service_layer.onboarding import Onboarding
     from shared.service_layer.pipeline import Pipeline
+    from shared.service_layer.waits import OpenWaits
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class GatewayServices:
     probes: dict[str, Callable[[], None]]
     invites: Invites
     onboarding_page_url: str  # what invite links start with
+    waits: OpenWaits  # GET /instances/<tenant>/<id>/wait calls open in this process
 
 
 def build_gateway(
@@ -99,6 +101,7 @@ def build_gateway(
     from shared.celery_app import CeleryDispatcher, GatewayTasks, make_celery
     from shared.service_layer.fleet import FleetService
     from shared.service_layer.invites import Invites
+    from shared.service_layer.waits import OpenWaits
 
     celery_app = celery_app or make_celery(settings)
     pool = make_pool(settings.database_url)
@@ -128,6 +131,7 @@ def build_gateway(
         },
         invites=invites or Invites(PostgresInviteStore(pool), ttl_secs=settings.invite_ttl_secs),
         onboarding_page_url=settings.onboarding_page_url,
+        waits=OpenWaits(settings.max_open_waits),
     )
 
 

@@ -185,6 +185,13 @@ class Settings:
         "DARK_INVITE_TTL_SECS", 7 * 24 * 3600, _pos_int, doc="how long an invite works"
     )
     max_instances_per_tenant: int = env("DARK_MAX_INSTANCES_PER_TENANT", 5, _nonneg_int)
+    max_open_waits: int = env(
+        "DARK_MAX_OPEN_WAITS",
+        64,
+        _pos_int,
+        doc="GET /instances/<tenant>/<id>/wait calls open at once per gateway process; beyond it "
+        "429 with Retry-After (the process gets this many threads plus a reserve)",
+    )
     session_secret: str | None = env(
         "DARK_SESSION_SECRET",
         parse=_session_secret,
@@ -276,6 +283,7 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
         "DARK_METRICS_LOOPBACK_OPEN",
         "DARK_FLOWER_URL",
         "DARK_MAX_INSTANCES_PER_TENANT",
+        "DARK_MAX_OPEN_WAITS",
         # Invites: their lifetime, and the onboarding page their links name.
         "DARK_INVITE_TTL_SECS",
         "DARK_ONBOARDING_PUBLIC_URL",

@@ -11,11 +11,17 @@ import tempfile
 from shared.logs import gunicorn_logconfig
 from shared.settings import load_settings
 
-bind = [load_settings(service="api").api_bind]
+_settings = load_settings(service="api")
+bind = [_settings.api_bind]
 workers = 2
 # Threads let one worker serve other requests while a view waits on a slow guest (up to 2 s) or
-# on Postgres.
-threads = 4
+# on Postgres. GET .../wait holds a thread for up to a minute, asleep between reads of the row:
+# each process takes at most DARK_MAX_OPEN_WAITS of them (429 beyond), and has that many threads
+# plus a reserve that waits can never occupy, so other requests are served as usual. A sleeping
+# thread costs memory only. (gevent would also do, but psycopg and the pool are thread-based and
+# the gRPC-free gateway gains nothing else from it.)
+REQUEST_THREADS = 8
+threads = _settings.max_open_waits + REQUEST_THREADS
 timeout = 30
 graceful_timeout = 20
 # The app is built in each worker after fork: a connection pool must not be shared across fork.

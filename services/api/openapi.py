@@ -18,6 +18,7 @@ DOCUMENT: ApiDocument = {
         "413": "the body is over 64 KiB",
         "415": "the body is not application/json",
         "422": "validation failed; `details.fields` says which fields and why",
+        "429": "too many waits are open; retry after `Retry-After` seconds",
         "503": "a dependency (Postgres, Redis) is down; retry after `Retry-After` seconds",
     },
 }

@@ -16,6 +16,7 @@ from shared.domain import tenants
 from shared.domain.errors import InvalidTenantName
 from shared.domain.invites import InviteState
 from shared.domain.lifecycle import Status
+from shared.service_layer.waits import MAX_WAIT_SECS
 from shared.web import TENANT_CONSTRAINTS, TENANT_RULE, StrictSchema
 
 MAX_LIST_LIMIT = 200
@@ -99,6 +100,36 @@ class HealRequest(StrictSchema):
     """Heal takes no fields; a body, if sent, must be an empty object."""
 
 
+class StatusList(fields.Field):
+    """Statuses, comma-separated in one query parameter (a repeated key is refused everywhere)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise ValidationError("expected comma-separated statuses")
+        names = [name.strip() for name in value.split(",")]
+        try:
+            return [Status(name) for name in names]
+        except ValueError:
+            known = ", ".join(status.value for status in Status)
+            raise ValidationError(f"each status must be one of: {known}") from None
+
+
+class WaitQuery(StrictSchema):
+    status = StatusList(
+        load_default=lambda: [Status.READY],
+        metadata={
+            "description": "the statuses to wait for, comma-separated (default: ready)",
+            "type": "string",
+            "example": "initializing,ready",
+        },
+    )
+    timeout = fields.Float(
+        load_default=MAX_WAIT_SECS,
+        validate=validate.Range(0, MAX_WAIT_SECS),
+        metadata={"description": f"seconds to wait at most, 0 to {MAX_WAIT_SECS}"},
+    )
+
+
 class TenantsQuery(StrictSchema):
     """The tenant list takes no parameters."""
 
@@ -133,6 +164,17 @@ class InstanceAccepted(Schema):
         dump_only=True,
         allow_none=True,
         metadata={"description": "null when there is nothing to do (already retired)"},
+    )
+
+
+class InstanceWaited(Schema):
+    instance = fields.Nested(InstanceOut, dump_only=True)
+    reached = fields.Boolean(
+        dump_only=True,
+        metadata={
+            "description": "the instance is in one of the wanted statuses; false when it settled "
+            "elsewhere (failed, retired, lost) or the timeout passed"
+        },
     )
 
 

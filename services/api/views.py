@@ -23,6 +23,7 @@ from services.api.schemas import (
     InstanceAccepted,
     InstanceDetail,
     InstancePage,
+    InstanceWaited,
     InviteIssued,
     ListQuery,
     ProvisionHeaders,
@@ -36,6 +37,7 @@ from services.api.schemas import (
     TeardownQuery,
     TenantList,
     TenantsQuery,
+    WaitQuery,
 )
 from shared.bootstrap import GatewayServices
 from shared.domain.errors import DispatchUnavailable, GuestError, GuestUnreachable, InstanceNotFound
@@ -44,6 +46,7 @@ from shared.domain.lifecycle import Status, can_heal
 from shared.domain.records import Instance
 from shared.domain.tenants import TenantName
 from shared.redaction import redact
+from shared.service_layer.waits import TooManyWaits, wait_for_status
 from shared.web import (
     ApiBlueprint,
     ApiError,
@@ -67,6 +70,8 @@ _LOCATION = {
 OPENCODE_PORT = 4096
 # The detail view waits this long for the guest: a slow guest must not make the API slow.
 GUEST_VIEW_TIMEOUT_SECS = 2.0
+# A refused wait retries after this long: waits end within a minute, most much sooner.
+WAIT_RETRY_AFTER_SECS = 2
 # Celery task ids are UUIDs; anything else cannot name one of ours.
 _TASK_ID = re.compile(r"[0-9a-fA-F-]{36}\Z")
 
@@ -293,6 +298,32 @@ def instance_events(tenant: str, instance_id: uuid.UUID):
     """The instance's lifecycle timeline"""
     instance = _owned_instance(tenant, instance_id)
     return {"items": _gateway().registry.events(instance.id)}
+
+
+@bp.route("/instances/<tenant>/<uuid:instance_id>/wait", parameters=_INSTANCE)
+@bp.arguments(WaitQuery, location="query")
+@bp.response(200, InstanceWaited, description="reached, settled elsewhere, or timed out")
+@error_responses(bp, 401, 404, 422, 429, 503)
+def wait_instance(query: dict, tenant: str, instance_id: uuid.UUID):
+    """Hold the request until the instance reaches a wanted status or settles (failed, retired,
+    lost), or `timeout` seconds pass; then answer with it as it is
+
+    Each process serves DARK_MAX_OPEN_WAITS waits at once; beyond that it answers 429 with
+    `Retry-After`.
+    """
+    gateway = _gateway()
+    instance = _owned_instance(tenant, instance_id)
+    try:
+        with gateway.waits.slot():
+            outcome = wait_for_status(gateway.registry, instance, query["status"], query["timeout"])
+    except TooManyWaits:
+        raise ApiError(
+            429,
+            "too_many_waits",
+            f"this gateway process already holds {gateway.waits.limit} open waits; retry shortly",
+            headers={"Retry-After": str(WAIT_RETRY_AFTER_SECS)},
+        ) from None
+    return {"instance": outcome.instance, "reached": outcome.reached}
 
 
 @bp.route("/tasks/<task_id>", parameters=_TASK)

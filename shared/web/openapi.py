@@ -164,7 +164,7 @@ def new_api(app: Flask, *, title: str, description: str, errors: dict[str, str])
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for status, text in errors.items():
         response: dict[str, object] = {"description": text, "content": json_content(ErrorOut)}
-        if status == "503":
+        if status in ("429", "503"):
             response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
         if status == "401":
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}

@@ -893,8 +893,8 @@ def test_the_document_states_the_tenant_rule_that_validation_enforces(api):
         if parameter["name"] == "tenant"
     ]
     in_path = [p for p in parameters if p["in"] == "path"]
-    # The instance, its events, heal, the invites (DELETEs share their path's parameters).
-    assert len(in_path) == 4
+    # The instance, its events, heal, its wait, the invites (DELETEs share their path's parameters).
+    assert len(in_path) == 5
     assert [p for p in parameters if p["in"] == "query"]  # GET /instances?tenant=
     for parameter in parameters:
         assert rule.items() <= parameter["schema"].items(), parameter
