@@ -51,7 +51,8 @@ run: install
 # Benchmarks print ratios measured side by side in one run; results go in bench/RESULTS.md.
 bench: install
 	$(PY) -m bench.provision --n 50
-	$(PY) -m bench.reconcile
+	$(PY) -m bench.reconcile --small 10000 --large 100000 --repeat 3
+	$(PY) -m bench.gateway --rows 100000 --seconds 5 --rounds 3
 
 # The chaos suite (docs/RELIABILITY.md): SEED replays a run, ROUNDS runs more.
 chaos: install

@@ -1,14 +1,15 @@
-"""Reconcile scaling: one pass over 2,000 VMs + 2,000 rows, and over 20,000 + 20,000.
+"""Reconcile scaling: one pass over 10,000 VMs + 10,000 rows, and over 100,000 + 100,000 (`--small`,
+`--large`).
 
 Real peers: the YC simulator through YcCompute (gRPC/TLS, the real SDK, pages of 1000), the
 Postgres registry, run record and locks. The rows are in every state and mostly own a VM (by
 provider id or only by name); some VMs have no row and some ready rows have lost their VM, so each
 pass decides every kind of action. The pass is a dry run: it decides and records everything and
 changes nothing, so repeated passes measure the same work. A linear pass gives a ratio near 10.
-The printed breakdown times the two reads alone: the simulator sorts the folder for every page it
-serves, so its side of the listing grows a little faster than linearly.
+The printed breakdown times the two reads alone. (The simulator used to sort the folder for every
+page it served, which made its listing quadratic; it now sorts once per listing.)
 
-    .venv/bin/python -m bench.reconcile
+    .venv/bin/python -m bench.reconcile --small 10000 --large 100000 --repeat 3
 """
 
 import argparse
@@ -172,8 +173,8 @@ class Fleet:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--small", type=int, default=2_000)
-    parser.add_argument("--large", type=int, default=20_000)
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5, help="passes per size; the best counts")
     args = parser.parse_args()
 

@@ -6,9 +6,11 @@ Errors are `ApiError` with a gRPC status code *name*; sim/yc.py turns them into 
 """
 
 import base64
+import bisect
 import copy
 import heapq
 import ipaddress
+import itertools
 import logging
 import threading
 import time
@@ -64,6 +66,10 @@ class World:
         self._vms: dict[str, Vm] = {}
         self._names: dict[tuple[str, str], str] = {}  # (folder id, name) → VM id
         self._by_folder: dict[str, dict[str, Vm]] = {}
+        # A folder's VM ids in listing order, sorted when a listing first needs them and dropped
+        # when the folder changes: one sort per listing of an unchanged folder, not one per page
+        # (which made listing 100k VMs in pages of 1000 quadratic).
+        self._sorted_ids: dict[str, list[str]] = {}
         self._operations: dict[str, Operation] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self._faults: list[Fault] = []
@@ -165,9 +171,11 @@ class World:
         with self._lock:
             # YC orders by id unless told otherwise; a token is the last id seen, so VMs created
             # or deleted between pages neither repeat nor shift the pages.
-            ids = sorted(i for i in self._by_folder.get(folder_id, {}) if i > after)
+            ids = self._sorted_ids.get(folder_id)
+            if ids is None:
+                ids = self._sorted_ids[folder_id] = sorted(self._by_folder.get(folder_id, {}))
             page: list[Vm] = []
-            for vm_id in ids:
+            for vm_id in itertools.islice(ids, bisect.bisect_right(ids, after), None):
                 vm = self._vms[vm_id]
                 if predicate(vm.filter_fields()):
                     if len(page) == limit:
@@ -308,6 +316,7 @@ class World:
             self._vms.clear()
             self._names.clear()
             self._by_folder.clear()
+            self._sorted_ids.clear()
             self._operations.clear()
             self._idempotency.clear()
             self._faults.clear()
@@ -368,6 +377,7 @@ class World:
         if vm.name:
             self._names[(vm.folder_id, vm.name)] = vm.id
         self._by_folder.setdefault(vm.folder_id, {})[vm.id] = vm
+        self._sorted_ids.pop(vm.folder_id, None)
         self._record("created", vm, by)
 
     def _remove(self, vm: Vm, by: str) -> None:
@@ -375,6 +385,7 @@ class World:
         self._names.pop((vm.folder_id, vm.name), None)
         folder = self._by_folder[vm.folder_id]
         del folder[vm.id]
+        self._sorted_ids.pop(vm.folder_id, None)
         if not folder:
             del self._by_folder[vm.folder_id]
         self._record("deleted", vm, by)

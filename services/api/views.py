@@ -38,6 +38,7 @@ from services.api.schemas import (
     TenantList,
     TenantsQuery,
     WaitQuery,
+    dump_instance,
 )
 from shared.bootstrap import GatewayServices
 from shared.domain.errors import DispatchUnavailable, GuestError, GuestUnreachable, InstanceNotFound
@@ -232,7 +233,10 @@ def list_instances(query: dict):
         limit=query["limit"],
         cursor=query.get("cursor"),
     )
-    return {"items": items, "next_cursor": next_cursor}
+    # The InstancePage the route declares, dumped by hand (schemas.dump_instance says why) and
+    # encoded by the app's JSON provider, as flask-smorest would encode the schema's dump.
+    page = {"items": [dump_instance(item) for item in items], "next_cursor": next_cursor}
+    return current_app.json.response(page)
 
 
 @bp.route("/tenants")

@@ -57,6 +57,7 @@ CREATED_REASON = "provision requested"
 _COLUMNS = sql.SQL(", ").join(sql.Identifier(f.name) for f in dataclasses.fields(Instance))
 _TIMESTAMPS = ("created_at", "updated_at", "status_changed_at")
 _LIVE = [status.value for status in LIVE]
+_STATUS_BY_VALUE = {status.value: status for status in Status}
 # Namespace of the two-key advisory lock that serialises one tenant's creates (see `create`).
 _CREATE_LOCK = 0x64617263  # "darc"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -391,15 +392,14 @@ def _count_live(cur: psycopg.Cursor[Row], tenant: TenantName) -> int:
 
 
 def _instance(row: Row) -> Instance:
-    return Instance(
-        **{
-            **row,
-            "tenant": TenantName.stored(row["tenant"]),
-            "status": Status(row["status"]),
-            "forges": tuple(row["forges"]),
-            **{name: row[name].astimezone(UTC) for name in _TIMESTAMPS},
-        }
-    )
+    """The Instance a row holds. Builds on `row` itself, a fresh dict per row: a listing (up to
+    100k rows for reconcile) pays for no copies."""
+    row["tenant"] = TenantName.stored(row["tenant"])
+    row["status"] = _STATUS_BY_VALUE[row["status"]]
+    row["forges"] = tuple(row["forges"])
+    for name in _TIMESTAMPS:
+        row[name] = row[name].astimezone(UTC)
+    return Instance(**row)
 
 
 def _encode_cursor(created_at: datetime, instance_id: uuid.UUID) -> str:

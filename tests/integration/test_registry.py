@@ -613,3 +613,14 @@ def test_an_unreachable_database_is_registry_unavailable(tenant):
             assert isinstance(unavailable.value, DomainError)
     finally:
         pool.close()
+
+
+def test_pooled_connections_read_timestamps_in_utc_itself(migrated_database_url):
+    # datetime.UTC, not a zone named Etc/UTC: converting it again (every adapter does) is free.
+    pool = make_pool(migrated_database_url, max_size=1)
+    try:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT now()").fetchone()
+    finally:
+        pool.close()
+    assert row is not None and row[0].tzinfo is UTC

@@ -122,6 +122,31 @@ def test_page_size_is_capped_at_1000_and_pages_chain(simulator, folder):
     assert seen == sorted(seen)  # YC lists by id unless told otherwise
 
 
+def test_pages_see_vms_added_and_removed_between_them(simulator, folder):
+    # The folder's id order is kept between pages; a change between two pages must show.
+    first = simulator.admin(
+        "POST", "/cloud/vms", json={"folder_id": folder, "count": 4, "name_prefix": "c-"}
+    )
+    stub = instances(simulator)
+    page = stub.List(isvc.ListInstancesRequest(folder_id=folder, page_size=2), timeout=5)
+    assert [i.id for i in page.instances] == sorted(vm["id"] for vm in first)[:2]
+    gone = sorted(vm["id"] for vm in first)[3]
+    simulator.admin("DELETE", f"/cloud/vms/{gone}")
+    stub.List(isvc.ListInstancesRequest(folder_id=folder, page_size=2), timeout=5)
+    later = simulator.admin(
+        "POST", "/cloud/vms", json={"folder_id": folder, "count": 3, "name_prefix": "d-"}
+    )
+    rest, token = [], page.next_page_token
+    while token:
+        request = isvc.ListInstancesRequest(folder_id=folder, page_size=2, page_token=token)
+        page = stub.List(request, timeout=5)
+        rest += [i.id for i in page.instances]
+        token = page.next_page_token
+    after = sorted(vm["id"] for vm in first)[1]
+    expected = sorted(i for i in {vm["id"] for vm in first + later} - {gone} if i > after)
+    assert rest == expected
+
+
 def test_metadata_is_returned_only_in_the_full_view(simulator, folder):
     stub = instances(simulator)
     request = isvc.CreateInstanceRequest(
