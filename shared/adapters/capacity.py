@@ -54,12 +54,12 @@ _RECLAIM = (
     " SELECT 1 FROM instances i WHERE i.id = s.instance_id AND i.status = ANY("
     " CASE s.kind WHEN 'create' THEN %(create_statuses)s ELSE %(delete_statuses)s END))"
 )
-_IN_USE = (
+IN_USE = (
     "SELECT count(*) AS n FROM cloud_operation_slots s WHERE EXISTS ("
     " SELECT 1 FROM instances i WHERE i.id = s.instance_id AND i.status = ANY("
     " CASE s.kind WHEN 'create' THEN %(create_statuses)s ELSE %(delete_statuses)s END))"
 )
-_QUEUE = (
+QUEUE = (
     "SELECT count(*) AS n FROM instances i WHERE i.status = 'pending'"
     " AND NOT EXISTS (SELECT 1 FROM cloud_operation_slots s WHERE s.instance_id = i.id)"
 )
@@ -74,7 +74,7 @@ def _statuses(kind: Mutation) -> list[str]:
     return sorted(status.value for status in HOLDING_STATUSES[kind])
 
 
-_PARAMS = {
+STATUS_PARAMS = {
     "create_statuses": _statuses(Mutation.CREATE),
     "delete_statuses": _statuses(Mutation.DELETE),
 }
@@ -88,7 +88,7 @@ class PostgresOperationBudget:
     def acquire(self, instance_id: uuid.UUID, kind: Mutation) -> Admission:
         with pooled_cursor(self._pool, _UNAVAILABLE) as cur:
             cur.execute(_SERIALISE)
-            cur.execute(_RECLAIM, _PARAMS)
+            cur.execute(_RECLAIM, STATUS_PARAMS)
             held = cur.execute(
                 "SELECT kind FROM cloud_operation_slots WHERE instance_id = %s", (instance_id,)
             ).fetchone()
@@ -119,8 +119,8 @@ class PostgresOperationBudget:
 
     def usage(self) -> BudgetUsage:
         with pooled_cursor(self._pool, _UNAVAILABLE) as cur:
-            in_use = cur.execute(_IN_USE, _PARAMS).fetchone()
-            waiting = cur.execute(_QUEUE).fetchone()
+            in_use = cur.execute(IN_USE, STATUS_PARAMS).fetchone()
+            waiting = cur.execute(QUEUE).fetchone()
         return BudgetUsage(
             in_use=in_use["n"] if in_use else 0, waiting=waiting["n"] if waiting else 0
         )
