@@ -50,7 +50,9 @@ class Limits:
         for name, value in body.items():
             if value is None:
                 changes[name] = None
-            elif name == "rate" and isinstance(value, int | float) and value > 0:
+            elif name == "rate":
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    raise ValueError("rate must be null (no limit) or requests per second, > 0")
                 changes[name] = float(value)
             elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 changes[name] = value
