@@ -52,12 +52,14 @@ _SERIALISE = "SELECT pg_advisory_xact_lock(hashtextextended('dark:cloud-operatio
 _RECLAIM = (
     "DELETE FROM cloud_operation_slots s WHERE NOT EXISTS ("
     " SELECT 1 FROM instances i WHERE i.id = s.instance_id AND i.status = ANY("
-    " CASE s.kind WHEN 'create' THEN %(create_statuses)s::text[] ELSE %(delete_statuses)s::text[] END))"
+    " CASE s.kind WHEN 'create' THEN %(create_statuses)s::text[]"
+    " ELSE %(delete_statuses)s::text[] END))"
 )
 IN_USE = (
     "SELECT count(*) AS n FROM cloud_operation_slots s WHERE EXISTS ("
     " SELECT 1 FROM instances i WHERE i.id = s.instance_id AND i.status = ANY("
-    " CASE s.kind WHEN 'create' THEN %(create_statuses)s::text[] ELSE %(delete_statuses)s::text[] END))"
+    " CASE s.kind WHEN 'create' THEN %(create_statuses)s::text[]"
+    " ELSE %(delete_statuses)s::text[] END))"
 )
 QUEUE = (
     "SELECT count(*) AS n FROM instances i WHERE i.status = 'pending'"
