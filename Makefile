@@ -49,6 +49,7 @@ run: install
 # Benchmarks print ratios measured side by side in one run; results go in bench/RESULTS.md.
 bench: install
 	$(PY) -m bench.provision --n 50
+	$(PY) -m bench.capacity --n 300
 	$(PY) -m bench.reconcile
 
 # The chaos suite (docs/RELIABILITY.md): SEED replays a run, ROUNDS runs more.
