@@ -51,6 +51,7 @@ run: install
 # Benchmarks print ratios measured side by side in one run; results go in bench/RESULTS.md.
 bench: install
 	$(PY) -m bench.provision --n 50
+	$(PY) -m bench.capacity --n 300
 	$(PY) -m bench.reconcile --small 10000 --large 100000 --repeat 3
 	$(PY) -m bench.gateway --rows 100000 --seconds 5 --rounds 3
 

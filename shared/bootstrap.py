@@ -235,6 +235,7 @@ class ProvisionerServices:
 def build_provisioner(settings: Settings) -> ProvisionerServices:
     """One provisioner process's objects (a pool child: called after fork)."""
     from shared.adapters.bundles import EnvelopeBundleStore
+    from shared.adapters.capacity import PostgresOperationBudget
     from shared.adapters.db import make_lock_pool, make_pool
     from shared.adapters.guest import HttpGuestAgent
     from shared.adapters.locks import PostgresLocks
@@ -269,6 +270,7 @@ def build_provisioner(settings: Settings) -> ProvisionerServices:
             secrets=secrets,
             bundles=bundles,
             locks=locks,
+            capacity=PostgresOperationBudget(pool, settings.yc_max_concurrent_operations),
             settings=settings,
         ),
     )

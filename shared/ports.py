@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
+from shared.domain.capacity import Admission, BudgetUsage, Mutation
 from shared.domain.guest import GuestHealth, GuestIdentity
 from shared.domain.invites import Invite
 from shared.domain.lifecycle import Status
@@ -128,6 +129,23 @@ class Compute(Protocol):
 
     def delete_instance(self, provider_id: str) -> OperationState | None:
         """Start a delete; None when the VM is already gone."""
+
+
+class OperationBudget(Protocol):
+    """At most N cloud mutations in flight across every worker and host
+    (docs/ARCHITECTURE.md#capacity). Slots belong to instances, one at a time each."""
+
+    def acquire(self, instance_id: uuid.UUID, kind: Mutation) -> Admission:
+        """A slot for this instance's next mutation, or its place in the queue. Asking again while
+        holding one grants it again. A create is granted only when every older pending row
+        waiting for a slot can be served first (oldest first)."""
+        ...
+
+    def release(self, instance_id: uuid.UUID) -> None:
+        """The instance's operation is done (or failed, or will never start)."""
+        ...
+
+    def usage(self) -> BudgetUsage: ...
 
 
 class GuestAgent(Protocol):

@@ -150,6 +150,13 @@ class Settings:
         doc="comma-separated; every VM's network interface gets them (only the control plane may "
         "reach the agent port); required in production",
     )
+    yc_max_concurrent_operations: int = env(
+        "YC_MAX_CONCURRENT_OPERATIONS",
+        15,
+        _pos_int,
+        doc="cloud creates and deletes in flight at once, across every worker and host (the "
+        "folder's concurrent-operations quota)",
+    )
     vm_image: str | None = env("DARK_VM_IMAGE")
     deployment: str = env(
         "DARK_DEPLOYMENT",
@@ -307,6 +314,7 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
         "DARK_DEPLOYMENT",
         "DARK_GUEST_BOOT_TIMEOUT",
         "YC_SECURITY_GROUP_IDS",  # the VMs it creates carry them
+        "YC_MAX_CONCURRENT_OPERATIONS",  # the operation budget its creates and deletes share
     },
     # Respawn only sends a message and bundle deletion is Postgres only: no Vault at all.
     "reconciler": _COMMON

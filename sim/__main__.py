@@ -18,6 +18,7 @@ from pathlib import Path
 from sim import admin, yc
 from sim.agent import GuestFleet
 from sim.certs import write_self_signed
+from sim.quotas import DEFAULT_CONCURRENT_OPERATIONS, Limits
 from sim.world import World
 
 log = logging.getLogger("sim")
@@ -47,7 +48,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated ids of the security groups that exist (more via the admin API)",
     )
     parser.add_argument("--admin-port", type=int, default=0, help="admin HTTP port (0: pick one)")
+    quota = parser.add_argument_group("quotas (0: no limit; more via the admin API)")
+    quota.add_argument(
+        "--quota-operations",
+        type=int,
+        default=DEFAULT_CONCURRENT_OPERATIONS,
+        help="concurrent operations per folder (YC's default: %(default)s)",
+    )
+    quota.add_argument("--quota-instances", type=int, default=0, help="instances per cloud")
+    quota.add_argument("--quota-cores", type=int, default=0, help="vCPUs per cloud")
+    quota.add_argument("--quota-memory-gb", type=int, default=0, help="RAM per cloud, GB")
+    quota.add_argument("--rate-limit", type=float, default=0, help="API requests per second")
     return parser.parse_args(argv)
+
+
+def limits(args: argparse.Namespace) -> Limits:
+    return Limits(
+        operations=args.quota_operations or None,
+        instances=args.quota_instances or None,
+        cores=args.quota_cores or None,
+        memory_gb=args.quota_memory_gb or None,
+        rate=args.rate_limit or None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every guest listens on the same port on its own address: choose it once, up front.
     fleet = GuestFleet(args.agent_port or _free_port(), args.boot_delay)
     groups = tuple(g.strip() for g in args.security_groups.split(",") if g.strip())
-    world = World(fleet, args.operation_delay, security_groups=groups)
+    world = World(fleet, args.operation_delay, security_groups=groups, limits=limits(args))
     grpc_server, yc_port = yc.serve(world, token, cert, key, args.yc_port)
     admin_server, admin_thread = admin.serve(admin.create_app(world, fleet), args.admin_port)
 

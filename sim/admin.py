@@ -86,6 +86,22 @@ def create_app(world: World, fleet: GuestFleet) -> Flask:
         world.operation_delay = float(delay)
         return jsonify({"operation_delay": world.operation_delay})
 
+    @app.get("/cloud/quotas")
+    def get_quotas():
+        """Limits (null: none), usage, RESOURCE_EXHAUSTED answers given and the most operations
+        ever in flight in one folder (both zeroed by /reset)."""
+        return jsonify(world.quota_report())
+
+    @app.post("/cloud/quotas")
+    def set_quotas():
+        """Change some limits: {"operations", "instances", "cores", "memory_gb": int | null,
+        "rate": requests per second | null}; the others keep their values."""
+        try:
+            world.set_limits(_body())
+        except ValueError as exc:
+            raise ApiError("INVALID_ARGUMENT", str(exc)) from None
+        return jsonify(world.quota_report())
+
     @app.get("/cloud/faults")
     def list_faults():
         return jsonify(world.faults())

@@ -85,6 +85,7 @@ class Operation:
     error: tuple[str, str] | None = None  # (code name, message)
     fail_with: str | None = None  # an injected fault: the code it will finish with
     result: Vm | None = None  # the instance as it was when the create finished
+    folder_id: str = ""  # where it counts against the concurrent-operations quota
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ from sim.model import (
     validate_labels,
     validate_name,
 )
+from sim.quotas import Limits, Quotas
 
 log = logging.getLogger("sim.world")
 
@@ -57,10 +58,16 @@ def guest_addresses(vm: Vm) -> tuple[str, ...]:
 
 class World:
     def __init__(
-        self, guests: Guests, operation_delay: float, security_groups: tuple[str, ...] = ()
+        self,
+        guests: Guests,
+        operation_delay: float,
+        security_groups: tuple[str, ...] = (),
+        limits: Limits | None = None,
     ) -> None:
         self.guests = guests
         self.operation_delay = operation_delay
+        self.quotas = Quotas(limits or Limits())
+        self._in_flight: dict[str, int] = {}  # folder id → operations not done
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._vms: dict[str, Vm] = {}
@@ -93,6 +100,7 @@ class World:
         """Count one call and raise the injected RPC fault, if one is due."""
         with self._lock:
             self._calls[method] = self._calls.get(method, 0) + 1
+            self.quotas.admit_request()
             code = self._take_fault(method, "rpc")
         if code:
             raise ApiError(code, f"injected fault on {method}")
@@ -116,11 +124,13 @@ class World:
                 raise ApiError(
                     "ALREADY_EXISTS", f"Instance with name {vm.name!r} already exists in folder"
                 )
+            self.quotas.admit_operation(self._in_flight.get(vm.folder_id, 0))
+            self._admit_instance(vm)
             now = time.time()
             vm.id = self._fresh_id()
             vm.created_at = now
             vm.status = "PROVISIONING"
-            op = Operation(self._fresh_id(), "create", vm.id, now, now)
+            op = Operation(self._fresh_id(), "create", vm.id, now, now, folder_id=vm.folder_id)
             op.fail_with = self._take_fault("Create", "operation")
             # A create that is going to fail never shows a VM: nothing to leak, nothing to log.
             if not op.fail_with:
@@ -138,8 +148,9 @@ class World:
                 raise ApiError("NOT_FOUND", f"Instance {vm_id} not found")
             if vm.status == "DELETING":
                 raise ApiError("FAILED_PRECONDITION", f"Instance {vm_id} is already being deleted")
+            self.quotas.admit_operation(self._in_flight.get(vm.folder_id, 0))
             now = time.time()
-            op = Operation(self._fresh_id(), "delete", vm_id, now, now)
+            op = Operation(self._fresh_id(), "delete", vm_id, now, now, folder_id=vm.folder_id)
             op.fail_with = self._take_fault("Delete", "operation")
             if not op.fail_with:
                 vm.status = "DELETING"
@@ -306,6 +317,32 @@ class World:
         with self._lock:
             return dict(self._calls)
 
+    def count_exhausted(self) -> None:
+        """One more RESOURCE_EXHAUSTED answered on an RPC."""
+        with self._lock:
+            self.quotas.exhausted += 1
+
+    def set_limits(self, body: dict) -> Limits:
+        with self._lock:
+            self.quotas.limits = self.quotas.limits.updated(body)
+            return self.quotas.limits
+
+    def quota_report(self) -> dict:
+        with self._lock:
+            vms = list(self._vms.values())
+            usage = self.quotas.usage(
+                len(vms),
+                sum(vm.cores for vm in vms),
+                sum(vm.memory for vm in vms),
+                sum(self._in_flight.values()),
+            )
+            return {
+                "limits": self.quotas.limits.to_json(),
+                "usage": usage,
+                "resource_exhausted": self.quotas.exhausted,
+                "max_concurrent_operations": self.quotas.max_operations,
+            }
+
     def events(self, since: int = 0) -> list[dict]:
         with self._lock:
             return self._log[since:]
@@ -323,6 +360,8 @@ class World:
             self._calls.clear()
             self._log.clear()
             self._due.clear()
+            self._in_flight.clear()
+            self.quotas.reset_counters()
         for vm_id in gone:
             self.guests.vm_gone(vm_id)
 
@@ -343,6 +382,19 @@ class World:
                     fault.count -= 1
                 return fault.code
         return None
+
+    def _admit_instance(self, vm: Vm) -> None:
+        limits = self.quotas.limits
+        if limits.instances is None and limits.cores is None and limits.memory_gb is None:
+            return  # nothing to add up
+        vms = self._vms.values()
+        self.quotas.admit_instance(
+            len(vms),
+            sum(v.cores for v in vms),
+            sum(v.memory for v in vms),
+            vm.cores,
+            vm.memory,
+        )
 
     def _replay(self, method: str, key: str | None) -> Operation | None:
         op_id = self._idempotency.get((method, key)) if key else None
@@ -407,6 +459,8 @@ class World:
         self._operations[op.id] = op
         if idempotency_key:
             self._idempotency[(op.kind.capitalize(), idempotency_key)] = op.id
+        running = self._in_flight[op.folder_id] = self._in_flight.get(op.folder_id, 0) + 1
+        self.quotas.started(running)
         self._seq += 1
         heapq.heappush(self._due, (op.created_at + self.operation_delay, self._seq, op.id))
         self._wake.notify()
@@ -415,6 +469,7 @@ class World:
         """Complete one operation; returns the guest callback to run once the lock is released."""
         op.done = True
         op.modified_at = time.time()
+        self._in_flight[op.folder_id] = max(0, self._in_flight.get(op.folder_id, 0) - 1)
         vm = self._vms.get(op.vm_id)
         if op.fail_with:
             op.error = (op.fail_with, f"injected fault in the {op.kind} operation")

@@ -110,6 +110,8 @@ def _api(method: str):
                 self.world.rpc_call(method)
                 return handler(self, request, context)
             except ApiError as exc:
+                if exc.code == "RESOURCE_EXHAUSTED":
+                    self.world.count_exhausted()
                 context.abort(grpc.StatusCode[exc.code], exc.message)
 
         return wrapper

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
+from shared.domain.capacity import HOLDING_STATUSES, Admission, BudgetUsage, Mutation
 from shared.domain.errors import (
     CloudTransient,
     DispatchUnavailable,
@@ -309,6 +310,54 @@ class FakeLocks:
             yield True
         finally:
             self.held.discard(key)
+
+
+class FakeOperationBudget:
+    """OperationBudget over a dict of slots (`slots`: instance id → kind), with the adapter's
+    rules: the queue and the reclaim rule read `registry`'s rows."""
+
+    def __init__(self, registry: FakeRegistry, budget: int = 15) -> None:
+        self.registry = registry
+        self.budget = budget
+        self.slots: dict[uuid.UUID, Mutation] = {}
+
+    def acquire(self, instance_id: uuid.UUID, kind: Mutation) -> Admission:
+        self._reclaim()
+        if instance_id in self.slots:
+            self.slots[instance_id] = kind
+            return Admission(granted=True)
+        ahead = 0
+        if kind is Mutation.CREATE:
+            me = self.registry.rows[instance_id]
+            ahead = sum(
+                1
+                for row in self.registry.rows.values()
+                if row.status is Status.PENDING
+                and row.id not in self.slots
+                and (row.created_at, row.id) < (me.created_at, me.id)
+            )
+        if len(self.slots) + ahead >= self.budget:
+            return Admission(granted=False, ahead=ahead)
+        self.slots[instance_id] = kind
+        return Admission(granted=True)
+
+    def release(self, instance_id: uuid.UUID) -> None:
+        self.slots.pop(instance_id, None)
+
+    def usage(self) -> BudgetUsage:
+        self._reclaim()
+        waiting = sum(
+            1
+            for row in self.registry.rows.values()
+            if row.status is Status.PENDING and row.id not in self.slots
+        )
+        return BudgetUsage(in_use=len(self.slots), waiting=waiting)
+
+    def _reclaim(self) -> None:
+        for instance_id, kind in list(self.slots.items()):
+            row = self.registry.rows.get(instance_id)
+            if row is None or row.status not in HOLDING_STATUSES[kind]:
+                del self.slots[instance_id]
 
 
 class FakeTenants:

@@ -9,10 +9,11 @@ Two sources:
   files there and a scrape reads them all. Without the variable (the Flask test client) the
   samples live in a registry of the app's own, so that several apps in one process never collide.
 - Facts that live in Postgres (instances by status, lifecycle transitions, time spent in each
-  status, reconcile runs and actions), computed by aggregate queries at most once every 15 s per
-  process, on a connection of their own (never the API's pool) and under a short budget
-  (shared/adapters/fleet_stats.py). When Postgres does not answer they are left out and
-  `dark_metrics_db_up` is 0: the HTTP figures still render, and the scrape never fails.
+  status, reconcile runs and actions, the cloud operation budget in use and its queue), computed
+  by aggregate queries at most once every 15 s per process, on a connection of their own (never
+  the API's pool) and under a short budget (shared/adapters/fleet_stats.py). When Postgres does
+  not answer they are left out and `dark_metrics_db_up` is 0: the HTTP figures still render, and
+  the scrape never fails.
 
 Access: an operator bearer token. Only with DARK_METRICS_LOOPBACK_OPEN on (off by default, refused
 in production) may a caller on loopback (127.0.0.0/8, ::1) read it without one, as a Prometheus on
@@ -159,6 +160,20 @@ def _fleet_families(stats: FleetStats):
     )
     held_back.add_metric([], stats.reconcile_held_back)
     yield held_back
+
+    in_flight = GaugeMetricFamily(
+        "dark_cloud_operations_in_flight",
+        "Cloud creates and deletes holding a slot of the operation budget "
+        "(YC_MAX_CONCURRENT_OPERATIONS).",
+    )
+    in_flight.add_metric([], stats.operations_in_flight)
+    yield in_flight
+    waiting = GaugeMetricFamily(
+        "dark_cloud_capacity_waiting",
+        "Pending instances waiting in line for a slot of the cloud operation budget.",
+    )
+    waiting.add_metric([], stats.waiting_for_capacity)
+    yield waiting
 
 
 @dataclass(frozen=True)

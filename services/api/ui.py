@@ -70,6 +70,7 @@ def dashboard():
         "ui/dashboard.html",
         statuses=[status.value for status in Status],
         refused=_refused_run(),
+        capacity=_capacity(),
     )
 
 
@@ -123,6 +124,16 @@ def _refused_run() -> dict | None:
     orphans = sum(1 for action in held if action["kind"] == "orphan")
     lost = sum(1 for action in held if action["kind"] == "lost")
     return {"id": run["id"], "orphans": orphans, "lost": lost, "confirm": orphans + lost}
+
+
+def _capacity() -> dict | None:
+    """The cloud operation budget in use and its queue (the /metrics figures, as fresh as they);
+    None when the registry cannot say now."""
+    try:
+        stats = current_app.extensions["dark"].stats.snapshot()
+    except RegistryUnavailable:
+        return None
+    return {"in_flight": stats.operations_in_flight, "waiting": stats.waiting_for_capacity}
 
 
 def _page(template: str, **context):

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from shared.adapters.capacity import IN_USE, QUEUE, STATUS_PARAMS
 from shared.domain.errors import RegistryUnavailable
 
 # From a simulated pipeline step (under a second) to a VM kept for a week: upper bounds in seconds.
@@ -77,6 +78,10 @@ class FleetStats:
     # held back; False and 0 before the first such run
     reconcile_refused: bool = False
     reconcile_held_back: int = 0
+    # the cloud operation budget (shared/adapters/capacity.py): slots in use, and pending rows
+    # waiting for one
+    operations_in_flight: int = 0
+    waiting_for_capacity: int = 0
 
 
 _INSTANCES_BY_STATUS = "SELECT status, count(*) FROM instances GROUP BY status"
@@ -133,13 +138,15 @@ class PostgresFleetStats:
             self.snapshots_taken += 1
             with conn.transaction(), conn.cursor() as cur:
 
-                def query(statement: str | sql.Composed) -> list[tuple[Any, ...]]:
+                def query(
+                    statement: str | sql.Composed, params: dict[str, Any] | None = None
+                ) -> list[tuple[Any, ...]]:
                     # What is left of the budget bounds the next statement.
                     left_ms = max(1, int((deadline - time.monotonic()) * 1000))
                     cur.execute(
                         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(left_ms))
                     )
-                    return cur.execute(statement).fetchall()
+                    return cur.execute(statement, params).fetchall()
 
                 instances = query(_INSTANCES_BY_STATUS)
                 transitions = query(_TRANSITIONS)
@@ -147,6 +154,8 @@ class PostgresFleetStats:
                 actions = query(_RECONCILE_ACTIONS)
                 runs = query(_RECONCILE_RUNS)
                 newest = next(iter(query(_NEWEST_FINISHED_RUN)), None)
+                in_flight = query(IN_USE, STATUS_PARAMS)[0][0]
+                waiting = query(QUEUE)[0][0]
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self.close()  # a broken or timed-out connection is opened afresh next time
             raise RegistryUnavailable("the registry database did not answer") from exc
@@ -161,6 +170,8 @@ class PostgresFleetStats:
             reconcile_runs=dict(runs),
             reconcile_refused=bool(newest and newest[0]),
             reconcile_held_back=newest[1] if newest else 0,
+            operations_in_flight=in_flight,
+            waiting_for_capacity=waiting,
         )
 
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:

@@ -37,6 +37,7 @@ from shared.domain.errors import (
     CloudError,
     CloudNotFound,
     CloudPermanent,
+    CloudQuotaExhausted,
     CloudTransient,
 )
 from shared.domain.records import CloudVm, OperationState, VmSpec, VmStatus
@@ -67,6 +68,15 @@ _EXPLANATIONS = {
     "FAILED_PRECONDITION": "cloud refused the request in the resource's current state",
 }
 
+# RESOURCE_EXHAUSTED naming one of these quotas is not fixed by waiting (unlike the concurrent
+# operations quota or the rate limit): the message names the quota the way YC's does.
+_LASTING_QUOTAS = {
+    "compute.instances.count": "instances per cloud",
+    "compute.instanceCores.count": "vCPUs per cloud",
+    "compute.instanceMemory.size": "RAM per cloud",
+}
+_QUOTA_RE = re.compile(r"\b(compute\.[A-Za-z]+\.[a-z]+)\b")
+
 T = TypeVar("T")
 
 
@@ -82,6 +92,15 @@ def cloud_error(code: str | int | grpc.StatusCode, details: str, action: str = "
     message = f"{explanation}: {details}" if details else explanation
     if action:
         message = f"{action}: {message}"
+    if name == "RESOURCE_EXHAUSTED":
+        quota = next((q for q in _QUOTA_RE.findall(details) if q in _LASTING_QUOTAS), None)
+        if quota is not None:
+            what = f"{action}: " if action else ""
+            return CloudQuotaExhausted(
+                f"{what}cloud quota {quota} ({_LASTING_QUOTAS[quota]}) exceeded: raise the "
+                "quota or free capacity",
+                quota=quota,
+            )
     if name in _TRANSIENT:
         return CloudTransient(message, code=name)
     if name == "NOT_FOUND":

@@ -62,6 +62,15 @@ class CloudPermanent(CloudError):
     """Will not succeed by retrying (permission, invalid argument, ...)."""
 
 
+class CloudQuotaExhausted(CloudPermanent):
+    """A cloud quota that waiting cannot fix (instances, vCPUs or RAM per cloud): an operator must
+    raise it or free capacity. `quota` is the cloud's quota id (e.g. compute.instances.count)."""
+
+    def __init__(self, message: str = "", quota: str = "", **details: object) -> None:
+        super().__init__(message, code="RESOURCE_EXHAUSTED", **details)
+        self.quota = quota
+
+
 class CloudNotFound(CloudError):
     pass
 

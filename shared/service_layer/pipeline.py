@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import assert_never
 
+from shared.domain.capacity import WAITING_REASON, Mutation
 from shared.domain.errors import (
     BundleBackendUnavailable,
     CloudConflict,
@@ -45,7 +46,16 @@ from shared.domain.errors import (
 from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import Instance, VmSpec, VmStatus
-from shared.ports import BundleStore, Compute, FleetRegistry, GuestAgent, Locks, TenantSecretStore
+from shared.ports import (
+    BundleStore,
+    Compute,
+    FleetRegistry,
+    GuestAgent,
+    Locks,
+    OperationBudget,
+    TenantSecretStore,
+)
+from shared.service_layer.capacity import admit
 from shared.service_layer.credentials import (
     AwaitIdentity,
     BackendDown,
@@ -96,10 +106,12 @@ class Pipeline:
         secrets: TenantSecretStore,
         bundles: BundleStore,
         locks: Locks,
+        capacity: OperationBudget,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.registry = registry
+        self.capacity = capacity
         self.compute = compute
         self.guest = guest
         self.bundles = bundles
@@ -153,6 +165,10 @@ class Pipeline:
     def _step(self, instance: Instance) -> Step:
         status = instance.status
         if status is Status.PENDING:
+            # A row waits for its cloud operation slot here, in line (shared/adapters/capacity.py).
+            delay = self._admit(instance, Mutation.CREATE)
+            if delay is not None:
+                return self._wait_for_capacity(instance, delay)
             self._move(instance, Status.PROVISIONING, f"creating VM {instance.vm_name}")
             raise _Continue()
         if status is Status.PROVISIONING:
@@ -171,6 +187,7 @@ class Pipeline:
                 op = self.compute.get_operation(instance.operation_id)
                 if not op.done:
                     return self._wait(instance, OPERATION_POLL_SECS)
+                self.capacity.release(instance.id)  # the cloud's operation is over
                 if op.error is not None:
                     return self._create_failed(instance, op.error)
                 if instance.provider_id is None and op.provider_id:
@@ -188,6 +205,7 @@ class Pipeline:
             return self._wait(instance, OPERATION_POLL_SECS)
         if not vm.address:
             return self._fail(instance, "the VM has no IPv4 address on the guest network")
+        self.capacity.release(instance.id)  # running: whatever created it is over (adopted too)
         self._move(instance, Status.INITIALIZING, f"VM running at {vm.address}", address=vm.address)
         raise _Continue()
 
@@ -198,6 +216,11 @@ class Pipeline:
             labels={**managed_labels(self.settings.deployment), "instance": str(instance.id)},
             image_id=self.settings.vm_image or "",
         )
+        # Held since the row left pending; asked again for a row that was already provisioning
+        # (a create retried after a failed operation, a row from before the budget existed).
+        delay = self._admit(instance, Mutation.CREATE)
+        if delay is not None:
+            return self._wait(instance, delay)
         try:
             op = self.compute.create_instance(spec)
         except CloudConflict:
@@ -306,6 +329,9 @@ class Pipeline:
                     up = at_its_address(vm, instance.address)
                     if not self._salvaged(instance, guest_up=up):
                         return self._wait(instance, GUEST_POLL_SECS)
+                    delay = self._admit(instance, Mutation.DELETE)
+                    if delay is not None:
+                        return self._wait_for_capacity(instance, delay)
                     op = self.compute.delete_instance(vm.provider_id)
                     self.registry.update(
                         instance.id,
@@ -320,6 +346,7 @@ class Pipeline:
             # Teardown never gives up: say why it is stuck and keep trying slowly.
             self.registry.update(instance.id, Status.TEARING_DOWN, reason=f"delete failed: {exc}")
             return self._wait(instance, MAX_BACKOFF_SECS)
+        self.capacity.release(instance.id)  # the VM is gone: its delete is over
         if instance.teardown_mode == "retire" and self.registry.count_live(instance.tenant) == 0:
             # Before the row is retired, so that a crash here retries the delete.
             self.bundles.delete(instance.tenant)
@@ -343,6 +370,21 @@ class Pipeline:
         token = uuid.uuid4()
         self.registry.update(
             instance.id, instance.status, expected_token=instance.wake_token, wake_token=token
+        )
+        return Step(delay=delay, token=token)
+
+    def _admit(self, instance: Instance, kind: Mutation) -> float | None:
+        return admit(self.capacity, self.settings.yc_max_concurrent_operations, instance.id, kind)
+
+    def _wait_for_capacity(self, instance: Instance, delay: float) -> Step:
+        """Like `_wait`, saying why (no event: a long queue would flood the timeline)."""
+        token = uuid.uuid4()
+        self.registry.update(
+            instance.id,
+            instance.status,
+            expected_token=instance.wake_token,
+            wake_token=token,
+            reason=WAITING_REASON,
         )
         return Step(delay=delay, token=token)
 
@@ -375,6 +417,7 @@ class Pipeline:
                     "could not keep the identity: %s", exc, extra={"instance_id": instance.id}
                 )
         self.registry.transition(instance.id, instance.status, Status.FAILED, reason)
+        self.capacity.release(instance.id)
         log.warning("instance failed: %s", reason, extra={"instance_id": instance.id})
         self._clean_up_vm(instance)
         return DONE

@@ -42,6 +42,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from shared.domain.capacity import WAITING_REASON
 from shared.domain.errors import DomainError, TransitionConflict
 from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import IN_FLIGHT, Status
@@ -184,7 +185,9 @@ def _decide_row(
     live_vm = vm if vm is not None and vm.status is not VmStatus.DELETING else None
     if row.status in IN_FLIGHT:
         in_status = (now - row.status_changed_at).total_seconds()
-        if in_status > settings.reconcile_stuck:
+        # Waiting in line for a cloud operation slot is not being stuck: the queue moves.
+        waiting = row.status is Status.PENDING and row.reason == WAITING_REASON
+        if in_status > settings.reconcile_stuck and not waiting:
             detail = f"stuck in {row.status.value} for {int(in_status)} s"
             return [RowAction(ActionKind.STUCK, detail, row, live_vm)]
         idle = (now - row.updated_at).total_seconds()

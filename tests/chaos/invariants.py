@@ -7,6 +7,9 @@ instance, its tenant, and what is wrong.
 
 from collections import defaultdict
 
+import psycopg
+
+from shared.adapters.capacity import IN_USE, STATUS_PARAMS
 from shared.domain.lifecycle import ALLOWED, Status
 from tests.chaos.driver import Answer
 from tests.chaos.observe import ORPHAN_GRACE_SECS, Snapshot, age_secs
@@ -134,3 +137,25 @@ def http_answers(answers: list[Answer]) -> list[str]:
         elif a.status >= 500 and not (a.status == 503 and a.retry_after):
             found.append(f"{a.method} {a.path}: {a.status} {a.body[:200]!r}")
     return found
+
+
+def budget_released(database_url: str, idle: bool) -> list[str]:
+    """When the fleet is idle (no row pending, provisioning or tearing down), no slot of the cloud
+    operation budget is in use: none leaked by a SIGKILLed worker or lost with a Redis restart.
+    Counted the way an acquisition counts them (shared/adapters/capacity.py)."""
+    if not idle:
+        return []
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
+        row = conn.execute(IN_USE, STATUS_PARAMS).fetchone()
+        # Stricter than the count: every path to ready or retired releases its slot itself; only
+        # a row failed behind the pipeline's back (reconcile) leaves one for the reclaim rule.
+        unreleased = conn.execute(
+            "SELECT s.instance_id, i.status FROM cloud_operation_slots s"
+            " JOIN instances i ON i.id = s.instance_id WHERE i.status IN ('ready', 'retired')"
+        ).fetchall()
+    in_use = row[0] if row else 0
+    found = [f"{in_use} slot(s) of the cloud operation budget in use while the fleet is idle"]
+    return (found if in_use else []) + [
+        f"instance {instance_id} is {status} but never released its budget slot"
+        for instance_id, status in unreleased
+    ]

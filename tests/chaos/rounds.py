@@ -54,6 +54,10 @@ def run_round(chaos: ChaosStack, seed: int, profile: Profile, echo=print) -> Rou
     violations += invariants.final_statuses(snap, log.teardowns_accepted, asked)
     violations += invariants.one_vm_per_live_row(snap)
     violations += invariants.no_orphans(snap)
+    idle = not any(
+        row["status"] in ("pending", "provisioning", "tearing_down") for row in snap.open_rows
+    )
+    violations += invariants.budget_released(chaos.database_url, idle)
     violations += invariants.one_identity_per_tenant(snap, lambda vm: _guest_pubkey(chaos, vm))
     violations += invariants.http_answers(log.answers)
     violations += canaries.scan(chaos, values, log.answers)

@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from shared.adapters.bundles import EnvelopeBundleStore, PostgresBundleRemover
+from shared.adapters.capacity import PostgresOperationBudget
 from shared.adapters.guest import HttpGuestAgent
 from shared.adapters.locks import PostgresLocks
 from shared.adapters.registry import PostgresFleetRegistry
@@ -73,6 +74,7 @@ class Harness:
             secrets=self.secrets,
             bundles=bundles or self.bundles,
             locks=self.locks,
+            capacity=PostgresOperationBudget(self.pool, self.settings.yc_max_concurrent_operations),
             settings=self.settings,
         )
 

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from shared.adapters.bundles import EnvelopeBundleStore
+from shared.adapters.capacity import PostgresOperationBudget
 from shared.adapters.guest import HttpGuestAgent
 from shared.adapters.locks import PostgresLocks
 from shared.adapters.registry import PostgresFleetRegistry
@@ -63,6 +64,7 @@ class Harness:
             secrets=self.secrets,
             bundles=self.bundles,
             locks=PostgresLocks(pool),
+            capacity=PostgresOperationBudget(pool, self.settings.yc_max_concurrent_operations),
             settings=self.settings,
         )
 

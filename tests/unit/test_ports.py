@@ -17,6 +17,7 @@ from shared.adapters.bundles import (
     PostgresBundleRemover,
     PostgresIdentityClaims,
 )
+from shared.adapters.capacity import PostgresOperationBudget
 from shared.adapters.guest import HttpGuestAgent
 from shared.adapters.invites import PostgresInviteStore
 from shared.adapters.locks import PostgresLocks
@@ -31,6 +32,7 @@ from tests.fakes import (
     FakeCompute,
     FakeDispatcher,
     FakeLocks,
+    FakeOperationBudget,
     FakeRegistry,
     FakeRuns,
     FakeTenants,
@@ -44,6 +46,7 @@ FAKES = [
     (ports.TenantDirectory, FakeTenants),
     (ports.IdentityClaims, FakeClaims),
     (ports.TaskDispatcher, FakeDispatcher),
+    (ports.OperationBudget, FakeOperationBudget),
 ]
 ADAPTERS = [
     (ports.FleetRegistry, PostgresFleetRegistry),
@@ -58,6 +61,7 @@ ADAPTERS = [
     (ports.TenantDirectory, PostgresTenantDirectory),
     (ports.TaskDispatcher, CeleryDispatcher),
     (ports.InviteStore, PostgresInviteStore),
+    (ports.OperationBudget, PostgresOperationBudget),
 ]
 
 
@@ -76,7 +80,9 @@ def _statically(pool: ConnectionPool) -> None:
     claims = PostgresIdentityClaims(pool)
     remover: ports.BundleRemover = PostgresBundleRemover(pool)
     invites: ports.InviteStore = PostgresInviteStore(pool)
-    del registry, compute, runs, locks, tenants, claims, dispatcher, remover, invites
+    budget: ports.OperationBudget = FakeOperationBudget(FakeRegistry())
+    budget = PostgresOperationBudget(pool, 15)
+    del budget, registry, compute, runs, locks, tenants, claims, dispatcher, remover, invites
 
 
 def protocol_methods(protocol: type) -> list[str]:

@@ -1,0 +1,119 @@
+"""A burst of provisions against the folder's concurrent-operations quota (issue 12's acceptance).
+
+The simulator enforces YC's quota of QUOTA operations in flight per folder and counts every
+RESOURCE_EXHAUSTED it answers; the control plane runs with YC_MAX_CONCURRENT_OPERATIONS=QUOTA on two
+worker nodes of concurrency 2. The ideal is what the quota allows at best: ceil(N / QUOTA) rounds of
+one operation each, then one boot. The ratio (total time / ideal) shows what the budget's queue
+costs on top of the cloud's own time; 0 failed rows and 0 RESOURCE_EXHAUSTED show it never rode a
+retry storm.
+
+    .venv/bin/python -m bench.capacity --n 300     # make bench
+"""
+
+import argparse
+import math
+import platform
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+
+from bench.provision import PG_ADMIN, _cores, _database, _redis_db
+from tests.support.processes import start_openbao, start_simulator, wait_until
+from tests.support.stack import make_stack
+
+
+def _counts(db_url: str) -> dict[str, int]:
+    with psycopg.connect(db_url) as conn:
+        return dict(
+            conn.execute("SELECT status, count(*) FROM instances GROUP BY status").fetchall()
+        )
+
+
+def _slots(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM cloud_operation_slots").fetchone()
+    return row[0] if row else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=300, help="provisions in the burst")
+    parser.add_argument("--quota", type=int, default=15, help="concurrent operations per folder")
+    parser.add_argument("--operation", type=float, default=5.0, help="simulated create (s)")
+    parser.add_argument("--boot", type=float, default=2.0, help="simulated guest boot (s)")
+    args = parser.parse_args()
+
+    from shared.adapters.db import migrate
+
+    work = Path(tempfile.mkdtemp(prefix="dark-bench-"))
+    db_name, db_url = _database()
+    redis_url = _redis_db()
+    migrate(db_url)
+    sim = start_simulator(
+        work,
+        "--operation-delay",
+        str(args.operation),
+        "--boot-delay",
+        str(args.boot),
+        "--quota-operations",
+        str(args.quota),
+    )
+    bao = start_openbao(work)
+    stack = make_stack(
+        work,
+        sim,
+        bao,
+        db_url,
+        redis_url,
+        DARK_MAX_INSTANCES_PER_TENANT="0",
+        DARK_LOG_LEVEL="WARNING",
+        YC_MAX_CONCURRENT_OPERATIONS=str(args.quota),
+    )
+    try:
+        stack.start_api()
+        stack.start_worker("node-a", concurrency=2)
+        stack.start_worker("node-b", concurrency=2)
+        tenants = [f"cap-{i}-{secrets.token_hex(3)}" for i in range(args.n)]
+        for tenant in tenants:
+            stack.onboard(tenant)
+        sim.admin("POST", "/reset")  # counters from zero; quotas are configuration and stay
+        start = time.monotonic()
+        for tenant in tenants:
+            stack.provision(tenant)
+
+        def settled():
+            counts = _counts(db_url)
+            return counts if counts.get("ready", 0) + counts.get("failed", 0) == args.n else None
+
+        counts = wait_until(settled, 60 + 10 * args.n, interval=0.2, what="every row settled")
+        total = time.monotonic() - start
+        quotas = sim.admin("GET", "/cloud/quotas")
+        left = _slots(db_url)
+    finally:
+        stack.stop()
+        sim.stop()
+        bao.stop()
+        redis.Redis.from_url(redis_url).flushdb()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    ideal = math.ceil(args.n / args.quota) * args.operation + args.boot
+    print(f"machine: {platform.machine()}, {_cores()} cores, Python {platform.python_version()}")
+    print(
+        f"burst of {args.n} provisions; simulator quota {args.quota} concurrent operations, "
+        f"create {args.operation:.1f} s + boot {args.boot:.1f} s; two worker nodes, concurrency 2"
+    )
+    print(f"failed rows:                    {counts.get('failed', 0)}")
+    print(f"RESOURCE_EXHAUSTED answered:    {quotas['resource_exhausted']}")
+    print(f"most operations in flight:      {quotas['max_concurrent_operations']}")
+    print(f"budget slots left when idle:    {left}")
+    print(f"total time:                     {total:7.2f} s")
+    print(f"quota-bound ideal:              {ideal:7.2f} s   (ceil(N/quota) x create + boot)")
+    print(f"ratio (total / ideal):          {total / ideal:7.2f}   (acceptance: <= 1.15 at N=300)")
+
+
+if __name__ == "__main__":
+    main()
