@@ -24,6 +24,7 @@ from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
 from shared.adapters.vault_kv import HvacTenantSecrets
+from shared.adapters.waits import PostgresWaitHistory
 from shared.adapters.yc import YcCompute
 from shared.celery_app import CeleryDispatcher
 from tests.fakes import (
@@ -34,6 +35,7 @@ from tests.fakes import (
     FakeRegistry,
     FakeRuns,
     FakeTenants,
+    FakeWaitHistory,
 )
 
 FAKES = [
@@ -44,6 +46,7 @@ FAKES = [
     (ports.TenantDirectory, FakeTenants),
     (ports.IdentityClaims, FakeClaims),
     (ports.TaskDispatcher, FakeDispatcher),
+    (ports.WaitHistory, FakeWaitHistory),
 ]
 ADAPTERS = [
     (ports.FleetRegistry, PostgresFleetRegistry),
@@ -58,6 +61,7 @@ ADAPTERS = [
     (ports.TenantDirectory, PostgresTenantDirectory),
     (ports.TaskDispatcher, CeleryDispatcher),
     (ports.InviteStore, PostgresInviteStore),
+    (ports.WaitHistory, PostgresWaitHistory),
 ]
 
 
@@ -76,7 +80,9 @@ def _statically(pool: ConnectionPool) -> None:
     claims = PostgresIdentityClaims(pool)
     remover: ports.BundleRemover = PostgresBundleRemover(pool)
     invites: ports.InviteStore = PostgresInviteStore(pool)
-    del registry, compute, runs, locks, tenants, claims, dispatcher, remover, invites
+    waits: ports.WaitHistory = FakeWaitHistory()
+    waits = PostgresWaitHistory(pool)
+    del registry, compute, runs, locks, tenants, claims, dispatcher, remover, invites, waits
 
 
 def protocol_methods(protocol: type) -> list[str]:
