@@ -50,6 +50,7 @@ run: install
 bench: install
 	$(PY) -m bench.provision --n 50
 	$(PY) -m bench.reconcile
+	$(PY) -m bench.waits
 
 # The chaos suite (docs/RELIABILITY.md): SEED replays a run, ROUNDS runs more.
 chaos: install
