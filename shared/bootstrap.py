@@ -237,7 +237,7 @@ def build_provisioner(settings: Settings) -> ProvisionerServices:
     from shared.adapters.vault_transit import TransitKeys
     from shared.adapters.waits import PostgresWaitHistory
     from shared.service_layer.pipeline import Pipeline
-    from shared.service_layer.waits import Waits
+    from shared.service_layer.polling import Waits
 
     pool = make_pool(settings.database_url, max_size=6)
     vault = vault_client(settings)

@@ -1,4 +1,4 @@
-"""The wait history on Postgres (table `wait_samples`, migrations/0008_wait_samples.sql).
+"""The wait history on Postgres (table `wait_samples`, migrations/0009_wait_samples.sql).
 
 Every worker reads and writes the same rows, so a VM's wait is learned from the whole fleet's. The
 table stays small: each record deletes the samples of its kind older than the newest `RECENT`.

@@ -58,14 +58,14 @@ from shared.service_layer.credentials import (
     at_its_address,
     placed,
 )
+from shared.service_layer.polling import Waits
 from shared.service_layer.retry import MAX_BACKOFF_SECS
-from shared.service_layer.waits import Waits
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # The fixed poll intervals; a create and a boot poll on a learned schedule instead when adaptive
-# waits are on (shared/service_layer/waits.py).
+# waits are on (shared/service_layer/polling.py).
 OPERATION_POLL_SECS = 1.0
 GUEST_POLL_SECS = 2.0
 LOCK_BUSY_SECS = 1.0

@@ -32,7 +32,7 @@ from shared.service_layer.pipeline import (
     Pipeline,
     Step,
 )
-from shared.service_layer.waits import Waits
+from shared.service_layer.polling import Waits
 from shared.settings import load_settings
 
 CREDENTIAL_CALLS = ("init", "export", "import", "claude")

@@ -1,4 +1,4 @@
-"""PostgresWaitHistory against the real Postgres (migrations/0008_wait_samples.sql)."""
+"""PostgresWaitHistory against the real Postgres (migrations/0009_wait_samples.sql)."""
 
 import uuid
 

@@ -1,4 +1,4 @@
-"""The adaptive poll schedule (shared/service_layer/waits.py): pure functions and the `Waits`
+"""The adaptive poll schedule (shared/service_layer/polling.py): pure functions and the `Waits`
 policy over a fake history."""
 
 import itertools
@@ -8,7 +8,7 @@ import pytest
 
 from shared.domain.errors import RegistryUnavailable
 from shared.domain.waits import WaitKind, WaitSample
-from shared.service_layer.waits import Estimate, Waits, estimate, next_poll
+from shared.service_layer.polling import Estimate, Waits, estimate, next_poll
 from tests.fakes import FakeWaitHistory
 
 FIXED = 1.0
