@@ -54,6 +54,7 @@ bench: install
 	$(PY) -m bench.capacity --n 300
 	$(PY) -m bench.reconcile --small 10000 --large 100000 --repeat 3
 	$(PY) -m bench.gateway --rows 100000 --seconds 5 --rounds 3
+	$(PY) -m bench.waits
 
 # The chaos suite (docs/RELIABILITY.md): SEED replays a run, ROUNDS runs more.
 chaos: install

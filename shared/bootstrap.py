@@ -243,7 +243,9 @@ def build_provisioner(settings: Settings) -> ProvisionerServices:
     from shared.adapters.vault_client import vault_client
     from shared.adapters.vault_kv import HvacTenantSecrets
     from shared.adapters.vault_transit import TransitKeys
+    from shared.adapters.waits import PostgresWaitHistory
     from shared.service_layer.pipeline import Pipeline
+    from shared.service_layer.polling import Waits
 
     pool = make_pool(settings.database_url, max_size=6)
     vault = vault_client(settings)
@@ -272,6 +274,7 @@ def build_provisioner(settings: Settings) -> ProvisionerServices:
             locks=locks,
             capacity=PostgresOperationBudget(pool, settings.yc_max_concurrent_operations),
             settings=settings,
+            waits=Waits(PostgresWaitHistory(pool), adaptive=settings.adaptive_waits),
         ),
     )
 

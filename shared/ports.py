@@ -23,6 +23,7 @@ from shared.domain.records import CloudVm, Event, Instance, OperationState, VmSp
 from shared.domain.secrets import Bundle, SecretsPresence, TenantSecrets
 from shared.domain.tenant_records import TenantRecord
 from shared.domain.tenants import TenantName
+from shared.domain.waits import WaitKind, WaitSample
 
 # The largest page `FleetRegistry.list` returns; the API validates `limit` against it.
 MAX_PAGE_SIZE = 500
@@ -230,6 +231,18 @@ class Locks(Protocol):
     def hold(self, key: str) -> AbstractContextManager[bool]:
         """Try to take the lock named `key`; the context yields whether it was taken, and
         releases it on exit if it was. Never blocks waiting for another holder."""
+
+
+class WaitHistory(Protocol):
+    """Recent finished waits of each kind, shared by every worker (docs/ARCHITECTURE.md#waits).
+    Raises RegistryUnavailable when its backend cannot be reached."""
+
+    def record(self, kind: WaitKind, instance_id: uuid.UUID, sample: WaitSample) -> None:
+        """Keep one instance's wait of `kind`; only its first record counts (a step that runs
+        twice, or a later step that sees the same finished wait, changes nothing)."""
+
+    def recent(self, kind: WaitKind) -> builtins.list[WaitSample]:
+        """The newest samples of `kind`, newest first (a bounded number of them)."""
 
 
 class ReconcileRuns(Protocol):

@@ -175,6 +175,12 @@ class Settings:
     guest_timeout: float = env("DARK_GUEST_TIMEOUT_SECS", 10.0, _pos_float)
     guest_boot_timeout: float = env("DARK_GUEST_BOOT_TIMEOUT", 600.0, _pos_float)
     guest_max_response_bytes: int = env("DARK_GUEST_MAX_RESPONSE_BYTES", 1_048_576, _int)
+    adaptive_waits: bool = env(
+        "DARK_ADAPTIVE_WAITS",
+        True,
+        _bool,
+        doc="poll a create and a booting guest when recent ones finished, not every 1 s / 2 s",
+    )
 
     api_bind: str = env("DARK_BIND", "127.0.0.1:8080", _bind)
     api_tokens: frozenset[str] = env("DARK_API_TOKENS", frozenset(), _tokens, secret=True)
@@ -313,6 +319,7 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
         "DARK_VM_IMAGE",
         "DARK_DEPLOYMENT",
         "DARK_GUEST_BOOT_TIMEOUT",
+        "DARK_ADAPTIVE_WAITS",
         "YC_SECURITY_GROUP_IDS",  # the VMs it creates carry them
         "YC_MAX_CONCURRENT_OPERATIONS",  # the operation budget its creates and deletes share
     },

@@ -37,6 +37,7 @@ from shared.domain.records import (
 )
 from shared.domain.tenant_records import TenantRecord
 from shared.domain.tenants import TenantName
+from shared.domain.waits import WaitKind, WaitSample
 from shared.ports import MAX_PAGE_SIZE
 
 # The fields FleetRegistry.transition and .update may set.
@@ -358,6 +359,22 @@ class FakeOperationBudget:
             row = self.registry.rows.get(instance_id)
             if row is None or row.status not in HOLDING_STATUSES[kind]:
                 del self.slots[instance_id]
+
+
+class FakeWaitHistory:
+    """WaitHistory over a dict: `samples[kind]` newest first, as `recent` returns them."""
+
+    def __init__(self, samples: dict[WaitKind, builtins.list[WaitSample]] | None = None) -> None:
+        self.samples = {kind: builtins.list((samples or {}).get(kind, ())) for kind in WaitKind}
+        self.recorded: dict[tuple[WaitKind, uuid.UUID], WaitSample] = {}
+
+    def record(self, kind: WaitKind, instance_id: uuid.UUID, sample: WaitSample) -> None:
+        if (kind, instance_id) not in self.recorded:
+            self.recorded[kind, instance_id] = sample
+            self.samples[kind].insert(0, sample)
+
+    def recent(self, kind: WaitKind) -> builtins.list[WaitSample]:
+        return self.samples[kind][:20]
 
 
 class FakeTenants:

@@ -46,6 +46,7 @@ from shared.domain.errors import (
 from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import IN_FLIGHT, Status
 from shared.domain.records import Instance, VmSpec, VmStatus
+from shared.domain.waits import WaitKind
 from shared.ports import (
     BundleStore,
     Compute,
@@ -67,11 +68,14 @@ from shared.service_layer.credentials import (
     at_its_address,
     placed,
 )
+from shared.service_layer.polling import Waits
 from shared.service_layer.retry import MAX_BACKOFF_SECS
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The fixed poll intervals; a create and a boot poll on a learned schedule instead when adaptive
+# waits are on (shared/service_layer/polling.py).
 OPERATION_POLL_SECS = 1.0
 GUEST_POLL_SECS = 2.0
 LOCK_BUSY_SECS = 1.0
@@ -108,6 +112,7 @@ class Pipeline:
         locks: Locks,
         capacity: OperationBudget,
         settings: Settings,
+        waits: Waits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.registry = registry
@@ -117,6 +122,7 @@ class Pipeline:
         self.bundles = bundles
         self.locks = locks
         self.settings = settings
+        self.waits = waits or Waits()
         self.clock = clock
         self.identity = TenantIdentity(
             guest=guest, bundles=bundles, registry=registry, secrets=secrets, compute=compute
@@ -186,10 +192,11 @@ class Pipeline:
             if instance.operation_id is not None:
                 op = self.compute.get_operation(instance.operation_id)
                 if not op.done:
-                    return self._wait(instance, OPERATION_POLL_SECS)
+                    return self._poll_later(instance, WaitKind.CREATE, OPERATION_POLL_SECS)
                 self.capacity.release(instance.id)  # the cloud's operation is over
                 if op.error is not None:
                     return self._create_failed(instance, op.error)
+                self._learn(instance, WaitKind.CREATE)
                 if instance.provider_id is None and op.provider_id:
                     instance = self.registry.update(
                         instance.id, Status.PROVISIONING, provider_id=op.provider_id
@@ -271,6 +278,7 @@ class Pipeline:
         except GuestError as exc:
             # Unreachable, 503, or a health answer that is not one: not ready yet.
             return self._not_up(instance, waited, str(exc))
+        self._learn(instance, WaitKind.BOOT)
         outcome = self.identity.hand_over(instance)
         match outcome:
             case Provided():
@@ -301,7 +309,7 @@ class Pipeline:
             reason = f"guest did not come up within {int(boot_timeout)} s: {why}"
             return self._fail(instance, reason, guest_up=guest_up)
         log.info("guest not ready: %s", why, extra={"instance_id": instance.id})
-        return self._wait(instance, GUEST_POLL_SECS)
+        return self._poll_later(instance, WaitKind.BOOT, GUEST_POLL_SECS)
 
     def _ready(self, instance: Instance, provided: Provided) -> Step:
         identity = provided.identity
@@ -387,6 +395,19 @@ class Pipeline:
             reason=WAITING_REASON,
         )
         return Step(delay=delay, token=token)
+
+    def _poll_later(self, instance: Instance, kind: WaitKind, fixed: float) -> Step:
+        return self._wait(instance, self.waits.delay(kind, self._elapsed(instance), fixed))
+
+    def _learn(self, instance: Instance, kind: WaitKind) -> None:
+        """The wait of `kind` is over: a sample for the next ones (docs/ARCHITECTURE.md#waits).
+        Every poll that finds it unfinished is followed by a wait, which writes the row, so the
+        row's last write brackets the finish from below."""
+        not_done_at = (instance.updated_at - instance.status_changed_at).total_seconds()
+        self.waits.finished(kind, instance.id, not_done_at, self._elapsed(instance))
+
+    def _elapsed(self, instance: Instance) -> float:
+        return (self.clock() - instance.status_changed_at).total_seconds()
 
     def _salvaged(self, instance: Instance, *, guest_up: bool) -> bool:
         """Whether the VM may go now. A teardown mid-init (the claim owner, no bundle stored yet)

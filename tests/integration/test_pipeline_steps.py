@@ -21,9 +21,11 @@ from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.vault_client import vault_client
 from shared.adapters.vault_kv import HvacTenantSecrets
 from shared.adapters.vault_transit import TransitKeys
+from shared.adapters.waits import PostgresWaitHistory
 from shared.adapters.yc import YcCompute
 from shared.domain.lifecycle import Status
 from shared.domain.secrets import ForgeCredential, Secret, TenantSecrets
+from shared.domain.waits import WaitKind, WaitSample
 from shared.service_layer.pipeline import (
     DONE,
     GUEST_POLL_SECS,
@@ -31,6 +33,7 @@ from shared.service_layer.pipeline import (
     Pipeline,
     Step,
 )
+from shared.service_layer.polling import Waits
 from shared.settings import load_settings
 
 CREDENTIAL_CALLS = ("init", "export", "import", "claude")
@@ -57,15 +60,20 @@ class Harness:
         self.bundles = EnvelopeBundleStore(
             pool, TransitKeys(vault, key_name=self.settings.bundle_key_name)
         )
-        self.pipeline = Pipeline(
+        self.pool = pool
+        self.pipeline = self.pipeline_with(Waits())
+
+    def pipeline_with(self, waits: Waits) -> Pipeline:
+        return Pipeline(
             registry=self.registry,
             compute=self.compute,
             guest=HttpGuestAgent.from_settings(self.settings),
             secrets=self.secrets,
             bundles=self.bundles,
-            locks=PostgresLocks(pool),
-            capacity=PostgresOperationBudget(pool, self.settings.yc_max_concurrent_operations),
+            locks=PostgresLocks(self.pool),
+            capacity=PostgresOperationBudget(self.pool, self.settings.yc_max_concurrent_operations),
             settings=self.settings,
+            waits=waits,
         )
 
     def onboarded_tenant(self) -> str:
@@ -245,3 +253,46 @@ def test_a_teardown_deletes_the_vm_step_by_step_and_keeps_the_identity(harness):
         (Status.TEARING_DOWN, Status.RETIRED),
     ]
     assert harness.bundles.get(tenant) == bundle  # mode=keep: the identity outlives its VMs
+
+
+@pytest.fixture
+def wait_history(pg_pool):
+    with pg_pool.connection() as conn:
+        conn.execute("DELETE FROM wait_samples")
+    yield PostgresWaitHistory(pg_pool)
+    with pg_pool.connection() as conn:
+        conn.execute("DELETE FROM wait_samples")
+
+
+def test_with_adaptive_waits_the_polls_come_when_recent_creates_and_boots_finished(
+    harness, wait_history
+):
+    """The simulator's create takes 0.3 s and its guest boots 0.5 s after RUNNING; the history
+    says so, so each wait is one sleep to the learned finish, not the fixed 1 s / 2 s."""
+    for _ in range(3):
+        wait_history.record(WaitKind.CREATE, uuid.uuid4(), WaitSample(0.28, 0.32))
+        wait_history.record(WaitKind.BOOT, uuid.uuid4(), WaitSample(0.5, 0.55))
+    pipeline = harness.pipeline_with(Waits(wait_history, adaptive=True))
+    instance, _ = harness.registry.create(harness.onboarded_tenant())
+    chain = Chain(pipeline, instance.id)
+
+    # The create is sent and its operation polled at once: not done, so sleep to 0.32 s in.
+    step = chain.step()
+    assert harness.registry.get(instance.id).status is Status.PROVISIONING
+    assert 0 < step.delay <= 0.32
+    while step.delay is not None:
+        time.sleep(step.delay)
+        step = chain.step()
+        row = harness.registry.get(instance.id)
+        if row.status is Status.INITIALIZING:
+            # The guest answered 503 on entry: sleep to 0.55 s into the boot, or just past it.
+            assert 0 < step.delay <= 0.55
+
+    row = harness.registry.get(instance.id)
+    assert row.status is Status.READY, row.reason
+    # And this VM's waits are samples for the next ones.
+    create, boot = (wait_history.recent(kind)[0] for kind in (WaitKind.CREATE, WaitKind.BOOT))
+    # Timed from the row's move into the status (the create call's own time counts), so later
+    # than the simulator's own clock says.
+    assert 0 <= create.not_done_at < create.done_at < 5.0 and create.done_at >= 0.3
+    assert 0 <= boot.not_done_at < boot.done_at < 5.0 and boot.done_at > 0.25

@@ -25,6 +25,7 @@ from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.runs import PostgresReconcileRuns
 from shared.adapters.tenants import PostgresTenantDirectory
 from shared.adapters.vault_kv import HvacTenantSecrets
+from shared.adapters.waits import PostgresWaitHistory
 from shared.adapters.yc import YcCompute
 from shared.celery_app import CeleryDispatcher
 from tests.fakes import (
@@ -36,6 +37,7 @@ from tests.fakes import (
     FakeRegistry,
     FakeRuns,
     FakeTenants,
+    FakeWaitHistory,
 )
 
 FAKES = [
@@ -47,6 +49,7 @@ FAKES = [
     (ports.IdentityClaims, FakeClaims),
     (ports.TaskDispatcher, FakeDispatcher),
     (ports.OperationBudget, FakeOperationBudget),
+    (ports.WaitHistory, FakeWaitHistory),
 ]
 ADAPTERS = [
     (ports.FleetRegistry, PostgresFleetRegistry),
@@ -62,6 +65,7 @@ ADAPTERS = [
     (ports.TaskDispatcher, CeleryDispatcher),
     (ports.InviteStore, PostgresInviteStore),
     (ports.OperationBudget, PostgresOperationBudget),
+    (ports.WaitHistory, PostgresWaitHistory),
 ]
 
 
@@ -82,7 +86,10 @@ def _statically(pool: ConnectionPool) -> None:
     invites: ports.InviteStore = PostgresInviteStore(pool)
     budget: ports.OperationBudget = FakeOperationBudget(FakeRegistry())
     budget = PostgresOperationBudget(pool, 15)
+    waits: ports.WaitHistory = FakeWaitHistory()
+    waits = PostgresWaitHistory(pool)
     del budget, registry, compute, runs, locks, tenants, claims, dispatcher, remover, invites
+    del waits
 
 
 def protocol_methods(protocol: type) -> list[str]:
