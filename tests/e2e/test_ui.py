@@ -8,6 +8,7 @@ import contextlib
 import re
 import secrets
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -146,6 +147,16 @@ def test_an_operator_provisions_watches_heals_and_tears_down_a_vm(stack, context
     expect(page.locator("#g-version")).not_to_be_empty()
     expect(page.locator("#guest-banner")).to_be_hidden()
     expect(page.locator("#e-opencode")).to_have_attribute("href", f"http://{address}:4096")
+    agent = page.locator("a#e-agent")
+    detail = stack.api("GET", f"/instances/{tenant}/{instance_id}").json()
+    agent_url = detail["entry_points"]["agent_url"]
+    expect(agent).to_have_attribute("href", agent_url)
+    expect(agent).to_have_text(agent_url)
+    # Init's forge summary: the onboarded forge, with the VM's key registered.
+    forge = page.locator("#forges tbody tr")
+    expect(forge).to_have_count(1)
+    expect(forge).to_have_text(re.compile(r"gh\s*github\.com\s*registered"))
+    expect(page.locator("#forges-none")).to_be_hidden()
     expect(page.locator("#e-pubkey")).to_contain_text("ssh-ed25519 ")
     expect(page.locator("#timeline li")).to_have_count(4)
     expect(page.locator("#timeline li").last).to_contain_text("ready")
@@ -270,3 +281,58 @@ def test_signing_out_ends_the_session_for_a_copy_of_the_cookie(stack, browser, c
         replay = elsewhere.new_page()
         replay.goto("/ui/")
         assert replay.locator("#token").is_visible()  # the sign-in page, not the dashboard
+
+
+def test_refresh_brings_a_new_vm_in_place_while_the_timers_stand_still(stack, context):
+    from playwright.sync_api import expect
+
+    tenant = f"ui-refresh-{secrets.token_hex(4)}"
+    stack.onboard(tenant)
+    page = context.new_page()
+    page.clock.install()
+    sign_in(page, stack.api_token)
+    expect(page.locator("#fleet-updated")).to_contain_text("Live")
+    # From here no timer fires: only the button can bring the new row.
+    page.clock.pause_at(page.evaluate("Date.now()") + 1)
+    page.evaluate("window.__samePage = true")
+    instance = stack.provision(tenant)
+    row = page.locator(f'#fleet tr[data-id="{instance["id"]}"]')
+    expect(row).to_have_count(0)
+    page.click("#fleet-refresh")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text(tenant)
+    # In place: the same document, not a reload.
+    assert page.evaluate("window.__samePage") is True
+    assert stack.api("DELETE", f"/instances/{tenant}/{instance['id']}").status_code == 202
+    stack.wait_status(tenant, instance["id"], "retired")
+
+
+def test_the_vm_page_says_no_forge_is_registered_and_offers_heal_to_a_failed_vm(stack, context):
+    from playwright.sync_api import expect
+
+    tenant = f"ui-forges-{secrets.token_hex(4)}"
+    stack.onboard(tenant)
+    instance = stack.wait_status(tenant, stack.provision(tenant)["id"], "ready")
+    detail_path = f"/instances/{tenant}/{instance['id']}"
+
+    # The gateway's own answer, as a VM that failed with no forge registered would get it.
+    def failed_without_forges(route) -> None:
+        response = route.fetch()
+        detail = response.json()
+        detail["instance"] |= {"status": "failed", "reason": "init failed"}
+        detail["forges"] = []
+        route.fulfill(response=response, json=detail)
+
+    page = context.new_page()
+    page.route(lambda url: urlsplit(url).path == detail_path, failed_without_forges)
+    sign_in(page, stack.api_token)
+    page.goto(f"/ui{detail_path}")
+    expect(page.locator("#f-status")).to_have_text("failed")
+    expect(page.locator("#forges-none")).to_have_text("none registered")
+    expect(page.locator("#forges")).to_be_hidden()
+    expect(page.locator("#heal")).to_be_enabled()
+    page.click("#heal")
+    expect(page.locator("#heal-report")).to_contain_text("healthy")
+    expect(page.locator("#heal-error")).to_be_hidden()
+    assert stack.api("DELETE", detail_path).status_code == 202
+    stack.wait_status(tenant, instance["id"], "retired")

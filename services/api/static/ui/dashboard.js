@@ -1,5 +1,6 @@
-// The fleet dashboard: the instance table (filtered, refreshed in place every few seconds), the
-// provision form, teardown per row, and the tenants panel. The reconcile panel is reconcile.js.
+// The fleet dashboard: the instance table (filtered, refreshed in place every few seconds and on
+// Refresh), the provision form, teardown per row, and the tenants panel. The reconcile panel is
+// reconcile.js.
 //
 // Refreshing never rebuilds what the user may be looking at or holding: rows are keyed by id and
 // only their changed cells are rewritten, so scroll position, focus, an open dialog, an open
@@ -426,6 +427,11 @@ byId("filter-hide-retired").addEventListener("change", (e) => {
 byId("provision-form").addEventListener("submit", onProvision);
 byId("invite-form").addEventListener("submit", onInvite);
 byId("invite-copy").addEventListener("click", onCopyInvite);
+// The same runs as the timers', now: the fleet in place, and the tenants' live counts with it.
+byId("fleet-refresh").addEventListener("click", () => {
+  fleetPoll.now();
+  tenantsPoll.now();
+});
 byId("provision-tenant").addEventListener("change", (e) => {
   byId("provision-submit").disabled = !e.target.value;
 });

@@ -24,6 +24,10 @@ import {
 
 const REFRESH_MS = 3000;
 const REPORT_DEPTH = 4;
+// The statuses heal answers in, given an address (the gateway's rule, shared/domain/lifecycle.py).
+const HEALABLE = new Set(["initializing", "ready", "failed", "lost"]);
+const canHeal = (instance) =>
+  Boolean(instance && instance.address && HEALABLE.has(instance.status));
 
 const page = byId("instance-page");
 const tenant = page.dataset.tenant;
@@ -33,6 +37,7 @@ const titleBadge = badge("pending");
 const factBadge = badge("pending");
 let current = null; // the latest instance record
 let timelineSignature = "";
+let forgesSignature = null;
 let pagePoll = null;
 
 // --- identity ----------------------------------------------------------------------------------
@@ -52,8 +57,8 @@ function renderIdentity(instance) {
     setText(byId(`f-${name}`), `${localTime(instance[name])} (${age(instance[name])} ago)`);
   }
   byId("teardown").hidden = !canTearDown(instance.status);
-  byId("heal").disabled = instance.status !== "ready";
-  setAttr(byId("heal"), "title", instance.status === "ready" ? null : "Heal needs a ready VM");
+  byId("heal").disabled = !canHeal(instance);
+  setAttr(byId("heal"), "title", canHeal(instance) ? null : "Heal needs a VM with an address");
 }
 
 // --- entry points ------------------------------------------------------------------------------
@@ -67,7 +72,9 @@ function renderEntryPoints(detail) {
     const opencode = byId("e-opencode");
     setAttr(opencode, "href", entry.opencode_url);
     setText(opencode, `${entry.opencode_url} ↗`);
-    setText(byId("e-agent"), entry.agent_url);
+    const agent = byId("e-agent");
+    setAttr(agent, "href", entry.agent_url);
+    setText(agent, entry.agent_url);
     setText(byId("e-ssh"), `ssh -i ~/.ssh/<your key> dark@${instance.address}`);
   } else if (instance.status === "retired") {
     setText(none, "The VM is gone. Its old address may belong to another VM by now.");
@@ -76,6 +83,29 @@ function renderEntryPoints(detail) {
   }
   byId("pubkey-block").hidden = !detail.ssh_pubkey;
   setText(byId("e-pubkey"), detail.ssh_pubkey || "");
+  renderForges(detail.forges || []);
+}
+
+// What init reported per forge: whether dark-agent registered the VM's key with it.
+function renderForges(forges) {
+  const signature = JSON.stringify(forges);
+  if (signature === forgesSignature) return;
+  forgesSignature = signature;
+  byId("forges").hidden = forges.length === 0;
+  byId("forges-none").hidden = forges.length > 0;
+  const rowsOut = forges.map((forge) =>
+    el(
+      "tr",
+      {},
+      el("td", { text: forge.name }),
+      el("td", { className: "mono", text: forge.host || "—" }),
+      el("td", {
+        className: forge.registered ? "good" : "warn",
+        text: forge.registered ? "registered" : "not registered",
+      }),
+    ),
+  );
+  byId("forges").tBodies[0].replaceChildren(...rowsOut);
 }
 
 // --- the guest ---------------------------------------------------------------------------------
@@ -155,7 +185,7 @@ async function heal() {
     result.hidden = false;
     setText(byId("heal-when"), `at ${clockTime()}`);
     setText(button, "Heal");
-    button.disabled = !current || current.status !== "ready";
+    button.disabled = !canHeal(current);
   }
 }
 
