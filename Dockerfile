@@ -6,7 +6,7 @@
 # out of the build context, and every credential arrives at run time from the environment
 # (docker-compose.yml reads it from .env).
 
-# --- build: the pinned dependencies in a virtual environment -------------------------------------
+# --- build: the runtime lock in a virtual environment --------------------------------------------
 FROM python:3.11-slim-bookworm AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -14,9 +14,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 RUN python -m venv /opt/venv
-COPY requirements.txt /tmp/requirements.txt
+# The runtime lock only (pyproject.toml's dependencies, every one pinned and hashed): no test tool,
+# linter, browser driver or OpenBao binary (requirements/dev.txt) reaches the image.
+COPY requirements/runtime.txt /tmp/runtime.txt
 # Every pin has a manylinux wheel for CPython 3.11, so no compiler is needed here.
-RUN /opt/venv/bin/pip install --no-compile -r /tmp/requirements.txt
+RUN /opt/venv/bin/pip install --no-compile --require-hashes -r /tmp/runtime.txt
 
 # --- runtime -------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm

@@ -2,14 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements/dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install tools test lint fmt lock clean run bench chaos rotate-bundle-key
 
-$(STAMP): requirements.txt pyproject.toml
+# The development lock (every package pinned and hashed: pip refuses anything else), then the
+# checkout itself for the `dark` entry point, as a separate command: an editable install has no hash.
+$(STAMP): requirements/dev.txt pyproject.toml
 	@echo "installing the Python packages into $(VENV) (the first time takes a few minutes)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
@@ -33,12 +35,14 @@ fmt: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Re-resolve requirements.in into the pinned requirements.txt.
-lock:
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet -r requirements.in
-	.lock-venv/bin/pip freeze > requirements.txt
-	rm -rf .lock-venv
+# Re-resolve the two locks with hashes: requirements/runtime.txt from pyproject.toml's dependencies
+# (what the image installs), requirements/dev.txt from those plus requirements/dev.in. Pins already
+# in a lock are kept when they still fit; UPGRADE=1 moves every package to its newest release.
+LOCK := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock: install
+	$(LOCK) pyproject.toml -o requirements/runtime.txt
+	$(LOCK) pyproject.toml requirements/dev.in -o requirements/dev.txt
 
 clean:
 	rm -rf $(VENV) .run
