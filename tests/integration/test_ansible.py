@@ -38,7 +38,7 @@ def ansible_env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "ansible-home"
     return {
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "HOME": str(tmp_path),  # nothing of ansible or ansible-lint lands in the real home
         "ANSIBLE_HOME": str(home),
         "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
         "ANSIBLE_CONFIG": str(PLAYBOOK_DIR / "ansible.cfg"),
