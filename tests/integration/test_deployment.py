@@ -320,7 +320,7 @@ def test_each_service_is_given_only_the_settings_it_reads(tmp_path, profiles):
     for name, token in vault_tokens.items():
         wanted = REQUIRED_ENV[f"{ROLE_OF[name].upper()}_VAULT_TOKEN"]
         assert token == wanted, f"{name} holds another role's Vault token"
-    assert set(services["flower"]["environment"]) == {"DARK_ENV", "REDIS_URL", "FLOWER_BASIC_AUTH"}
+    assert set(services["flower"]["environment"]) == SERVICE_SETTINGS["flower"]
     for name, svc in services.items():
         if name in HELPERS:
             continue
