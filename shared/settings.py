@@ -6,10 +6,10 @@ variable. `.env.example` lists every variable; a test keeps the two in step.
 
 import os
 import re
-from urllib.parse import parse_qs, urlsplit
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 # Which of a VM's addresses the control plane calls its guest at: the one-to-one NAT address, or the
 # VPC address (a control plane inside the VPC).

@@ -86,8 +86,8 @@ def test_the_direct_client_on_sentinels_asks_them_for_the_master_and_speaks_tls(
     client = broker_client(make_celery(settings))  # connects lazily: no network here
     pool = client.connection_pool
     assert pool.service_name == "dark"
-    assert [(c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
-            for c in pool.sentinel_manager.sentinels] == [("s1", 26379), ("s2", 26380)]  # fmt: skip
+    sentinels = [c.connection_pool.connection_kwargs for c in pool.sentinel_manager.sentinels]
+    assert [(s["host"], s["port"]) for s in sentinels] == [("s1", 26379), ("s2", 26380)]
     assert pool.connection_class is SentinelManagedSSLConnection
     assert pool.connection_kwargs["db"] == 3
     assert pool.connection_kwargs["password"] == "pw"
