@@ -24,9 +24,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import requests
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from deploy.openbao_setup import ROLE_TOKENS
-from shared.celery_app import QUEUE_PROVISION, QUEUE_RECONCILE
+from shared.celery_app import QUEUE_PROVISION, QUEUE_RECONCILE, broker_client, make_celery
 from shared.settings import SERVICE_SETTINGS, env_names, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +124,9 @@ def preflight(env: dict) -> list[str]:
     problems = []
     database = env["DATABASE_URL"]
     try:
+        # The server's own database, with the URL's TLS parameters (make_conninfo keeps them).
         psycopg.connect(
-            database.rpartition("/")[0] + "/postgres", connect_timeout=3, autocommit=True
+            make_conninfo(database, dbname="postgres"), connect_timeout=3, autocommit=True
         ).close()
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -133,7 +135,9 @@ def preflight(env: dict) -> list[str]:
             "(e.g. `service postgresql start`) or point DATABASE_URL at one"
         )
     try:
-        client = redis.Redis.from_url(env["REDIS_URL"], socket_connect_timeout=3, socket_timeout=3)
+        client = broker_client(
+            make_celery(load_settings(env)), socket_connect_timeout=3, socket_timeout=3
+        )
         client.ping()
         client.close()
     except (redis.RedisError, OSError, ValueError) as exc:
@@ -313,9 +317,9 @@ def main() -> int:
 
 
 def _create_database(url: str) -> None:
-    base, _, name = url.rpartition("/")
-    name = name.split("?")[0]
-    with psycopg.connect(f"{base}/postgres", autocommit=True, connect_timeout=5) as conn:
+    name = conninfo_to_dict(url)["dbname"]
+    admin = make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{name}"')

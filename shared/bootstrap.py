@@ -127,7 +127,7 @@ def build_gateway(
         agent_port=settings.agent_port,
         probes={
             "postgres": _postgres_probe(settings.database_url),
-            "redis": _redis_probe(celery_app.conf.broker_url),
+            "redis": _redis_probe(celery_app),
         },
         invites=invites or Invites(PostgresInviteStore(pool), ttl_secs=settings.invite_ttl_secs),
         onboarding_page_url=settings.onboarding_page_url,
@@ -151,15 +151,17 @@ def _postgres_probe(database_url: str) -> Callable[[], None]:
     return probe
 
 
-def _redis_probe(broker_url: str) -> Callable[[], None]:
-    import redis
+def _redis_probe(celery_app: Celery) -> Callable[[], None]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    # The broker the tasks go to; built once, connects lazily, and never retries: a probe that
-    # retries with backoff answers late exactly when it matters.
-    client = redis.Redis.from_url(
-        broker_url,
+    from shared.celery_app import broker_client
+
+    # The broker the tasks go to, reached as Celery reaches it (TLS, Sentinels); built once,
+    # connects lazily, and never retries: a probe that retries with backoff answers late exactly
+    # when it matters.
+    client = broker_client(
+        celery_app,
         socket_connect_timeout=PROBE_TIMEOUT_SECS,
         socket_timeout=PROBE_TIMEOUT_SECS,
         retry=Retry(NoBackoff(), 0),

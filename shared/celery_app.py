@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
+import redis
 from celery import Celery, Task, states
 from celery.concurrency.asynpool import AsynPool
 from celery.signals import before_task_publish, task_postrun, task_prerun
@@ -24,6 +27,7 @@ from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
+from redis.sentinel import Sentinel
 
 from shared.domain.errors import DispatchUnavailable, RegistryUnavailable
 from shared.domain.lifecycle import Status
@@ -68,9 +72,61 @@ _BROKER_ERRORS = (KombuError, OperationalError, RedisError, OSError)
 REQUEST_ID_HEADER = "request_id"
 
 
+def redis_tls_options(settings: Settings) -> dict[str, Any] | None:
+    """What Celery's `broker_use_ssl` / `redis_backend_use_ssl` and a redis-py client take to reach
+    Redis over TLS, the server's certificate always verified (against REDIS_CA_FILE, or the
+    system's roots); None for plain text. The settings refuse a redis:// URL with a CA file."""
+    if not (settings.redis_url.startswith("rediss://") or settings.redis_ca_file):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_ca_file:
+        options["ssl_ca_certs"] = settings.redis_ca_file
+    return options
+
+
+def redis_transport_options(settings: Settings) -> dict[str, Any]:
+    """The broker's and the result backend's transport options: the visibility timeout, and the
+    master's name when REDIS_URL lists Sentinels."""
+    options: dict[str, Any] = {"visibility_timeout": settings.celery_visibility_timeout}
+    if settings.redis_sentinel_master:
+        options["master_name"] = settings.redis_sentinel_master
+    return options
+
+
+def broker_client(app: Celery, **kwargs: Any) -> redis.Redis:
+    """A redis-py client on `app`'s broker as Celery reaches it: the same TLS options, the same
+    Sentinels and master. For what talks to Redis outside Celery (the gateway's readiness probe,
+    `make run`'s preflight); `kwargs` go to the connection (timeouts, retry)."""
+    url: str = app.conf.broker_url
+    tls: dict[str, Any] = dict(app.conf.broker_use_ssl or {})
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url, **tls, **kwargs)
+    options = app.conf.broker_transport_options or {}
+    parts = [urlsplit(u) for u in url.split(";") if u.strip()]
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's Sentinel is untyped
+        [(p.hostname or "localhost", p.port or 26379) for p in parts],
+        sentinel_kwargs=options.get("sentinel_kwargs"),
+        **kwargs,
+    )
+    # Kombu takes the master's credentials and DB number from the first URL.
+    first = parts[0]
+    master: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+        options["master_name"],
+        db=int(first.path.strip("/") or 0),
+        username=unquote(first.username) if first.username else None,
+        password=unquote(first.password) if first.password else None,
+        ssl=bool(tls),
+        **tls,
+    )
+    return master
+
+
 def make_celery(settings: Settings, name: str = "dark") -> Celery:
     app = Celery(name, broker=settings.redis_url, backend=settings.redis_url)
-    visibility = {"visibility_timeout": settings.celery_visibility_timeout}
+    transport = redis_transport_options(settings)
+    tls = redis_tls_options(settings)
+    if tls is not None:
+        app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -85,8 +141,8 @@ def make_celery(settings: Settings, name: str = "dark") -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=TASK_TIME_LIMIT_SECS,
         task_soft_time_limit=TASK_TIME_LIMIT_SECS - 10,
-        broker_transport_options=visibility,
-        result_backend_transport_options=visibility,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
         result_expires=24 * 3600,
         task_track_started=True,

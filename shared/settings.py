@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 # Which of a VM's addresses the control plane calls its guest at: the one-to-one NAT address, or the
 # VPC address (a control plane inside the VPC).
@@ -119,8 +120,30 @@ def env(
 @dataclass(frozen=True)
 class Settings:
     environment: str = env("DARK_ENV", "development", doc="development | production")
-    database_url: str = env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/dark")
-    redis_url: str = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+    database_url: str = env(
+        "DATABASE_URL",
+        "postgresql://postgres@127.0.0.1:5432/dark",
+        doc="a managed Postgres: ?sslmode=verify-full&sslrootcert=/path/to/root.crt",
+    )
+    db_require_tls: bool = env(
+        "DARK_DB_REQUIRE_TLS",
+        False,
+        _bool,
+        doc="refuse a DATABASE_URL without sslmode=verify-full (also implied by sslrootcert)",
+    )
+    redis_url: str = env(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        doc="broker and results: redis://, rediss:// (TLS) or sentinel://host:port;sentinel://...",
+    )
+    redis_ca_file: str | None = env(
+        "REDIS_CA_FILE",
+        doc="PEM file of the CA that signed Redis's certificate; set = TLS required (rediss://, or "
+        "sentinel:// whose masters speak TLS); unset with rediss:// = the system's roots",
+    )
+    redis_sentinel_master: str | None = env(
+        "REDIS_SENTINEL_MASTER", doc="the master's name; required with sentinel:// URLs"
+    )
     vault_addr: str = env("VAULT_ADDR", "http://127.0.0.1:8200")
     vault_token: str | None = env("VAULT_TOKEN", secret=True)
     vault_namespace: str | None = env("VAULT_NAMESPACE")
@@ -259,7 +282,9 @@ class Settings:
 # read it (tests/unit/test_settings.py fails on a setting no process reads).
 
 _COMMON = frozenset({"DARK_ENV", "DARK_LOG_LEVEL"})
-_BROKER = frozenset({"REDIS_URL", "CELERY_VISIBILITY_TIMEOUT_SECS"})
+_BROKER_URL = frozenset({"REDIS_URL", "REDIS_CA_FILE", "REDIS_SENTINEL_MASTER"})
+_BROKER = _BROKER_URL | {"CELERY_VISIBILITY_TIMEOUT_SECS"}
+_DB = frozenset({"DATABASE_URL", "DARK_DB_REQUIRE_TLS"})
 _VAULT = frozenset({"VAULT_ADDR", "VAULT_TOKEN", "VAULT_NAMESPACE", "VAULT_TIMEOUT_SECS"})
 _YC = frozenset(
     {
@@ -288,8 +313,8 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
     "api": _COMMON
     | _BROKER
     | _GUEST
+    | _DB
     | {
-        "DATABASE_URL",
         "DARK_BIND",
         "DARK_API_TOKENS",
         "DARK_SESSION_SECRET",
@@ -305,14 +330,15 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
     # Onboarding: its own Vault token (KV only); deleting a bundle needs Postgres, not transit.
     "onboarding": _COMMON
     | _VAULT
-    | {"DATABASE_URL", "VAULT_KV_MOUNT", "DARK_ONBOARDING_BIND", "DARK_ONBOARDING_TOKENS"},
+    | _DB
+    | {"VAULT_KV_MOUNT", "DARK_ONBOARDING_BIND", "DARK_ONBOARDING_TOKENS"},
     "provisioner": _COMMON
     | _BROKER
     | _VAULT
     | _YC
     | _GUEST
+    | _DB
     | {
-        "DATABASE_URL",
         "VAULT_KV_MOUNT",
         "VAULT_TRANSIT_MOUNT",
         "DARK_BUNDLE_KEY",
@@ -327,8 +353,8 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
     "reconciler": _COMMON
     | _BROKER
     | _YC
+    | _DB
     | {
-        "DATABASE_URL",
         "DARK_DEPLOYMENT",
         "DARK_MAX_INSTANCES_PER_TENANT",
         "RECONCILE_INTERVAL_SECS",
@@ -340,10 +366,10 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
     },
     "beat": _COMMON | _BROKER | {"RECONCILE_INTERVAL_SECS"},
     # Flower: the broker and its basic auth, nothing else.
-    "flower": frozenset({"DARK_ENV", "REDIS_URL", "FLOWER_BASIC_AUTH"}),
-    "migrate": _COMMON | {"DATABASE_URL"},
+    "flower": _BROKER_URL | {"DARK_ENV", "FLOWER_BASIC_AUTH"},
+    "migrate": _COMMON | _DB,
     # devtools/rotate_bundle_key.py, run by an operator with a token of the rotation policy.
-    "rotate": _COMMON | _VAULT | {"DATABASE_URL", "VAULT_TRANSIT_MOUNT", "DARK_BUNDLE_KEY"},
+    "rotate": _COMMON | _VAULT | _DB | {"VAULT_TRANSIT_MOUNT", "DARK_BUNDLE_KEY"},
 }
 
 
@@ -392,6 +418,63 @@ def _check(s: Settings) -> None:
         )
     if s.flower_basic_auth is not None and ":" not in s.flower_basic_auth:
         raise SettingsError("FLOWER_BASIC_AUTH: expected user:password")
+    _check_redis_tls(s)
+    _check_database_tls(s)
+
+
+# TLS is never downgraded: a configuration that asks for it (a CA file, a root certificate,
+# DARK_DB_REQUIRE_TLS) and a URL that would connect in plain text or without verifying the server
+# is refused at start-up, not left to whatever the client library falls back to.
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+
+
+def _check_redis_tls(s: Settings) -> None:
+    scheme, sep, rest = s.redis_url.partition("://")
+    if not sep or scheme not in REDIS_SCHEMES:
+        raise SettingsError("REDIS_URL: expected a redis://, rediss:// or sentinel:// URL")
+    if scheme == "sentinel" and not s.redis_sentinel_master:
+        raise SettingsError("REDIS_SENTINEL_MASTER: required with a sentinel:// REDIS_URL")
+    if scheme != "sentinel" and s.redis_sentinel_master:
+        raise SettingsError("REDIS_SENTINEL_MASTER: only with a sentinel:// REDIS_URL")
+    if s.redis_ca_file and scheme == "redis":
+        raise SettingsError(
+            "REDIS_URL: REDIS_CA_FILE is set, so Redis is reached over TLS: use rediss://, "
+            "not redis://"
+        )
+    # Celery reads ssl_cert_reqs from a rediss:// URL's query: none or optional would connect to
+    # whoever answers. The certificate is always verified (the CA file, or the system's roots).
+    if "ssl_cert_reqs" in rest.lower() and "ssl_cert_reqs=cert_required" not in rest.lower():
+        raise SettingsError("REDIS_URL: ssl_cert_reqs other than CERT_REQUIRED is refused")
+    if s.redis_ca_file and not os.path.isfile(s.redis_ca_file):
+        raise SettingsError(f"REDIS_CA_FILE: no such file: {s.redis_ca_file}")
+
+
+_CONNINFO_PAIR_RE = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _conninfo_params(conninfo: str) -> dict[str, str]:
+    """The parameters of a libpq URL (postgresql://...?k=v) or key=value string. Parsed here rather
+    than by psycopg: the settings module is imported by the I/O-free layers."""
+    if conninfo.startswith(("postgresql://", "postgres://")):
+        return {k: v[-1] for k, v in parse_qs(urlsplit(conninfo).query).items()}
+    return {
+        key: value[1:-1].replace("\\'", "'") if value.startswith("'") else value
+        for key, value in _CONNINFO_PAIR_RE.findall(conninfo)
+    }
+
+
+def _check_database_tls(s: Settings) -> None:
+    params = _conninfo_params(s.database_url)
+    sslmode = params.get("sslmode")
+    rootcert = params.get("sslrootcert")
+    if (s.db_require_tls or rootcert) and sslmode != "verify-full":
+        why = "DARK_DB_REQUIRE_TLS is on" if s.db_require_tls else "it names an sslrootcert"
+        raise SettingsError(
+            f"DATABASE_URL: {why}, so it needs sslmode=verify-full (not {sslmode or 'unset'}): "
+            "anything less connects without checking whose server it is, or in plain text"
+        )
+    if rootcert and rootcert != "system" and not os.path.isfile(str(rootcert)):
+        raise SettingsError(f"DATABASE_URL: sslrootcert: no such file: {rootcert}")
 
 
 def _check_production(s: Settings, service: str | None, *, deployment_set: bool) -> None:

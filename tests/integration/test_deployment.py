@@ -22,7 +22,7 @@ import requests
 
 from devtools import run as make_run
 from shared.celery_app import QUEUES, ROUTES
-from shared.settings import SERVICE_SETTINGS, env_names, load_settings
+from shared.settings import SERVICE_SETTINGS, SettingsError, env_names, load_settings
 from tests.support.processes import (
     ROOT,
     VENV_BIN,
@@ -320,7 +320,7 @@ def test_each_service_is_given_only_the_settings_it_reads(tmp_path, profiles):
     for name, token in vault_tokens.items():
         wanted = REQUIRED_ENV[f"{ROLE_OF[name].upper()}_VAULT_TOKEN"]
         assert token == wanted, f"{name} holds another role's Vault token"
-    assert set(services["flower"]["environment"]) == {"DARK_ENV", "REDIS_URL", "FLOWER_BASIC_AUTH"}
+    assert set(services["flower"]["environment"]) == SERVICE_SETTINGS["flower"]
     for name, svc in services.items():
         if name in HELPERS:
             continue
@@ -689,3 +689,66 @@ def test_demo_sim_refuses_to_start_without_the_clouds_token(tmp_path):
         check=False,
     )
     assert result.returncode != 0 and "YC_IAM_TOKEN" in result.stderr
+
+
+# --- deploy/docker-compose.workers.yml: workers on other hosts ------------------------------------
+
+WORKERS_FILE = ROOT / "deploy" / "docker-compose.workers.yml"
+WORKERS_ENV = {
+    "DATABASE_URL": "postgresql://dark:pw@pg.example:6432/dark?sslmode=verify-full"
+    "&sslrootcert=system",
+    "REDIS_URL": "rediss://:pw@redis.example:6380/0",
+    "VAULT_ADDR": "https://vault.example:8200",
+    "PROVISIONER_VAULT_TOKEN": REQUIRED_ENV["PROVISIONER_VAULT_TOKEN"],
+    "DARK_VM_IMAGE": REQUIRED_ENV["DARK_VM_IMAGE"],
+    "YC_SECURITY_GROUP_IDS": REQUIRED_ENV["YC_SECURITY_GROUP_IDS"],
+    "YC_FOLDER_ID": "b1gfolder0123456789",
+    "YC_SUBNET_ID": "e9bsubnet0123456789",
+    "DARK_DEPLOYMENT": "compose-test",
+}
+
+
+def workers_config(tmp_path: Path, env: dict, profiles=()) -> subprocess.CompletedProcess:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_CONFIG")}
+    argv = [*compose_command(), "--file", str(WORKERS_FILE), "--env-file", str(empty)]
+    for profile in profiles:
+        argv += ["--profile", profile]
+    return subprocess.run(
+        [*argv, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env={**keep, **env},
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("profiles", [(), ("reconcile",)], ids=lambda p: "-".join(p) or "none")
+def test_the_worker_only_compose_file_runs_workers_on_remote_tls_state(tmp_path, profiles):
+    result = workers_config(tmp_path, WORKERS_ENV, profiles)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    # No state of its own: Postgres, Redis and Vault are remote; no gateway either.
+    assert set(services) == ({"provisioner"} | ({"reconciler", "beat"} if profiles else set()))
+    for name, svc in services.items():
+        env = {k: v or "" for k, v in svc["environment"].items()}
+        role = "provisioner" if name == "provisioner" else name
+        assert set(env) <= SERVICE_SETTINGS[role], name
+        if role != "beat":
+            settings = load_settings({**env, "YC_SA_KEY_FILE": "/k.json"}, service=role)
+            assert settings.production and settings.db_require_tls, name
+    # The same queue check as the main file: every routed queue consumed, one beat.
+    if profiles:
+        assert_every_queue_consumed_and_one_beat(
+            service_commands(json.loads(result.stdout)), "workers"
+        )
+
+
+def test_the_worker_only_compose_file_refuses_a_plain_text_database_url(tmp_path):
+    plain = {**WORKERS_ENV, "DATABASE_URL": "postgresql://dark:pw@pg.example:6432/dark"}
+    services = json.loads(workers_config(tmp_path, plain).stdout)["services"]
+    env = {k: v or "" for k, v in services["provisioner"]["environment"].items()}
+    with pytest.raises(SettingsError, match="sslmode=verify-full"):
+        load_settings({**env, "YC_SA_KEY_FILE": "/k.json"}, service="provisioner")

@@ -131,7 +131,14 @@ def test_every_setting_is_read_by_some_service():
 def test_only_onboarding_the_provisioner_and_rotation_read_a_vault_token():
     holders = {name for name, reads in SERVICE_SETTINGS.items() if "VAULT_TOKEN" in reads}
     assert holders == {"onboarding", "provisioner", "rotate"}
-    assert SERVICE_SETTINGS["flower"] == {"DARK_ENV", "REDIS_URL", "FLOWER_BASIC_AUTH"}
+    # Flower: the broker (its URL, CA file and Sentinel master) and its basic auth, nothing else.
+    assert SERVICE_SETTINGS["flower"] == {
+        "DARK_ENV",
+        "REDIS_URL",
+        "REDIS_CA_FILE",
+        "REDIS_SENTINEL_MASTER",
+        "FLOWER_BASIC_AUTH",
+    }
 
 
 PER_SERVICE = {
