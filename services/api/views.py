@@ -38,7 +38,6 @@ from services.api.schemas import (
     TenantList,
     TenantsQuery,
     WaitQuery,
-    dump_instance,
 )
 from shared.bootstrap import GatewayServices
 from shared.domain.errors import DispatchUnavailable, GuestError, GuestUnreachable, InstanceNotFound
@@ -227,16 +226,16 @@ def reconcile_runs(query: dict):
 @error_responses(bp, 401, 422, 503)
 def list_instances(query: dict):
     """List instances, newest first"""
-    items, next_cursor = _gateway().registry.list(
+    items, next_cursor = _gateway().registry.list_summaries(
         tenant=query.get("tenant"),
         statuses=[query["status"]] if "status" in query else None,
         limit=query["limit"],
         cursor=query.get("cursor"),
     )
-    # The InstancePage the route declares, dumped by hand (schemas.dump_instance says why) and
-    # encoded by the app's JSON provider, as flask-smorest would encode the schema's dump.
-    page = {"items": [dump_instance(item) for item in items], "next_cursor": next_cursor}
-    return current_app.json.response(page)
+    # The InstancePage the route declares: the registry hands out each item as InstanceOut dumps
+    # it (shared/domain/records.py's instance_summary), and the app's JSON provider encodes the
+    # page as flask-smorest would encode the schema's dump.
+    return current_app.json.response({"items": items, "next_cursor": next_cursor})
 
 
 @bp.route("/tenants")

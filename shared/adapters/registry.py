@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.db import Row, pooled_cursor
+from shared.adapters.db import Row, pooled_cursor, read_cursor
 from shared.domain.errors import (
     InstanceNotFound,
     InvalidCursor,
@@ -34,7 +34,7 @@ from shared.domain.errors import (
     TransitionConflict,
 )
 from shared.domain.lifecycle import LIVE, Status, check_transition
-from shared.domain.records import Event, Instance, vm_name_for
+from shared.domain.records import SUMMARY_FIELDS, Event, Instance, vm_name_for
 from shared.domain.tenants import TenantName
 from shared.ports import MAX_PAGE_SIZE
 
@@ -67,8 +67,11 @@ _CURSOR = struct.Struct(">q16s")  # created_at in µs since the epoch, then the 
 class PostgresFleetRegistry:
     """FleetRegistry (shared/ports.py) on a psycopg connection pool."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, read_pool: ConnectionPool | None = None) -> None:
+        """`read_pool`, if given (db.make_read_pool), serves `list_summaries`: one statement, no
+        transaction around it. Everything else, and that too without one, uses `pool`."""
         self._pool = pool
+        self._read_pool = read_pool or pool
 
     def create(
         self, tenant: TenantName, *, request_key: str | None = None, max_live: int | None = None
@@ -134,30 +137,34 @@ class PostgresFleetRegistry:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[Instance], str | None]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-            raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
-        conditions: list[sql.Composable] = []
-        params: list[object] = []
-        if tenant is not None:
-            conditions.append(sql.SQL("tenant = %s"))
-            params.append(tenant)
-        if statuses is not None:
-            conditions.append(sql.SQL("status = ANY(%s)"))
-            params.append([status.value for status in _statuses(statuses)])
-        if cursor is not None:
-            # Keyset pagination: rows strictly after the last one handed out, in the index order.
-            conditions.append(sql.SQL("(created_at, id) < (%s, %s)"))
-            params.extend(_decode_cursor(cursor))
-        query = sql.SQL(
-            "SELECT {} FROM instances WHERE {} ORDER BY created_at DESC, id DESC LIMIT %s"
-        ).format(_COLUMNS, sql.SQL(" AND ").join(conditions or [sql.SQL("TRUE")]))
+        query, params = _page_query(_COLUMNS, tenant, statuses, limit, cursor)
         with self._cursor() as cur:
             # One row more than the page tells whether there is a next page.
-            rows = cur.execute(query, [*params, limit + 1]).fetchall()
+            rows = cur.execute(query, params).fetchall()
         items = [_instance(row) for row in rows[:limit]]
         if len(rows) <= limit:
             return items, None
         return items, _encode_cursor(items[-1].created_at, items[-1].id)
+
+    def list_summaries(
+        self,
+        *,
+        tenant: TenantName | None = None,
+        statuses: Iterable[Status] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[builtins.list[dict[str, object]], str | None]:
+        # Postgres writes each summary as it stands (ids as text, timestamps in isoformat's own
+        # shape), so a row is the dict psycopg builds and nothing is converted here.
+        query, params = _page_query(_SUMMARY_COLUMNS, tenant, statuses, limit, cursor)
+        with read_cursor(self._read_pool, "the fleet registry database is unreachable") as cur:
+            rows: builtins.list[dict[str, object]] = cur.execute(query, params).fetchall()
+        if len(rows) <= limit:
+            return rows, None
+        del rows[limit:]
+        last = rows[-1]
+        created_at = datetime.fromisoformat(str(last["created_at"]))
+        return rows, _encode_cursor(created_at, uuid.UUID(str(last["id"])))
 
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         with self._cursor() as cur:
@@ -285,6 +292,60 @@ class PostgresFleetRegistry:
 
     def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor[Row]]:
         return pooled_cursor(self._pool, "the fleet registry database is unreachable")
+
+
+def _page_query(
+    columns: sql.Composable,
+    tenant: TenantName | None,
+    statuses: Iterable[Status] | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[sql.Composed, list[object]]:
+    """A page's statement, newest first, asking for one row more than `limit`: that one tells
+    whether there is a next page."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+    conditions: list[sql.Composable] = []
+    params: list[object] = []
+    if tenant is not None:
+        conditions.append(sql.SQL("tenant = %s"))
+        params.append(tenant)
+    if statuses is not None:
+        conditions.append(sql.SQL("status = ANY(%s)"))
+        params.append([status.value for status in _statuses(statuses)])
+    if cursor is not None:
+        # Keyset pagination: rows strictly after the last one handed out, in the index order.
+        conditions.append(sql.SQL("(created_at, id) < (%s, %s)"))
+        params.extend(_decode_cursor(cursor))
+    # The ORDER BY names the table's columns: a bare name would mean the output column of that
+    # name first, which in a summary is text computed for every row, sorted without the index.
+    query = sql.SQL(
+        "SELECT {} FROM instances WHERE {}"
+        " ORDER BY instances.created_at DESC, instances.id DESC LIMIT %s"
+    ).format(columns, sql.SQL(" AND ").join(conditions or [sql.SQL("TRUE")]))
+    return query, [*params, limit + 1]
+
+
+def _iso_utc(column: str) -> sql.Composable:
+    """`column` (a timestamptz) as `datetime.isoformat()` writes it in UTC: microseconds only
+    when there are any, then +00:00."""
+    utc = sql.SQL("({} AT TIME ZONE 'UTC')").format(sql.Identifier(column))
+    return sql.SQL(
+        "to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+        " || CASE to_char({utc}, 'US') WHEN '000000' THEN '' ELSE '.' || to_char({utc}, 'US') END"
+        " || '+00:00' AS {name}"
+    ).format(utc=utc, name=sql.Identifier(column))
+
+
+# SUMMARY_FIELDS (shared/domain/records.py), each as instance_summary writes it.
+_SUMMARY_SQL = {
+    "id": sql.SQL("id::text AS id"),
+    "created_at": _iso_utc("created_at"),
+    "updated_at": _iso_utc("updated_at"),
+}
+_SUMMARY_COLUMNS = sql.SQL(", ").join(
+    _SUMMARY_SQL.get(name, sql.Identifier(name)) for name in SUMMARY_FIELDS
+)
 
 
 def _statuses(statuses: Status | Iterable[Status]) -> tuple[Status, ...]:
