@@ -642,7 +642,7 @@ def read_pool(migrated_database_url):
 def test_summaries_are_the_instances_as_instance_summary_writes_them(pg_pool, read_pool, tenant):
     registry = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
     base = datetime(2026, 3, 1, 9, 0, 0, tzinfo=UTC)
-    # Whole seconds (isoformat leaves the fraction out), a fraction with trailing zeros, any fraction.
+    # Whole seconds (isoformat leaves the fraction out), a fraction ending in zeros, any fraction.
     stamps = [base, base + timedelta(microseconds=120_000), base + timedelta(microseconds=7)]
     made = []
     for at in stamps:
