@@ -63,16 +63,18 @@ class FleetRegistry(Protocol):
         out → InvalidCursor.
         """
 
-    def list_summaries(
+    def list_json(
         self,
         *,
         tenant: TenantName | None = None,
         statuses: Iterable[Status] | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[builtins.list[dict[str, object]], str | None]:
-        """`list`'s page as `instance_summary` dicts (shared/domain/records.py), the same rows and
-        the same cursor: what the gateway's list answers, built without an Instance per row."""
+    ) -> tuple[str, str | None]:
+        """`list`'s page, the same rows and the same cursor, as one JSON array of their
+        `instance_summary` objects, exactly as `summaries_json` writes it (both in
+        shared/domain/records.py): what the gateway's list answers, built without an Instance or a
+        dict per row."""
 
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         """Every row in one of `statuses`, oldest first (for reconcile and resuming work)."""

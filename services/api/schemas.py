@@ -154,7 +154,7 @@ def dump_instance(instance: Instance) -> dict[str, object]:
     """`InstanceOut().dump(instance)`, by hand: the list answers up to 200 of these per request, and
     marshmallow's field-by-field dump was most of that request's time. Same fields, same values
     (tests/unit/test_instance_dump.py holds the two equal, field set included); the registry's
-    `list_summaries` builds the same dicts in SQL."""
+    `list_json` writes the same objects in SQL."""
     return instance_summary(instance)
 
 

@@ -113,16 +113,18 @@ class _IdleCheck:
 
 
 @contextlib.contextmanager
-def read_cursor(pool: ConnectionPool, unavailable: str) -> Iterator[psycopg.Cursor[Row]]:
+def read_cursor(
+    pool: ConnectionPool, unavailable: str, *, row_factory: RowFactory[Any] = dict_row
+) -> Iterator[psycopg.Cursor[Any]]:
     """A cursor for one read statement. On an autocommit pool (`make_read_pool`) there is no
     transaction around it; on any other it is `pooled_cursor`'s. Errors as `pooled_cursor`."""
     try:
         with pool.connection() as conn:
             if not conn.autocommit:
-                with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                with conn.transaction(), conn.cursor(row_factory=row_factory) as cur:
                     yield cur
                 return
-            with conn.cursor(row_factory=dict_row) as cur:
+            with conn.cursor(row_factory=row_factory) as cur:
                 yield cur
     except psycopg.OperationalError as exc:
         raise RegistryUnavailable(unavailable) from exc

@@ -1,5 +1,6 @@
 """Records the registry stores and the domain reasons about."""
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,8 +109,8 @@ class VmSpec:
 # What a listing shows of an instance, in JSON's own types: the id as text, the status by value,
 # the timestamps in ISO 8601 as `datetime.isoformat()` writes them in UTC. No forges, no key, no
 # internal tokens. The gateway's list answers these as they are (services/api/schemas.py's
-# InstanceOut declares them), and the registry can build them straight from a row
-# (FleetRegistry.list_summaries), without making an Instance first.
+# InstanceOut declares them); the registry writes a page of them as JSON straight from the rows
+# (FleetRegistry.list_json), without making an Instance or a dict first.
 SUMMARY_FIELDS = (
     "id",
     "tenant",
@@ -136,6 +137,12 @@ def instance_summary(instance: Instance) -> dict[str, object]:
         "created_at": _utc_iso(instance.created_at),
         "updated_at": _utc_iso(instance.updated_at),
     }
+
+
+def summaries_json(summaries: list[dict[str, object]]) -> str:
+    """Summaries as one JSON array, written as the gateway's JSON provider (Flask's) writes JSON:
+    keys sorted, no whitespace, everything outside printable ASCII escaped."""
+    return json.dumps(summaries, sort_keys=True, separators=(",", ":"))
 
 
 def _utc_iso(value: datetime) -> str:

@@ -5,6 +5,7 @@ Each test works on tenants of its own and deletes their rows (events cascade) wh
 """
 
 import base64
+import json
 import secrets
 import struct
 import threading
@@ -31,7 +32,7 @@ from shared.domain.errors import (
     TransitionConflict,
 )
 from shared.domain.lifecycle import IN_FLIGHT, Status
-from shared.domain.records import Event, instance_summary
+from shared.domain.records import Event, instance_summary, summaries_json
 from shared.domain.tenants import TenantName
 from tests.support.processes import free_port
 
@@ -639,46 +640,48 @@ def read_pool(migrated_database_url):
     pool.close()
 
 
-def test_summaries_are_the_instances_as_instance_summary_writes_them(pg_pool, read_pool, tenant):
+def test_list_json_is_the_page_as_summaries_json_writes_it(pg_pool, read_pool, tenant):
     registry = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
     base = datetime(2026, 3, 1, 9, 0, 0, tzinfo=UTC)
-    # Whole seconds (isoformat leaves the fraction out), a fraction ending in zeros, any fraction.
-    stamps = [base, base + timedelta(microseconds=120_000), base + timedelta(microseconds=7)]
+    # Whole seconds (isoformat leaves the fraction out), a fraction ending in zeros, any fraction;
+    # reasons Postgres and Python escape alike, and ones only Python escapes (non-ASCII, DEL).
+    rows = [
+        (base, 'guest said "no"\\ \n\t\x01 </script>'),
+        (base + timedelta(microseconds=120_000), "guest said «nein» 🙂"),
+        (base + timedelta(microseconds=7), "rubout \x7f"),
+        (base - timedelta(days=1), None),
+    ]
     made = []
-    for at in stamps:
+    for at, reason in rows:
         instance = registry.create(tenant)[0]
         with pg_pool.connection() as conn:
             conn.execute(
                 "UPDATE instances SET created_at = %s, updated_at = %s + interval '1 day',"
-                " reason = 'guest said «nein»', address = '10.0.0.9' WHERE id = %s",
-                (at, at, instance.id),
+                " reason = %s, address = '10.0.0.9' WHERE id = %s",
+                (at, at, reason, instance.id),
             )
         made.append(instance.id)
     walk(registry, made[0], S.PROVISIONING)
 
     for filters in ({"tenant": tenant}, {"tenant": tenant, "statuses": [S.PENDING]}):
         for limit in (1, 2, 500):
-            pages, summaries = [], []
-            cursor = "start"
-            while cursor is not None:
-                cursor = None if cursor == "start" else cursor
+            cursor = None
+            while True:
                 items, next_cursor = registry.list(limit=limit, cursor=cursor, **filters)
-                got, got_cursor = registry.list_summaries(limit=limit, cursor=cursor, **filters)
-                assert got_cursor == next_cursor
-                pages.extend(items)
-                summaries.extend(got)
+                text, json_cursor = registry.list_json(limit=limit, cursor=cursor, **filters)
+                assert text == summaries_json([instance_summary(item) for item in items])
+                assert json_cursor == next_cursor
+                if next_cursor is None:
+                    break
                 cursor = next_cursor
-            assert summaries == [instance_summary(item) for item in pages]
-    # Newest first: 120 ms after the base, then 7 µs after it, then the base.
-    assert [s["id"] for s in registry.list_summaries(tenant=tenant)[0]] == [
-        str(made[1]),
-        str(made[2]),
-        str(made[0]),
-    ]
+    # Newest first: 120 ms after the base, 7 µs after it, the base, the day before.
+    listed = json.loads(registry.list_json(tenant=tenant)[0])
+    assert [item["id"] for item in listed] == [str(made[i]) for i in (1, 2, 0, 3)]
+    assert registry.list_json(tenant=tenant, statuses=[])[0] == "[]"
     with pytest.raises(ValueError):
-        registry.list_summaries(limit=0)
+        registry.list_json(limit=0)
     with pytest.raises(InvalidCursor):
-        registry.list_summaries(cursor="garbage")
+        registry.list_json(cursor="garbage")
 
 
 def test_a_read_on_the_read_pool_opens_no_transaction(pg_pool, read_pool, migrated_database_url):
@@ -709,26 +712,26 @@ def test_the_read_pool_checks_a_connection_only_after_it_sat_idle(migrated_datab
     )
     try:
         registry = PostgresFleetRegistry(pool, read_pool=pool)
-        registry.list_summaries(limit=1)
+        registry.list_json(limit=1)
 
         # Used a moment ago: not checked, so a connection the server dropped fails this one read...
         _kill_read_pool_backends(migrated_database_url)
         with pytest.raises(RegistryUnavailable):
-            registry.list_summaries(limit=1)
+            registry.list_json(limit=1)
         # ...and the pool replaces it.
         wait_for(lambda: _lists(registry))
 
         # Idle past the limit (as across a Postgres restart): checked, replaced, nothing fails.
         _kill_read_pool_backends(migrated_database_url)
         time.sleep(0.5)
-        registry.list_summaries(limit=1)
+        registry.list_json(limit=1)
     finally:
         pool.close()
 
 
 def _lists(registry) -> bool:
     try:
-        registry.list_summaries(limit=1)
+        registry.list_json(limit=1)
     except RegistryUnavailable:
         return False
     return True
