@@ -158,13 +158,22 @@ class PostgresFleetRegistry:
     ) -> tuple[str, str | None]:
         # Postgres writes each item's JSON (_SUMMARY_JSON); here they are only joined.
         page, params = _page_query(_SUMMARY_COLUMNS, tenant, statuses, limit, cursor)
-        query = sql.SQL(
-            "SELECT {} AS item, page.created_at, page.id FROM ({}) AS page"
-            " ORDER BY page.created DESC, page.instance DESC"
-        ).format(_SUMMARY_JSON, page)
+        # The statement's text depends only on which filters are present: rendered once each.
+        shape = (tenant is not None, statuses is not None, cursor is not None)
         with read_cursor(
             self._read_pool, "the fleet registry database is unreachable", row_factory=tuple_row
         ) as cur:
+            query = _LIST_JSON_QUERIES.get(shape)
+            if query is None:
+                query = sql.SQL(
+                    sql.SQL(
+                        "SELECT {} AS item, page.created_at, page.id FROM ({}) AS page"
+                        " ORDER BY page.created DESC, page.instance DESC"
+                    )
+                    .format(_SUMMARY_JSON, page)
+                    .as_string(cur)
+                )
+                _LIST_JSON_QUERIES[shape] = query
             rows = cur.execute(query, params).fetchall()
         text = "[" + ",".join([row[0] for row in rows[:limit]]) + "]"
         if not text.isascii() or "\x7f" in text:
@@ -359,18 +368,17 @@ _SUMMARY_COLUMNS = sql.SQL(", ").join(
         sql.SQL("instances.created_at AS created, instances.id AS instance"),
     ]
 )
-# Each row's summary as one JSON object, keys sorted and no whitespace, as summaries_json writes it;
-# Postgres's to_json escapes a string as Python's json does, but for non-ASCII characters and DEL.
-_SUMMARY_JSON = (
-    sql.SQL("'{' || ")
-    + sql.SQL(" || ',' || ").join(
-        sql.SQL("{} || coalesce(to_json(page.{})::text, 'null')").format(
-            sql.Literal(f'"{name}":'), sql.Identifier(name)
-        )
+# Each row's summary as one JSON object, keys sorted and no whitespace, as summaries_json writes it:
+# row_to_json names the fields in the order they are selected, here sorted. Postgres escapes a
+# string as Python's json does, but for non-ASCII characters and DEL (list_json sees to those).
+_SUMMARY_JSON = sql.SQL("(SELECT row_to_json(item)::text FROM (SELECT {}) AS item)").format(
+    sql.SQL(", ").join(
+        sql.SQL("page.{} AS {}").format(sql.Identifier(name), sql.Identifier(name))
         for name in sorted(SUMMARY_FIELDS)
     )
-    + sql.SQL(" || '}'")
 )
+# list_json's statement, by which filters it has (tenant, statuses, cursor).
+_LIST_JSON_QUERIES: dict[tuple[bool, bool, bool], sql.SQL] = {}
 
 
 def _statuses(statuses: Status | Iterable[Status]) -> tuple[Status, ...]:
