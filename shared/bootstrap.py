@@ -90,7 +90,7 @@ def build_gateway(
 ) -> GatewayServices:
     """The gateway's objects. Tests hand in a registry on their own pool, or a Celery app on their
     own Redis DB; whatever is not passed is built from the settings."""
-    from shared.adapters.db import make_pool
+    from shared.adapters.db import make_pool, make_read_pool
     from shared.adapters.fleet_stats import CachedFleetStats, PostgresFleetStats
     from shared.adapters.guest import HttpGuestAgent
     from shared.adapters.invites import PostgresInviteStore
@@ -105,7 +105,10 @@ def build_gateway(
 
     celery_app = celery_app or make_celery(settings)
     pool = make_pool(settings.database_url)
-    registry = registry or PostgresFleetRegistry(pool)
+    # The list's reads go through autocommit connections of their own (db.make_read_pool).
+    registry = registry or PostgresFleetRegistry(
+        pool, read_pool=make_read_pool(settings.database_url)
+    )
     tenants = tenants or PostgresTenantDirectory(pool)
     if fleet is None:
         fleet = FleetService(

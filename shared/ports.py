@@ -64,6 +64,19 @@ class FleetRegistry(Protocol):
         out → InvalidCursor.
         """
 
+    def list_json(
+        self,
+        *,
+        tenant: TenantName | None = None,
+        statuses: Iterable[Status] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[str, str | None]:
+        """`list`'s page, the same rows and the same cursor, as one JSON array of their
+        `instance_summary` objects, exactly as `summaries_json` writes it (both in
+        shared/domain/records.py): what the gateway's list answers, built without an Instance or a
+        dict per row."""
+
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         """Every row in one of `statuses`, oldest first (for reconcile and resuming work)."""
 

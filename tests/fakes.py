@@ -33,6 +33,8 @@ from shared.domain.records import (
     OperationState,
     VmSpec,
     VmStatus,
+    instance_summary,
+    summaries_json,
     vm_name_for,
 )
 from shared.domain.tenant_records import TenantRecord
@@ -123,6 +125,17 @@ class FakeRegistry:
         page = rows[start : start + limit]
         more = start + limit < len(rows)
         return page, str(start + limit) if more else None
+
+    def list_json(
+        self,
+        *,
+        tenant: TenantName | None = None,
+        statuses: Iterable[Status] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[str, str | None]:
+        page, next_cursor = self.list(tenant=tenant, statuses=statuses, limit=limit, cursor=cursor)
+        return summaries_json([instance_summary(row) for row in page]), next_cursor
 
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         wanted = set(statuses)

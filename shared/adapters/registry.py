@@ -15,6 +15,7 @@ import base64
 import builtins
 import contextlib
 import dataclasses
+import json
 import struct
 import uuid
 from collections.abc import Iterable
@@ -23,10 +24,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.db import Row, pooled_cursor
+from shared.adapters.db import Row, pooled_cursor, read_cursor
 from shared.domain.errors import (
     InstanceNotFound,
     InvalidCursor,
@@ -34,7 +36,7 @@ from shared.domain.errors import (
     TransitionConflict,
 )
 from shared.domain.lifecycle import LIVE, Status, check_transition
-from shared.domain.records import Event, Instance, vm_name_for
+from shared.domain.records import SUMMARY_FIELDS, Event, Instance, summaries_json, vm_name_for
 from shared.domain.tenants import TenantName
 from shared.ports import MAX_PAGE_SIZE
 
@@ -67,8 +69,11 @@ _CURSOR = struct.Struct(">q16s")  # created_at in µs since the epoch, then the 
 class PostgresFleetRegistry:
     """FleetRegistry (shared/ports.py) on a psycopg connection pool."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, read_pool: ConnectionPool | None = None) -> None:
+        """`read_pool`, if given (db.make_read_pool), serves `list_json`: one statement, no
+        transaction around it. Everything else, and that too without one, uses `pool`."""
         self._pool = pool
+        self._read_pool = read_pool or pool
 
     def create(
         self, tenant: TenantName, *, request_key: str | None = None, max_live: int | None = None
@@ -134,30 +139,51 @@ class PostgresFleetRegistry:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[Instance], str | None]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-            raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
-        conditions: list[sql.Composable] = []
-        params: list[object] = []
-        if tenant is not None:
-            conditions.append(sql.SQL("tenant = %s"))
-            params.append(tenant)
-        if statuses is not None:
-            conditions.append(sql.SQL("status = ANY(%s)"))
-            params.append([status.value for status in _statuses(statuses)])
-        if cursor is not None:
-            # Keyset pagination: rows strictly after the last one handed out, in the index order.
-            conditions.append(sql.SQL("(created_at, id) < (%s, %s)"))
-            params.extend(_decode_cursor(cursor))
-        query = sql.SQL(
-            "SELECT {} FROM instances WHERE {} ORDER BY created_at DESC, id DESC LIMIT %s"
-        ).format(_COLUMNS, sql.SQL(" AND ").join(conditions or [sql.SQL("TRUE")]))
+        query, params = _page_query(_COLUMNS, tenant, statuses, limit, cursor)
         with self._cursor() as cur:
             # One row more than the page tells whether there is a next page.
-            rows = cur.execute(query, [*params, limit + 1]).fetchall()
+            rows = cur.execute(query, params).fetchall()
         items = [_instance(row) for row in rows[:limit]]
         if len(rows) <= limit:
             return items, None
         return items, _encode_cursor(items[-1].created_at, items[-1].id)
+
+    def list_json(
+        self,
+        *,
+        tenant: TenantName | None = None,
+        statuses: Iterable[Status] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[str, str | None]:
+        # Postgres writes each item's JSON (_SUMMARY_JSON); here they are only joined.
+        page, params = _page_query(_SUMMARY_COLUMNS, tenant, statuses, limit, cursor)
+        # The statement's text depends only on which filters are present: rendered once each.
+        shape = (tenant is not None, statuses is not None, cursor is not None)
+        with read_cursor(
+            self._read_pool, "the fleet registry database is unreachable", row_factory=tuple_row
+        ) as cur:
+            query = _LIST_JSON_QUERIES.get(shape)
+            if query is None:
+                query = sql.SQL(
+                    sql.SQL(
+                        "SELECT {} AS item, page.created_at, page.id FROM ({}) AS page"
+                        " ORDER BY page.created DESC, page.instance DESC"
+                    )
+                    .format(_SUMMARY_JSON, page)
+                    .as_string(cur)
+                )
+                _LIST_JSON_QUERIES[shape] = query
+            rows = cur.execute(query, params).fetchall()
+        text = "[" + ",".join([row[0] for row in rows[:limit]]) + "]"
+        if not text.isascii() or "\x7f" in text:
+            # Postgres leaves these characters as they are, where the gateway's JSON provider
+            # escapes them: rewritten the provider's way (a rare page: reasons are ASCII).
+            text = summaries_json(json.loads(text))
+        if len(rows) <= limit:
+            return text, None
+        last = rows[limit - 1]
+        return text, _encode_cursor(datetime.fromisoformat(last[1]), uuid.UUID(last[2]))
 
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         with self._cursor() as cur:
@@ -285,6 +311,74 @@ class PostgresFleetRegistry:
 
     def _cursor(self) -> contextlib.AbstractContextManager[psycopg.Cursor[Row]]:
         return pooled_cursor(self._pool, "the fleet registry database is unreachable")
+
+
+def _page_query(
+    columns: sql.Composable,
+    tenant: TenantName | None,
+    statuses: Iterable[Status] | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[sql.Composed, list[object]]:
+    """A page's statement, newest first, asking for one row more than `limit`: that one tells
+    whether there is a next page."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+    conditions: list[sql.Composable] = []
+    params: list[object] = []
+    if tenant is not None:
+        conditions.append(sql.SQL("tenant = %s"))
+        params.append(tenant)
+    if statuses is not None:
+        conditions.append(sql.SQL("status = ANY(%s)"))
+        params.append([status.value for status in _statuses(statuses)])
+    if cursor is not None:
+        # Keyset pagination: rows strictly after the last one handed out, in the index order.
+        conditions.append(sql.SQL("(created_at, id) < (%s, %s)"))
+        params.extend(_decode_cursor(cursor))
+    # The ORDER BY names the table's columns: a bare name would mean the output column of that
+    # name first, which in a summary is text computed for every row, sorted without the index.
+    query = sql.SQL(
+        "SELECT {} FROM instances WHERE {}"
+        " ORDER BY instances.created_at DESC, instances.id DESC LIMIT %s"
+    ).format(columns, sql.SQL(" AND ").join(conditions or [sql.SQL("TRUE")]))
+    return query, [*params, limit + 1]
+
+
+def _iso_utc(column: str) -> sql.Composable:
+    """`column` (a timestamptz) as `datetime.isoformat()` writes it in UTC: microseconds only
+    when there are any, then +00:00. (One to_char per value: it is most of the statement's cost.)
+    """
+    return sql.SQL(
+        "replace(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '')"
+        " || '+00:00' AS {}"
+    ).format(sql.Identifier(column), sql.Identifier(column))
+
+
+# A page's rows, each summary field (shared/domain/records.py's SUMMARY_FIELDS) as the text
+# instance_summary holds, and the row's position to keep their order by.
+_SUMMARY_SQL = {
+    "id": sql.SQL("id::text AS id"),
+    "created_at": _iso_utc("created_at"),
+    "updated_at": _iso_utc("updated_at"),
+}
+_SUMMARY_COLUMNS = sql.SQL(", ").join(
+    [
+        *(_SUMMARY_SQL.get(name, sql.Identifier(name)) for name in SUMMARY_FIELDS),
+        sql.SQL("instances.created_at AS created, instances.id AS instance"),
+    ]
+)
+# Each row's summary as one JSON object, keys sorted and no whitespace, as summaries_json writes it:
+# row_to_json names the fields in the order they are selected, here sorted. Postgres escapes a
+# string as Python's json does, but for non-ASCII characters and DEL (list_json sees to those).
+_SUMMARY_JSON = sql.SQL("(SELECT row_to_json(item)::text FROM (SELECT {}) AS item)").format(
+    sql.SQL(", ").join(
+        sql.SQL("page.{} AS {}").format(sql.Identifier(name), sql.Identifier(name))
+        for name in sorted(SUMMARY_FIELDS)
+    )
+)
+# list_json's statement, by which filters it has (tenant, statuses, cursor).
+_LIST_JSON_QUERIES: dict[tuple[bool, bool, bool], sql.SQL] = {}
 
 
 def _statuses(statuses: Status | Iterable[Status]) -> tuple[Status, ...]:

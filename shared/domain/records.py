@@ -1,8 +1,9 @@
 """Records the registry stores and the domain reasons about."""
 
+import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -103,3 +104,47 @@ class VmSpec:
     labels: dict[str, str]
     image_id: str
     user_data: str | None = None
+
+
+# What a listing shows of an instance, in JSON's own types: the id as text, the status by value,
+# the timestamps in ISO 8601 as `datetime.isoformat()` writes them in UTC. No forges, no key, no
+# internal tokens. The gateway's list answers these as they are (services/api/schemas.py's
+# InstanceOut declares them); the registry writes a page of them as JSON straight from the rows
+# (FleetRegistry.list_json), without making an Instance or a dict first.
+SUMMARY_FIELDS = (
+    "id",
+    "tenant",
+    "status",
+    "vm_name",
+    "provider_id",
+    "address",
+    "reason",
+    "created_at",
+    "updated_at",
+)
+
+
+def instance_summary(instance: Instance) -> dict[str, object]:
+    """The listing's view of `instance` (SUMMARY_FIELDS, in that order)."""
+    return {
+        "id": str(instance.id),
+        "tenant": str(instance.tenant),
+        "status": instance.status.value,
+        "vm_name": instance.vm_name,
+        "provider_id": instance.provider_id,
+        "address": instance.address,
+        "reason": instance.reason,
+        "created_at": _utc_iso(instance.created_at),
+        "updated_at": _utc_iso(instance.updated_at),
+    }
+
+
+def summaries_json(summaries: list[dict[str, object]]) -> str:
+    """Summaries as one JSON array, written as the gateway's JSON provider (Flask's) writes JSON:
+    keys sorted, no whitespace, everything outside printable ASCII escaped."""
+    return json.dumps(summaries, sort_keys=True, separators=(",", ":"))
+
+
+def _utc_iso(value: datetime) -> str:
+    # The registry hands out UTC already; converting again would cost a call per value.
+    return (value if value.tzinfo is UTC else value.astimezone(UTC)).isoformat()

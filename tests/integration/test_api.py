@@ -18,6 +18,7 @@ import requests
 from psycopg_pool import ConnectionPool
 
 from services.api.app import create_app
+from services.api.schemas import InstancePage
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.adapters.tenants import PostgresTenantDirectory
 from shared.celery_app import QUEUE_PROVISION, TASK_PROVISION, TASK_TEARDOWN, make_celery
@@ -529,6 +530,23 @@ def test_list_pages_newest_first_and_filters(api, registry):
 
     default = api.get("/instances", query_string={"tenant": tenant}).get_json()
     assert len(default["items"]) == 5 and default["next_cursor"] is None
+
+
+def test_the_list_answers_the_bytes_flask_smorest_would_write_for_its_schema(app, api, registry):
+    tenant = tenant_name()
+    created = [registry.create(tenant)[0] for _ in range(3)]
+    registry.transition(created[0].id, Status.PENDING, Status.FAILED, "the guest said «nein»")
+    registry.transition(created[2].id, Status.PENDING, Status.FAILED, 'quote " and \\ ')
+
+    for query in ({"tenant": tenant, "limit": 2}, {"tenant": tenant}):
+        resp = api.get("/instances", query_string=query)
+        items, cursor = registry.list(tenant=tenant, limit=query.get("limit", 50))
+        with app.app_context():
+            expected = app.json.response(
+                InstancePage().dump({"items": items, "next_cursor": cursor})
+            )
+        assert resp.data == expected.data
+        assert resp.headers["Content-Type"] == expected.headers["Content-Type"]
 
 
 @pytest.mark.parametrize(

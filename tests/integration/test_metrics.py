@@ -340,20 +340,22 @@ def test_a_scrape_takes_nothing_from_the_api_pool(env, monkeypatch):
 
     monkeypatch.setattr(db, "make_pool", recording_make_pool)
     app, celery_app = make_app(env)
-    (api_pool,) = pools
+    # The API's pools: the one for transactions and the list's read pool.
+    assert len(pools) == 2
     held = []
     try:
-        # Every connection of the API's pool taken, as by requests stuck on a slow query.
-        held = [api_pool.getconn() for _ in range(api_pool.max_size)]
-        requested = api_pool.get_stats().get("requests_num", 0)
+        # Every connection of the API's pools taken, as by requests stuck on a slow query.
+        held = [(pool, pool.getconn()) for pool in pools for _ in range(pool.max_size)]
+        requested = [pool.get_stats().get("requests_num", 0) for pool in pools]
         families = scrape(app.test_client())
-        assert api_pool.get_stats().get("requests_num", 0) == requested
+        assert [pool.get_stats().get("requests_num", 0) for pool in pools] == requested
     finally:
-        for conn in held:
-            api_pool.putconn(conn)
+        for pool, conn in held:
+            pool.putconn(conn)
         celery_app.close()
         app.extensions["dark_metrics"].stats.source.close()
-        api_pool.close()
+        for pool in pools:
+            pool.close()
     assert total(families, "dark_metrics_db_up") == 1
 
 

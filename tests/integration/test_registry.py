@@ -5,18 +5,22 @@ Each test works on tenants of its own and deletes their rows (events cascade) wh
 """
 
 import base64
+import json
 import secrets
 import struct
 import threading
+import time
 import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.db import make_pool
+from shared.adapters.db import make_pool, make_read_pool, read_cursor
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.domain.errors import (
     DomainError,
@@ -28,7 +32,7 @@ from shared.domain.errors import (
     TransitionConflict,
 )
 from shared.domain.lifecycle import IN_FLIGHT, Status
-from shared.domain.records import Event
+from shared.domain.records import Event, instance_summary, summaries_json
 from shared.domain.tenants import TenantName
 from tests.support.processes import free_port
 
@@ -624,3 +628,117 @@ def test_pooled_connections_read_timestamps_in_utc_itself(migrated_database_url)
     finally:
         pool.close()
     assert row is not None and row[0].tzinfo is UTC
+
+
+# --- the list's summaries and the read pool ----------------------------------------------------
+
+
+@pytest.fixture
+def read_pool(migrated_database_url):
+    pool = make_read_pool(migrated_database_url, max_size=2, check_idle_after=0.3)
+    yield pool
+    pool.close()
+
+
+def test_list_json_is_the_page_as_summaries_json_writes_it(pg_pool, read_pool, tenant):
+    registry = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
+    base = datetime(2026, 3, 1, 9, 0, 0, tzinfo=UTC)
+    # Whole seconds (isoformat leaves the fraction out), a fraction ending in zeros, any fraction;
+    # reasons Postgres and Python escape alike, and ones only Python escapes (non-ASCII, DEL).
+    rows = [
+        (base, 'guest said "no"\\ \n\t\x01 </script>'),
+        (base + timedelta(microseconds=120_000), "guest said «nein» 🙂"),
+        (base + timedelta(microseconds=7), "rubout \x7f"),
+        (base - timedelta(days=1), None),
+    ]
+    made = []
+    for at, reason in rows:
+        instance = registry.create(tenant)[0]
+        with pg_pool.connection() as conn:
+            conn.execute(
+                "UPDATE instances SET created_at = %s, updated_at = %s + interval '1 day',"
+                " reason = %s, address = '10.0.0.9' WHERE id = %s",
+                (at, at, reason, instance.id),
+            )
+        made.append(instance.id)
+    walk(registry, made[0], S.PROVISIONING)
+
+    for filters in ({"tenant": tenant}, {"tenant": tenant, "statuses": [S.PENDING]}):
+        for limit in (1, 2, 500):
+            cursor = None
+            while True:
+                items, next_cursor = registry.list(limit=limit, cursor=cursor, **filters)
+                text, json_cursor = registry.list_json(limit=limit, cursor=cursor, **filters)
+                assert text == summaries_json([instance_summary(item) for item in items])
+                assert json_cursor == next_cursor
+                if next_cursor is None:
+                    break
+                cursor = next_cursor
+    # Newest first: 120 ms after the base, 7 µs after it, the base, the day before.
+    listed = json.loads(registry.list_json(tenant=tenant)[0])
+    assert [item["id"] for item in listed] == [str(made[i]) for i in (1, 2, 0, 3)]
+    assert registry.list_json(tenant=tenant, statuses=[])[0] == "[]"
+    with pytest.raises(ValueError):
+        registry.list_json(limit=0)
+    with pytest.raises(InvalidCursor):
+        registry.list_json(cursor="garbage")
+
+
+def test_a_read_on_the_read_pool_opens_no_transaction(pg_pool, read_pool, migrated_database_url):
+    with read_cursor(read_pool, "down") as cur:
+        cur.execute("SELECT 1")
+        assert cur.connection.info.transaction_status == TransactionStatus.IDLE
+    # Any other pool: the read is in a transaction of its own, as pooled_cursor's.
+    with read_cursor(pg_pool, "down") as cur:
+        cur.execute("SELECT 1")
+        assert cur.connection.info.transaction_status == TransactionStatus.INTRANS
+
+
+def _kill_read_pool_backends(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND application_name = 'dark-read-pool-test'"
+        )
+
+
+def test_the_read_pool_checks_a_connection_only_after_it_sat_idle(migrated_database_url):
+    pool = make_read_pool(
+        migrated_database_url,
+        max_size=1,
+        check_idle_after=0.3,
+        application_name="dark-read-pool-test",
+    )
+    try:
+        registry = PostgresFleetRegistry(pool, read_pool=pool)
+        registry.list_json(limit=1)
+
+        # Used a moment ago: not checked, so a connection the server dropped fails this one read...
+        _kill_read_pool_backends(migrated_database_url)
+        with pytest.raises(RegistryUnavailable):
+            registry.list_json(limit=1)
+        # ...and the pool replaces it.
+        wait_for(lambda: _lists(registry))
+
+        # Idle past the limit (as across a Postgres restart): checked, replaced, nothing fails.
+        _kill_read_pool_backends(migrated_database_url)
+        time.sleep(0.5)
+        registry.list_json(limit=1)
+    finally:
+        pool.close()
+
+
+def _lists(registry) -> bool:
+    try:
+        registry.list_json(limit=1)
+    except RegistryUnavailable:
+        return False
+    return True
+
+
+def wait_for(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
