@@ -24,6 +24,7 @@ The races, and what closes each:
   so a crash between the two retries the delete.
 """
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from shared.domain.errors import (
     CloudError,
     CloudPermanent,
     CloudTransient,
+    DispatchUnavailable,
     DomainError,
     GuestError,
     InstanceNotFound,
@@ -54,6 +56,7 @@ from shared.ports import (
     GuestAgent,
     Locks,
     OperationBudget,
+    TaskDispatcher,
     TenantSecretStore,
 )
 from shared.service_layer.capacity import admit
@@ -113,10 +116,13 @@ class Pipeline:
         capacity: OperationBudget,
         settings: Settings,
         waits: Waits | None = None,
+        dispatcher: TaskDispatcher | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.registry = registry
         self.capacity = capacity
+        # Wakes the next waiters when a slot is freed (None: they find it at their next ask).
+        self.dispatcher = dispatcher
         self.compute = compute
         self.guest = guest
         self.bundles = bundles
@@ -193,7 +199,7 @@ class Pipeline:
                 op = self.compute.get_operation(instance.operation_id)
                 if not op.done:
                     return self._poll_later(instance, WaitKind.CREATE, OPERATION_POLL_SECS)
-                self.capacity.release(instance.id)  # the cloud's operation is over
+                self._release(instance)  # the cloud's operation is over
                 if op.error is not None:
                     return self._create_failed(instance, op.error)
                 self._learn(instance, WaitKind.CREATE)
@@ -212,7 +218,7 @@ class Pipeline:
             return self._wait(instance, OPERATION_POLL_SECS)
         if not vm.address:
             return self._fail(instance, "the VM has no IPv4 address on the guest network")
-        self.capacity.release(instance.id)  # running: whatever created it is over (adopted too)
+        self._release(instance)  # running: whatever created it is over (adopted too)
         self._move(instance, Status.INITIALIZING, f"VM running at {vm.address}", address=vm.address)
         raise _Continue()
 
@@ -354,7 +360,7 @@ class Pipeline:
             # Teardown never gives up: say why it is stuck and keep trying slowly.
             self.registry.update(instance.id, Status.TEARING_DOWN, reason=f"delete failed: {exc}")
             return self._wait(instance, MAX_BACKOFF_SECS)
-        self.capacity.release(instance.id)  # the VM is gone: its delete is over
+        self._release(instance)  # the VM is gone: its delete is over
         if instance.teardown_mode == "retire" and self.registry.count_live(instance.tenant) == 0:
             # Before the row is retired, so that a crash here retries the delete.
             self.bundles.delete(instance.tenant)
@@ -382,7 +388,52 @@ class Pipeline:
         return Step(delay=delay, token=token)
 
     def _admit(self, instance: Instance, kind: Mutation) -> float | None:
-        return admit(self.capacity, self.settings.yc_max_concurrent_operations, instance.id, kind)
+        return admit(
+            self.capacity,
+            self.settings.yc_max_concurrent_operations,
+            instance.id,
+            kind,
+            handed_over=self.dispatcher is not None,
+        )
+
+    def _release(self, instance: Instance) -> None:
+        """Give back the instance's slot and, if that freed one, hand it over at once to the
+        oldest waiter(s) rather than leave it idle until their next ask. Best effort: a waiter
+        still asks on its own."""
+        if not self.capacity.release(instance.id) or self.dispatcher is None:
+            return
+        try:
+            for waiter_id in self.capacity.next_in_line():
+                self._wake(waiter_id, self.dispatcher)
+        except DomainError as exc:
+            log.warning("could not wake the next in line: %s", exc)
+
+    def _wake(self, waiter_id: uuid.UUID, dispatcher: TaskDispatcher) -> None:
+        """A message for a waiting row now, under a fresh token: its delayed message becomes
+        stale, so the row still has exactly one chain. The token is set compare-and-set on the
+        one read: if the row's own chain (or another waker) moved it meanwhile, that chain goes
+        on and this one sends nothing."""
+        waiter = self.registry.get(waiter_id)
+        if waiter is None or waiter.status is not Status.PENDING:
+            return
+        token = uuid.uuid4()
+        try:
+            woken = self.registry.update(
+                waiter.id, Status.PENDING, expected_token=waiter.wake_token, wake_token=token
+            )
+        except (TransitionConflict, InstanceNotFound):
+            return
+        try:
+            dispatcher.send(woken, token, request_id=None)
+        except DispatchUnavailable as exc:
+            # Nothing was sent: give the row its delayed message back.
+            log.warning(
+                "could not wake a waiting instance: %s", exc, extra={"instance_id": waiter.id}
+            )
+            with contextlib.suppress(TransitionConflict, InstanceNotFound):
+                self.registry.update(
+                    waiter.id, Status.PENDING, expected_token=token, wake_token=waiter.wake_token
+                )
 
     def _wait_for_capacity(self, instance: Instance, delay: float) -> Step:
         """Like `_wait`, saying why (no event: a long queue would flood the timeline)."""
@@ -438,7 +489,7 @@ class Pipeline:
                     "could not keep the identity: %s", exc, extra={"instance_id": instance.id}
                 )
         self.registry.transition(instance.id, instance.status, Status.FAILED, reason)
-        self.capacity.release(instance.id)
+        self._release(instance)
         log.warning("instance failed: %s", reason, extra={"instance_id": instance.id})
         self._clean_up_vm(instance)
         return DONE
