@@ -14,6 +14,7 @@ import argparse
 import math
 import platform
 import secrets
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,38 @@ def _slots(db_url: str) -> int:
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT count(*) FROM cloud_operation_slots").fetchone()
     return row[0] if row else 0
+
+
+def _timeline(db_url: str, quota: int) -> dict[str, float]:
+    """Where the time goes, from the events: mean seconds per phase, and the mean hand-over gap
+    (a slot's idle time: from a create seen done, the row going to initializing, to the start of
+    the create that took its slot, `quota` starts later)."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT i.created_at,"
+            " min(e.at) FILTER (WHERE e.to_status = 'provisioning'),"
+            " min(e.at) FILTER (WHERE e.to_status = 'initializing'),"
+            " min(e.at) FILTER (WHERE e.to_status = 'ready')"
+            " FROM instances i JOIN instance_events e ON e.instance_id = i.id"
+            " WHERE i.status = 'ready' GROUP BY i.id"
+        ).fetchall()
+    if not rows:
+        return {}
+    starts = sorted(r[1] for r in rows)
+    done = sorted(r[2] for r in rows)
+    gaps = [(starts[k + quota] - done[k]).total_seconds() for k in range(len(rows) - quota)] or [
+        0.0
+    ]
+
+    def mean(i: int, j: int) -> float:
+        return statistics.mean((r[j] - r[i]).total_seconds() for r in rows)
+
+    return {
+        "waiting in line": mean(0, 1),
+        "provisioning (create)": mean(1, 2),
+        "initializing (boot, hand-over)": mean(2, 3),
+        "slot hand-over gap": statistics.mean(gaps),
+    }
 
 
 def main() -> None:
@@ -93,6 +126,7 @@ def main() -> None:
         total = time.monotonic() - start
         quotas = sim.admin("GET", "/cloud/quotas")
         left = _slots(db_url)
+        phases = _timeline(db_url, args.quota)
     finally:
         stack.stop()
         sim.stop()
@@ -113,6 +147,8 @@ def main() -> None:
     print(f"total time:                     {total:7.2f} s")
     print(f"quota-bound ideal:              {ideal:7.2f} s   (ceil(N/quota) x create + boot)")
     print(f"ratio (total / ideal):          {total / ideal:7.2f}   (acceptance: <= 1.15 at N=300)")
+    for phase, seconds in phases.items():
+        print(f"mean {phase + ':':<32}{seconds:7.2f} s")
 
 
 if __name__ == "__main__":

@@ -181,8 +181,8 @@ class Pipeline:
             delay = self._admit(instance, Mutation.CREATE)
             if delay is not None:
                 return self._wait_for_capacity(instance, delay)
-            self._move(instance, Status.PROVISIONING, f"creating VM {instance.vm_name}")
-            raise _Continue()
+            moved = self._move(instance, Status.PROVISIONING, f"creating VM {instance.vm_name}")
+            return self._create_vm(moved, admitted=True)
         if status is Status.PROVISIONING:
             return self._provisioning(instance)
         if status is Status.INITIALIZING:
@@ -192,6 +192,7 @@ class Pipeline:
         return DONE
 
     def _provisioning(self, instance: Instance) -> Step:
+        released = False
         try:
             if instance.provider_id is None and instance.operation_id is None:
                 return self._create_vm(instance)
@@ -200,6 +201,7 @@ class Pipeline:
                 if not op.done:
                     return self._poll_later(instance, WaitKind.CREATE, OPERATION_POLL_SECS)
                 self._release(instance)  # the cloud's operation is over
+                released = True
                 if op.error is not None:
                     return self._create_failed(instance, op.error)
                 self._learn(instance, WaitKind.CREATE)
@@ -218,20 +220,29 @@ class Pipeline:
             return self._wait(instance, OPERATION_POLL_SECS)
         if not vm.address:
             return self._fail(instance, "the VM has no IPv4 address on the guest network")
-        self._release(instance)  # running: whatever created it is over (adopted too)
-        self._move(instance, Status.INITIALIZING, f"VM running at {vm.address}", address=vm.address)
+        if not released:
+            self._release(instance)  # running: whatever created it is over (adopted too)
+        moved = self._move(
+            instance, Status.INITIALIZING, f"VM running at {vm.address}", address=vm.address
+        )
+        # Its guest has only begun to boot: the first health check waits if the boots learned
+        # so far say it cannot answer yet.
+        first = self.waits.first_poll(WaitKind.BOOT, 0.0, GUEST_POLL_SECS)
+        if first > 0:
+            return self._wait(moved, first)
         raise _Continue()
 
-    def _create_vm(self, instance: Instance) -> Step:
+    def _create_vm(self, instance: Instance, *, admitted: bool = False) -> Step:
         spec = VmSpec(
             name=instance.vm_name,
             idempotency_key=str(instance.idempotency_key),
             labels={**managed_labels(self.settings.deployment), "instance": str(instance.id)},
             image_id=self.settings.vm_image or "",
         )
-        # Held since the row left pending; asked again for a row that was already provisioning
-        # (a create retried after a failed operation, a row from before the budget existed).
-        delay = self._admit(instance, Mutation.CREATE)
+        # Held since the row left pending (`admitted`, in this very step); asked again for a row
+        # that was already provisioning (a create retried after a failed operation, a resumed
+        # chain, a row from before the budget existed).
+        delay = None if admitted else self._admit(instance, Mutation.CREATE)
         if delay is not None:
             return self._wait(instance, delay)
         try:
@@ -253,12 +264,16 @@ class Pipeline:
         except CloudPermanent as exc:
             return self._fail(instance, f"cloud refused to create the VM: {exc}")
         # Persisted the moment it is known, so a crash after this line never creates twice.
-        self.registry.update(
+        instance = self.registry.update(
             instance.id,
             Status.PROVISIONING,
             operation_id=op.operation_id,
             provider_id=op.provider_id,
         )
+        # Polled at once only if the creates learned so far say it may be done already.
+        first = self.waits.first_poll(WaitKind.CREATE, self._elapsed(instance), OPERATION_POLL_SECS)
+        if first > 0 and not op.done:
+            return self._wait(instance, first)
         raise _Continue()
 
     def _create_failed(self, instance: Instance, error: Exception) -> Step:
@@ -373,9 +388,10 @@ class Pipeline:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _move(self, instance: Instance, target: Status, reason: str, **fields: object) -> None:
-        self.registry.transition(instance.id, instance.status, target, reason, **fields)
+    def _move(self, instance: Instance, target: Status, reason: str, **fields: object) -> Instance:
+        moved = self.registry.transition(instance.id, instance.status, target, reason, **fields)
         log.info("%s → %s", instance.status, target, extra={"instance_id": instance.id})
+        return moved
 
     def _wait(self, instance: Instance, delay: float) -> Step:
         # Compared with the token this chain carried, not only the status: if the instance lock

@@ -74,7 +74,7 @@ def test_a_slot_whose_row_moved_on_is_reclaimed_without_its_holder(pool, registr
 
 def test_next_in_line_is_the_oldest_waiters_the_free_slots_would_be_granted_to(pool, registry):
     budget = PostgresOperationBudget(pool, 2)
-    a, b, c, d = rows(registry, 4)
+    a, b, c, _ = rows(registry, 4)
     assert budget.next_in_line() == [a.id, b.id]
     assert budget.acquire(a.id, Mutation.CREATE).granted
     registry.transition(a.id, Status.PENDING, Status.PROVISIONING, "creating")
