@@ -15,12 +15,13 @@ from shared.domain.records import OperationState, VmSpec
 from shared.domain.tenants import TenantName
 from shared.service_layer.capacity import (
     HANDED_OVER_POLL_SECS,
+    MAX_HANDED_OVER_POLL_SECS,
     MAX_CAPACITY_POLL_SECS,
     NEXT_IN_LINE_POLL_SECS,
     poll_delay,
 )
 from shared.service_layer.pipeline import Pipeline
-from shared.service_layer.reconcile import ActionKind, decide
+from shared.service_layer.reconcile import STALL_SECS, ActionKind, decide
 from shared.settings import Settings
 from tests.fakes import (
     FakeCompute,
@@ -269,3 +270,8 @@ def test_with_a_hand_over_waiters_ask_on_their_own_only_as_a_backstop():
     advance(pipeline, registry, holder)
     assert advance(pipeline, registry, waiter).delay == HANDED_OVER_POLL_SECS
     assert HANDED_OVER_POLL_SECS > NEXT_IN_LINE_POLL_SECS
+
+
+def test_a_waiter_far_back_still_asks_before_reconcile_would_call_its_chain_gone():
+    far_back = poll_delay(Admission(False, ahead=10_000), 15, handed_over=True)
+    assert far_back == MAX_HANDED_OVER_POLL_SECS < STALL_SECS
