@@ -15,8 +15,8 @@ from shared.domain.records import OperationState, VmSpec
 from shared.domain.tenants import TenantName
 from shared.service_layer.capacity import (
     HANDED_OVER_POLL_SECS,
-    MAX_HANDED_OVER_POLL_SECS,
     MAX_CAPACITY_POLL_SECS,
+    MAX_HANDED_OVER_POLL_SECS,
     NEXT_IN_LINE_POLL_SECS,
     poll_delay,
 )
