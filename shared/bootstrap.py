@@ -237,8 +237,12 @@ class ProvisionerServices:
     pipeline: Pipeline
 
 
-def build_provisioner(settings: Settings) -> ProvisionerServices:
-    """One provisioner process's objects (a pool child: called after fork)."""
+def build_provisioner(
+    settings: Settings, *, celery_app: Celery | None = None
+) -> ProvisionerServices:
+    """One provisioner process's objects (a pool child: called after fork). `celery_app` is the
+    entry point's app, which the pipeline hands freed capacity over through (it wakes the next
+    waiters); built from the settings if not given."""
     from shared.adapters.bundles import EnvelopeBundleStore
     from shared.adapters.capacity import PostgresOperationBudget
     from shared.adapters.db import make_lock_pool, make_pool
@@ -249,6 +253,7 @@ def build_provisioner(settings: Settings) -> ProvisionerServices:
     from shared.adapters.vault_kv import HvacTenantSecrets
     from shared.adapters.vault_transit import TransitKeys
     from shared.adapters.waits import PostgresWaitHistory
+    from shared.celery_app import CeleryDispatcher, make_celery
     from shared.service_layer.pipeline import Pipeline
     from shared.service_layer.polling import Waits
 
@@ -280,6 +285,7 @@ def build_provisioner(settings: Settings) -> ProvisionerServices:
             capacity=PostgresOperationBudget(pool, settings.yc_max_concurrent_operations),
             settings=settings,
             waits=Waits(PostgresWaitHistory(pool), adaptive=settings.adaptive_waits),
+            dispatcher=CeleryDispatcher(celery_app or make_celery(settings)),
         ),
     )
 

@@ -155,8 +155,14 @@ class OperationBudget(Protocol):
         waiting for a slot can be served first (oldest first)."""
         ...
 
-    def release(self, instance_id: uuid.UUID) -> None:
-        """The instance's operation is done (or failed, or will never start)."""
+    def release(self, instance_id: uuid.UUID) -> bool:
+        """The instance's operation is done (or failed, or will never start); True when this
+        freed a slot (False: it held none)."""
+        ...
+
+    def next_in_line(self) -> list[uuid.UUID]:
+        """The waiting creates the free slots would be granted to now, oldest first: as many
+        pending rows holding no slot as there are free slots."""
         ...
 
     def usage(self) -> BudgetUsage: ...

@@ -355,8 +355,17 @@ class FakeOperationBudget:
         self.slots[instance_id] = kind
         return Admission(granted=True)
 
-    def release(self, instance_id: uuid.UUID) -> None:
-        self.slots.pop(instance_id, None)
+    def release(self, instance_id: uuid.UUID) -> bool:
+        return self.slots.pop(instance_id, None) is not None
+
+    def next_in_line(self) -> builtins.list[uuid.UUID]:
+        self._reclaim()
+        waiting = sorted(
+            (row.created_at, row.id)
+            for row in self.registry.rows.values()
+            if row.status is Status.PENDING and row.id not in self.slots
+        )
+        return [row_id for _, row_id in waiting[: max(0, self.budget - len(self.slots))]]
 
     def usage(self) -> BudgetUsage:
         self._reclaim()

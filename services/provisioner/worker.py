@@ -30,7 +30,7 @@ app = make_celery(settings)
 dispatcher = CeleryDispatcher(app)
 log = logging.getLogger(__name__)
 
-provisioner = PerProcess(lambda: build_provisioner(settings))
+provisioner = PerProcess(lambda: build_provisioner(settings, celery_app=app))
 
 
 @worker_process_init.connect

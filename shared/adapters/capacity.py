@@ -15,6 +15,8 @@ at a time, across every process and host; nothing is left on the pooled connecti
   should have released it was SIGKILLed. `usage` counts only valid slots, so a stale row is never
   reported as in use.
 - Release happens when the pipeline sees the operation done (create), or the VM gone (delete).
+  The releasing chain then wakes `next_in_line` (the oldest waiters, as many as slots are free)
+  at once, instead of leaving the slot idle until their next ask.
 - Oldest first: a create is granted only if the slots in use plus the pending rows older than it
   that hold no slot stay under the budget. Each older waiter keeps a place ahead of it, so a newer
   row can never take the slot an older one is waiting for, whichever polls first.
@@ -64,6 +66,17 @@ IN_USE = (
 QUEUE = (
     "SELECT count(*) AS n FROM instances i WHERE i.status = 'pending'"
     " AND NOT EXISTS (SELECT 1 FROM cloud_operation_slots s WHERE s.instance_id = i.id)"
+)
+# The oldest waiters, as many as the valid slots leave free (the same rows, in the same order, that
+# acquisitions would grant next).
+_NEXT_IN_LINE = (
+    "SELECT i.id FROM instances i WHERE i.status = 'pending'"
+    " AND NOT EXISTS (SELECT 1 FROM cloud_operation_slots s WHERE s.instance_id = i.id)"
+    " ORDER BY i.created_at, i.id"
+    " LIMIT greatest(0, %(budget)s - (SELECT count(*) FROM cloud_operation_slots s WHERE EXISTS ("
+    " SELECT 1 FROM instances i WHERE i.id = s.instance_id AND i.status = ANY("
+    " CASE s.kind WHEN 'create' THEN %(create_statuses)s::text[]"
+    " ELSE %(delete_statuses)s::text[] END))))"
 )
 _AHEAD = (
     "SELECT count(*) AS n FROM instances i WHERE i.status = 'pending'"
@@ -115,9 +128,15 @@ class PostgresOperationBudget:
             )
             return Admission(granted=True)
 
-    def release(self, instance_id: uuid.UUID) -> None:
+    def release(self, instance_id: uuid.UUID) -> bool:
         with pooled_cursor(self._pool, _UNAVAILABLE) as cur:
             cur.execute("DELETE FROM cloud_operation_slots WHERE instance_id = %s", (instance_id,))
+            return cur.rowcount > 0
+
+    def next_in_line(self) -> list[uuid.UUID]:
+        with pooled_cursor(self._pool, _UNAVAILABLE) as cur:
+            rows = cur.execute(_NEXT_IN_LINE, {**STATUS_PARAMS, "budget": self.budget}).fetchall()
+        return [row["id"] for row in rows]
 
     def usage(self) -> BudgetUsage:
         with pooled_cursor(self._pool, _UNAVAILABLE) as cur:

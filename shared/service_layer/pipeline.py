@@ -24,6 +24,7 @@ The races, and what closes each:
   so a crash between the two retries the delete.
 """
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from shared.domain.errors import (
     CloudError,
     CloudPermanent,
     CloudTransient,
+    DispatchUnavailable,
     DomainError,
     GuestError,
     InstanceNotFound,
@@ -54,6 +56,7 @@ from shared.ports import (
     GuestAgent,
     Locks,
     OperationBudget,
+    TaskDispatcher,
     TenantSecretStore,
 )
 from shared.service_layer.capacity import admit
@@ -113,10 +116,13 @@ class Pipeline:
         capacity: OperationBudget,
         settings: Settings,
         waits: Waits | None = None,
+        dispatcher: TaskDispatcher | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.registry = registry
         self.capacity = capacity
+        # Wakes the next waiters when a slot is freed (None: they find it at their next ask).
+        self.dispatcher = dispatcher
         self.compute = compute
         self.guest = guest
         self.bundles = bundles
@@ -175,8 +181,8 @@ class Pipeline:
             delay = self._admit(instance, Mutation.CREATE)
             if delay is not None:
                 return self._wait_for_capacity(instance, delay)
-            self._move(instance, Status.PROVISIONING, f"creating VM {instance.vm_name}")
-            raise _Continue()
+            moved = self._move(instance, Status.PROVISIONING, f"creating VM {instance.vm_name}")
+            return self._create_vm(moved, admitted=True)
         if status is Status.PROVISIONING:
             return self._provisioning(instance)
         if status is Status.INITIALIZING:
@@ -186,6 +192,7 @@ class Pipeline:
         return DONE
 
     def _provisioning(self, instance: Instance) -> Step:
+        released = False
         try:
             if instance.provider_id is None and instance.operation_id is None:
                 return self._create_vm(instance)
@@ -193,7 +200,8 @@ class Pipeline:
                 op = self.compute.get_operation(instance.operation_id)
                 if not op.done:
                     return self._poll_later(instance, WaitKind.CREATE, OPERATION_POLL_SECS)
-                self.capacity.release(instance.id)  # the cloud's operation is over
+                self._release(instance)  # the cloud's operation is over
+                released = True
                 if op.error is not None:
                     return self._create_failed(instance, op.error)
                 self._learn(instance, WaitKind.CREATE)
@@ -212,20 +220,29 @@ class Pipeline:
             return self._wait(instance, OPERATION_POLL_SECS)
         if not vm.address:
             return self._fail(instance, "the VM has no IPv4 address on the guest network")
-        self.capacity.release(instance.id)  # running: whatever created it is over (adopted too)
-        self._move(instance, Status.INITIALIZING, f"VM running at {vm.address}", address=vm.address)
+        if not released:
+            self._release(instance)  # running: whatever created it is over (adopted too)
+        moved = self._move(
+            instance, Status.INITIALIZING, f"VM running at {vm.address}", address=vm.address
+        )
+        # Its guest has only begun to boot: the first health check waits if the boots learned
+        # so far say it cannot answer yet.
+        first = self.waits.first_poll(WaitKind.BOOT, 0.0, GUEST_POLL_SECS)
+        if first > 0:
+            return self._wait(moved, first)
         raise _Continue()
 
-    def _create_vm(self, instance: Instance) -> Step:
+    def _create_vm(self, instance: Instance, *, admitted: bool = False) -> Step:
         spec = VmSpec(
             name=instance.vm_name,
             idempotency_key=str(instance.idempotency_key),
             labels={**managed_labels(self.settings.deployment), "instance": str(instance.id)},
             image_id=self.settings.vm_image or "",
         )
-        # Held since the row left pending; asked again for a row that was already provisioning
-        # (a create retried after a failed operation, a row from before the budget existed).
-        delay = self._admit(instance, Mutation.CREATE)
+        # Held since the row left pending (`admitted`, in this very step); asked again for a row
+        # that was already provisioning (a create retried after a failed operation, a resumed
+        # chain, a row from before the budget existed).
+        delay = None if admitted else self._admit(instance, Mutation.CREATE)
         if delay is not None:
             return self._wait(instance, delay)
         try:
@@ -247,12 +264,16 @@ class Pipeline:
         except CloudPermanent as exc:
             return self._fail(instance, f"cloud refused to create the VM: {exc}")
         # Persisted the moment it is known, so a crash after this line never creates twice.
-        self.registry.update(
+        instance = self.registry.update(
             instance.id,
             Status.PROVISIONING,
             operation_id=op.operation_id,
             provider_id=op.provider_id,
         )
+        # Polled at once only if the creates learned so far say it may be done already.
+        first = self.waits.first_poll(WaitKind.CREATE, self._elapsed(instance), OPERATION_POLL_SECS)
+        if first > 0 and not op.done:
+            return self._wait(instance, first)
         raise _Continue()
 
     def _create_failed(self, instance: Instance, error: Exception) -> Step:
@@ -354,7 +375,7 @@ class Pipeline:
             # Teardown never gives up: say why it is stuck and keep trying slowly.
             self.registry.update(instance.id, Status.TEARING_DOWN, reason=f"delete failed: {exc}")
             return self._wait(instance, MAX_BACKOFF_SECS)
-        self.capacity.release(instance.id)  # the VM is gone: its delete is over
+        self._release(instance)  # the VM is gone: its delete is over
         if instance.teardown_mode == "retire" and self.registry.count_live(instance.tenant) == 0:
             # Before the row is retired, so that a crash here retries the delete.
             self.bundles.delete(instance.tenant)
@@ -367,9 +388,10 @@ class Pipeline:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _move(self, instance: Instance, target: Status, reason: str, **fields: object) -> None:
-        self.registry.transition(instance.id, instance.status, target, reason, **fields)
+    def _move(self, instance: Instance, target: Status, reason: str, **fields: object) -> Instance:
+        moved = self.registry.transition(instance.id, instance.status, target, reason, **fields)
         log.info("%s → %s", instance.status, target, extra={"instance_id": instance.id})
+        return moved
 
     def _wait(self, instance: Instance, delay: float) -> Step:
         # Compared with the token this chain carried, not only the status: if the instance lock
@@ -382,7 +404,52 @@ class Pipeline:
         return Step(delay=delay, token=token)
 
     def _admit(self, instance: Instance, kind: Mutation) -> float | None:
-        return admit(self.capacity, self.settings.yc_max_concurrent_operations, instance.id, kind)
+        return admit(
+            self.capacity,
+            self.settings.yc_max_concurrent_operations,
+            instance.id,
+            kind,
+            handed_over=self.dispatcher is not None,
+        )
+
+    def _release(self, instance: Instance) -> None:
+        """Give back the instance's slot and, if that freed one, hand it over at once to the
+        oldest waiter(s) rather than leave it idle until their next ask. Best effort: a waiter
+        still asks on its own."""
+        if not self.capacity.release(instance.id) or self.dispatcher is None:
+            return
+        try:
+            for waiter_id in self.capacity.next_in_line():
+                self._wake(waiter_id, self.dispatcher)
+        except DomainError as exc:
+            log.warning("could not wake the next in line: %s", exc)
+
+    def _wake(self, waiter_id: uuid.UUID, dispatcher: TaskDispatcher) -> None:
+        """A message for a waiting row now, under a fresh token: its delayed message becomes
+        stale, so the row still has exactly one chain. The token is set compare-and-set on the
+        one read: if the row's own chain (or another waker) moved it meanwhile, that chain goes
+        on and this one sends nothing."""
+        waiter = self.registry.get(waiter_id)
+        if waiter is None or waiter.status is not Status.PENDING:
+            return
+        token = uuid.uuid4()
+        try:
+            woken = self.registry.update(
+                waiter.id, Status.PENDING, expected_token=waiter.wake_token, wake_token=token
+            )
+        except (TransitionConflict, InstanceNotFound):
+            return
+        try:
+            dispatcher.send(woken, token, request_id=None)
+        except DispatchUnavailable as exc:
+            # Nothing was sent: give the row its delayed message back.
+            log.warning(
+                "could not wake a waiting instance: %s", exc, extra={"instance_id": waiter.id}
+            )
+            with contextlib.suppress(TransitionConflict, InstanceNotFound):
+                self.registry.update(
+                    waiter.id, Status.PENDING, expected_token=token, wake_token=waiter.wake_token
+                )
 
     def _wait_for_capacity(self, instance: Instance, delay: float) -> Step:
         """Like `_wait`, saying why (no event: a long queue would flood the timeline)."""
@@ -438,7 +505,7 @@ class Pipeline:
                     "could not keep the identity: %s", exc, extra={"instance_id": instance.id}
                 )
         self.registry.transition(instance.id, instance.status, Status.FAILED, reason)
-        self.capacity.release(instance.id)
+        self._release(instance)
         log.warning("instance failed: %s", reason, extra={"instance_id": instance.id})
         self._clean_up_vm(instance)
         return DONE

@@ -101,14 +101,27 @@ class Waits:
         self.adaptive = adaptive and history is not None
 
     def delay(self, kind: WaitKind, elapsed: float, fixed: float) -> float:
-        if not self.adaptive or self.history is None:
+        if not self.adaptive:
             return fixed
+        return next_poll(elapsed, self._learned(kind), fixed)
+
+    def first_poll(self, kind: WaitKind, elapsed: float, fixed: float) -> float:
+        """Seconds until the first poll of a wait that has just begun: 0 (poll at once) unless
+        the learned schedule says it is not due within a step, which saves a poll that would
+        only find it still going. Without an estimate, at once: it may be over already."""
+        learned = self._learned(kind) if self.adaptive else None
+        if learned is None or learned.upper - elapsed <= learned.step:
+            return 0.0
+        return next_poll(elapsed, learned, fixed)
+
+    def _learned(self, kind: WaitKind) -> Estimate | None:
+        if self.history is None:
+            return None
         try:
-            samples = self.history.recent(kind)
+            return estimate(self.history.recent(kind))
         except RegistryUnavailable as exc:
             log.warning("wait history unavailable, polling at the fixed interval: %s", exc)
-            return fixed
-        return next_poll(elapsed, estimate(samples), fixed)
+            return None
 
     def finished(
         self, kind: WaitKind, instance_id: uuid.UUID, not_done_at: float, done_at: float

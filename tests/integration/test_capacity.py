@@ -72,6 +72,22 @@ def test_a_slot_whose_row_moved_on_is_reclaimed_without_its_holder(pool, registr
     assert budget.acquire(waiter.id, Mutation.CREATE).granted
 
 
+def test_next_in_line_is_the_oldest_waiters_the_free_slots_would_be_granted_to(pool, registry):
+    budget = PostgresOperationBudget(pool, 2)
+    a, b, c, _ = rows(registry, 4)
+    assert budget.next_in_line() == [a.id, b.id]
+    assert budget.acquire(a.id, Mutation.CREATE).granted
+    registry.transition(a.id, Status.PENDING, Status.PROVISIONING, "creating")
+    assert budget.next_in_line() == [b.id]  # one slot left
+    assert budget.acquire(b.id, Mutation.CREATE).granted
+    assert budget.next_in_line() == []
+
+    assert budget.release(a.id) is True
+    assert budget.release(a.id) is False  # nothing left to free
+    assert budget.next_in_line() == [c.id]
+    assert budget.acquire(c.id, Mutation.CREATE).granted  # the one it names is granted
+
+
 def test_a_delete_needs_a_free_slot_but_not_a_place_in_the_create_queue(pool, registry):
     budget = PostgresOperationBudget(pool, 1)
     waiting, leaving = rows(registry, 2)

@@ -14,14 +14,23 @@ from shared.domain.lifecycle import Status
 from shared.domain.records import OperationState, VmSpec
 from shared.domain.tenants import TenantName
 from shared.service_layer.capacity import (
+    HANDED_OVER_POLL_SECS,
     MAX_CAPACITY_POLL_SECS,
+    MAX_HANDED_OVER_POLL_SECS,
     NEXT_IN_LINE_POLL_SECS,
     poll_delay,
 )
 from shared.service_layer.pipeline import Pipeline
-from shared.service_layer.reconcile import ActionKind, decide
+from shared.service_layer.reconcile import STALL_SECS, ActionKind, decide
 from shared.settings import Settings
-from tests.fakes import FakeCompute, FakeLocks, FakeOperationBudget, FakeRegistry
+from tests.fakes import (
+    FakeCompute,
+    FakeDispatcher,
+    FakeLocks,
+    FakeOperationBudget,
+    FakeRegistry,
+    queue_down,
+)
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -43,7 +52,9 @@ class QuotaCompute(FakeCompute):
         )
 
 
-def make_pipeline(budget: int, compute: FakeCompute | None = None):
+def make_pipeline(
+    budget: int, compute: FakeCompute | None = None, dispatcher: FakeDispatcher | None = None
+):
     registry = FakeRegistry(now=T0)
     capacity = FakeOperationBudget(registry, budget)
     pipeline = Pipeline(
@@ -55,6 +66,7 @@ def make_pipeline(budget: int, compute: FakeCompute | None = None):
         locks=FakeLocks(),
         capacity=capacity,
         settings=Settings(yc_max_concurrent_operations=budget),
+        dispatcher=dispatcher,
     )
     return pipeline, registry, capacity
 
@@ -193,3 +205,73 @@ def test_reconcile_does_not_call_a_row_waiting_in_line_stuck():
     settings = Settings(reconcile_stuck=1800)
     actions = decide([], [waiting, stuck], settings, T0)
     assert [(a.kind, a.instance.id) for a in actions] == [(ActionKind.STUCK, stuck.id)]
+
+
+def finish_create(compute: SlowCompute, registry: FakeRegistry, row) -> None:
+    op_id = registry.rows[row.id].operation_id
+    compute.operations[op_id] = dataclasses.replace(compute.operations[op_id], done=True)
+
+
+def test_a_freed_slot_is_handed_over_at_once_to_the_oldest_waiter_under_a_fresh_token():
+    compute, dispatcher = SlowCompute(), FakeDispatcher()
+    pipeline, registry, capacity = make_pipeline(budget=1, compute=compute, dispatcher=dispatcher)
+    first, second, third = pending_rows(registry, 3)
+    advance(pipeline, registry, first)
+    for row in (third, second):
+        advance(pipeline, registry, row)
+    delayed = registry.rows[second.id].wake_token  # its own message, due in a few seconds
+
+    finish_create(compute, registry, first)
+    advance(pipeline, registry, first)  # sees the operation done: frees the slot
+
+    (woken,) = dispatcher.sent  # the oldest waiter only: one slot was freed
+    assert woken[:2] == (second.id, Status.PENDING)
+    assert woken[2] == registry.rows[second.id].wake_token != delayed
+    assert pipeline.advance(second.id, delayed).delay is None  # the delayed message is stale
+    assert registry.rows[second.id].status is Status.PENDING
+    pipeline.advance(second.id, woken[2])
+    assert registry.rows[second.id].status is Status.PROVISIONING
+    assert set(capacity.slots) == {second.id}
+
+
+def test_no_waiter_is_woken_when_nothing_was_freed():
+    dispatcher = FakeDispatcher()
+    pipeline, registry, capacity = make_pipeline(budget=1, dispatcher=dispatcher)
+    holder, waiter = pending_rows(registry, 2)
+    advance(pipeline, registry, holder)
+    advance(pipeline, registry, waiter)
+
+    assert capacity.release(waiter.id) is False  # it held none
+    pipeline._release(registry.rows[waiter.id])
+    assert dispatcher.sent == []
+
+
+def test_a_waiter_whose_wake_cannot_be_sent_keeps_its_delayed_message():
+    compute = SlowCompute()
+    dispatcher = FakeDispatcher(on_send=queue_down)
+    pipeline, registry, _ = make_pipeline(budget=1, compute=compute, dispatcher=dispatcher)
+    first, second = pending_rows(registry, 2)
+    advance(pipeline, registry, first)
+    advance(pipeline, registry, second)
+    delayed = registry.rows[second.id].wake_token
+
+    finish_create(compute, registry, first)
+    advance(pipeline, registry, first)
+
+    assert dispatcher.sent == []
+    assert registry.rows[second.id].wake_token == delayed
+    pipeline.advance(second.id, delayed)
+    assert registry.rows[second.id].status is Status.PROVISIONING
+
+
+def test_with_a_hand_over_waiters_ask_on_their_own_only_as_a_backstop():
+    pipeline, registry, _ = make_pipeline(budget=1, dispatcher=FakeDispatcher())
+    holder, waiter = pending_rows(registry, 2)
+    advance(pipeline, registry, holder)
+    assert advance(pipeline, registry, waiter).delay == HANDED_OVER_POLL_SECS
+    assert HANDED_OVER_POLL_SECS > NEXT_IN_LINE_POLL_SECS
+
+
+def test_a_waiter_far_back_still_asks_before_reconcile_would_call_its_chain_gone():
+    far_back = poll_delay(Admission(False, ahead=10_000), 15, handed_over=True)
+    assert far_back == MAX_HANDED_OVER_POLL_SECS < STALL_SECS

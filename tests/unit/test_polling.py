@@ -1,15 +1,28 @@
-"""The adaptive poll schedule (shared/service_layer/polling.py): pure functions and the `Waits`
-policy over a fake history."""
+"""The adaptive poll schedule (shared/service_layer/polling.py): pure functions, the `Waits`
+policy over a fake history, and the pipeline's first polls over fakes."""
 
+import dataclasses
 import itertools
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from shared.domain.errors import RegistryUnavailable
+from shared.domain.lifecycle import Status
+from shared.domain.records import OperationState, VmSpec
+from shared.domain.tenants import TenantName
 from shared.domain.waits import WaitKind, WaitSample
+from shared.service_layer.pipeline import OPERATION_POLL_SECS, Pipeline
 from shared.service_layer.polling import Estimate, Waits, estimate, next_poll
-from tests.fakes import FakeWaitHistory
+from shared.settings import Settings
+from tests.fakes import (
+    FakeCompute,
+    FakeLocks,
+    FakeOperationBudget,
+    FakeRegistry,
+    FakeWaitHistory,
+)
 
 FIXED = 1.0
 
@@ -191,3 +204,109 @@ def test_without_a_history_waits_are_fixed():
     waits = Waits(adaptive=True)
     assert not waits.adaptive
     assert waits.delay(WaitKind.BOOT, 3.0, 2.0) == 2.0
+
+
+def test_a_wait_just_begun_is_polled_at_once_unless_learned_to_take_longer():
+    history = FakeWaitHistory(
+        {WaitKind.CREATE: [sample(4.98, 5.0)], WaitKind.BOOT: [sample(0.01, 0.02)]}
+    )
+    waits = Waits(history, adaptive=True)
+    assert waits.first_poll(WaitKind.CREATE, 0.0, FIXED) == pytest.approx(5.0)
+    assert waits.first_poll(WaitKind.BOOT, 0.0, 2.0) == 0.0  # may be over already
+    assert Waits(FakeWaitHistory(), adaptive=True).first_poll(WaitKind.CREATE, 0.0, FIXED) == 0.0
+    assert Waits(history, adaptive=False).first_poll(WaitKind.CREATE, 0.0, FIXED) == 0.0
+
+
+# --- the pipeline's polls ------------------------------------------------------------------------
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+class RunningCreate(FakeCompute):
+    """A create whose operation is still running, of a VM with an address; counts its polls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operation_polls = 0
+
+    def create_instance(self, spec: VmSpec) -> OperationState:
+        done = super().create_instance(spec)
+        vm = self.vms[done.provider_id]
+        self.vms[vm.provider_id] = dataclasses.replace(vm, address="10.0.0.5")
+        running = dataclasses.replace(done, done=False)
+        self.operations[running.operation_id] = running
+        return running
+
+    def get_operation(self, operation_id: str) -> OperationState:
+        self.operation_polls += 1
+        return super().get_operation(operation_id)
+
+    def finish(self) -> None:
+        for op_id, op in self.operations.items():
+            self.operations[op_id] = dataclasses.replace(op, done=True)
+
+
+class CountingBudget(FakeOperationBudget):
+    def __init__(self, registry: FakeRegistry) -> None:
+        super().__init__(registry)
+        self.asked = 0
+        self.released = 0
+
+    def acquire(self, instance_id, kind):
+        self.asked += 1
+        return super().acquire(instance_id, kind)
+
+    def release(self, instance_id):
+        self.released += 1
+        return super().release(instance_id)
+
+
+def provisioning(learned: dict[WaitKind, list[WaitSample]]):
+    registry = FakeRegistry(now=T0)
+    compute = RunningCreate()
+    budget = CountingBudget(registry)
+    pipeline = Pipeline(
+        registry=registry,
+        compute=compute,
+        guest=None,  # never called: a learned boot is not checked on entry
+        secrets=None,
+        bundles=None,
+        locks=FakeLocks(),
+        capacity=budget,
+        settings=Settings(),
+        waits=Waits(FakeWaitHistory(learned), adaptive=True),
+        clock=lambda: T0,
+    )
+    row, _ = registry.create(TenantName("t"))
+    return pipeline, registry, compute, budget, row
+
+
+def test_a_create_learned_to_take_seconds_is_not_polled_at_once_and_asks_the_budget_once():
+    pipeline, registry, compute, budget, row = provisioning({WaitKind.CREATE: [sample(4.98, 5.0)]})
+    step = pipeline.advance(row.id, row.wake_token)
+
+    assert registry.rows[row.id].status is Status.PROVISIONING
+    assert compute.operation_polls == 0
+    assert step.delay == pytest.approx(5.0)
+    assert budget.asked == 1
+
+
+def test_a_create_with_nothing_learned_is_polled_at_once():
+    pipeline, _, compute, _, row = provisioning({})
+    step = pipeline.advance(row.id, row.wake_token)
+
+    assert compute.operation_polls == 1
+    assert step.delay == OPERATION_POLL_SECS
+
+
+def test_a_boot_learned_to_take_seconds_is_not_checked_on_entry_and_the_slot_freed_once():
+    pipeline, registry, compute, budget, row = provisioning(
+        {WaitKind.CREATE: [sample(4.98, 5.0)], WaitKind.BOOT: [sample(4.0, 4.5)]}
+    )
+    step = pipeline.advance(row.id, row.wake_token)
+    compute.finish()
+    step = pipeline.advance(row.id, step.token)
+
+    assert registry.rows[row.id].status is Status.INITIALIZING
+    assert step.delay == pytest.approx(4.25)  # the middle of the learned bracket
+    assert budget.released == 1 and budget.slots == {}
