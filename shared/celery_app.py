@@ -26,6 +26,7 @@ from celery.signals import before_task_publish, task_postrun, task_prerun
 from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError, OperationalError
+from kombu.message import Message
 from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 
@@ -207,6 +208,41 @@ _GUARDED = "guarded"
 
 if not getattr(AsynPool._track_child_process, _GUARDED, False):
     AsynPool._track_child_process = _track_live_children_only(AsynPool._track_child_process)
+
+
+# Message.ack_log_error / reject_log_error(message, logger, errors, ...): kombu's, untyped.
+_Settle = Callable[..., Any]
+
+
+def _unless_detached(settle: _Settle, verb: str) -> _Settle:
+    """kombu 5.7's message ack/reject, made to survive a channel its lost connection left behind.
+
+    A task still running when the Redis broker connection breaks finishes after the consumer has
+    detached the old channel from that connection; settling the message then raises
+    AttributeError, which is not among the connection errors kombu tolerates there, and the whole
+    worker node exits. Nothing can be settled on a lost connection anyway: Redis keeps the message
+    unacknowledged and delivers it again after the visibility timeout, when its continuation token
+    makes it harmless (the chain has moved on) or resumes it.
+    """
+
+    def guarded(message: Any, logger: logging.Logger, errors: Any, *args: Any, **kw: Any) -> Any:
+        channel = message.channel
+        if channel is not None and getattr(channel, "connection", object()) is None:
+            logger.warning(
+                "not %s message %r: its broker connection is gone (Redis delivers it again)",
+                verb,
+                message.delivery_tag,
+            )
+            return None
+        return settle(message, logger, errors, *args, **kw)
+
+    setattr(guarded, _GUARDED, True)
+    return guarded
+
+
+if not getattr(Message.ack_log_error, _GUARDED, False):
+    Message.ack_log_error = _unless_detached(Message.ack_log_error, "acknowledging")  # type: ignore[method-assign]
+    Message.reject_log_error = _unless_detached(Message.reject_log_error, "rejecting")  # type: ignore[method-assign]
 
 
 def reconcile_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

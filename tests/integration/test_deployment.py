@@ -469,6 +469,8 @@ def test_make_run_gives_each_process_only_what_it_reads_and_only_two_a_vault_tok
         "PATH",
         "DARK_ENV",
         "REDIS_URL",
+        "REDIS_CA_FILE",  # the broker over TLS, or behind Sentinel: still only the broker
+        "REDIS_SENTINEL_MASTER",
         "FLOWER_BASIC_AUTH",
         "FLOWER_PORT",
     }
