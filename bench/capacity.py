@@ -12,20 +12,15 @@ retry storm.
 
 import argparse
 import math
-import platform
 import secrets
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
-import redis
 from celery import Celery
 
-from bench.provision import PG_ADMIN, _cores, _database, _redis_db
-from tests.support.processes import start_openbao, start_simulator, wait_until
-from tests.support.stack import make_stack
+from bench.support import bench_stack, machine_line
+from tests.support.processes import wait_until
 
 
 def _counts(db_url: str) -> dict[str, int]:
@@ -83,34 +78,12 @@ def main() -> None:
     parser.add_argument("--boot", type=float, default=2.0, help="simulated guest boot (s)")
     args = parser.parse_args()
 
-    from shared.adapters.db import migrate
-
-    work = Path(tempfile.mkdtemp(prefix="dark-bench-"))
-    db_name, db_url = _database()
-    redis_url = _redis_db()
-    migrate(db_url)
-    sim = start_simulator(
-        work,
-        "--operation-delay",
-        str(args.operation),
-        "--boot-delay",
-        str(args.boot),
-        "--quota-operations",
-        str(args.quota),
-    )
-    bao = start_openbao(work)
-    stack = make_stack(
-        work,
-        sim,
-        bao,
-        db_url,
-        redis_url,
-        DARK_MAX_INSTANCES_PER_TENANT="0",
-        DARK_LOG_LEVEL="WARNING",
+    sim_args = ["--operation-delay", str(args.operation), "--boot-delay", str(args.boot)]
+    with bench_stack(
+        [*sim_args, "--quota-operations", str(args.quota)],
         YC_MAX_CONCURRENT_OPERATIONS=str(args.quota),
-    )
-    try:
-        stack.start_api()
+    ) as bench:
+        stack, sim, db_url, redis_url = bench.stack, bench.sim, bench.db_url, bench.redis_url
         stack.start_worker("node-a", concurrency=2)
         stack.start_worker("node-b", concurrency=2)
         tenants = [f"cap-{i}-{secrets.token_hex(3)}" for i in range(args.n)]
@@ -139,15 +112,8 @@ def main() -> None:
         quotas = sim.admin("GET", "/cloud/quotas")
         left = _slots(db_url)
         phases = _timeline(db_url, args.quota)
-    finally:
-        stack.stop()
-        sim.stop()
-        bao.stop()
-        redis.Redis.from_url(redis_url).flushdb()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     ideal = math.ceil(args.n / args.quota) * args.operation + args.boot
-    print(f"machine: {platform.machine()}, {_cores()} cores, Python {platform.python_version()}")
+    print(machine_line())
     print(
         f"burst of {args.n} provisions; simulator quota {args.quota} concurrent operations, "
         f"create {args.operation:.1f} s + boot {args.boot:.1f} s; two worker nodes, concurrency 2"

@@ -14,20 +14,14 @@ and the instance reads) and its guests' /health answers.
 """
 
 import argparse
-import platform
 import secrets
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import psycopg
-import redis
-
-from bench.provision import PG_ADMIN, _cores, _database, _redis_db
-from tests.support.processes import Simulator, start_openbao, start_simulator, wait_until
-from tests.support.stack import Stack, make_stack
+from bench.support import bench_stack, machine_line
+from tests.support.processes import Simulator, wait_until
+from tests.support.stack import Stack
 
 
 @dataclass
@@ -96,39 +90,14 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=6, help="adaptive warm-up VMs")
     args = parser.parse_args()
 
-    from shared.adapters.db import migrate
-
-    work = Path(tempfile.mkdtemp(prefix="dark-bench-"))
-    db_name, db_url = _database()
-    redis_url = _redis_db()
-    migrate(db_url)
-    sim = start_simulator(
-        work, "--operation-delay", str(args.create), "--boot-delay", str(args.boot)
-    )
-    bao = start_openbao(work)
-    stack = make_stack(
-        work,
-        sim,
-        bao,
-        db_url,
-        redis_url,
-        DARK_MAX_INSTANCES_PER_TENANT="0",
-        DARK_LOG_LEVEL="WARNING",
-    )
-    try:
-        stack.start_api()
+    with bench_stack(
+        ["--operation-delay", str(args.create), "--boot-delay", str(args.boot)]
+    ) as bench:
         # The fixed schedule's first VM is the warm-up of the processes (imports, connections).
-        fixed = _run(stack, sim, adaptive=False, warm=1, measured=args.vms)
-        adaptive = _run(stack, sim, adaptive=True, warm=args.warm, measured=args.vms)
-    finally:
-        stack.stop()
-        sim.stop()
-        bao.stop()
-        redis.Redis.from_url(redis_url).flushdb()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        fixed = _run(bench.stack, bench.sim, adaptive=False, warm=1, measured=args.vms)
+        adaptive = _run(bench.stack, bench.sim, adaptive=True, warm=args.warm, measured=args.vms)
     cloud_time = args.create + args.boot
-    print(f"machine: {platform.machine()}, {_cores()} cores, Python {platform.python_version()}")
+    print(machine_line())
     print(
         f"simulated VM create {args.create:.1f} s + guest boot {args.boot:.1f} s = "
         f"{cloud_time:.1f} s; one VM at a time, {args.vms} measured per schedule"
