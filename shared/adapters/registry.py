@@ -36,7 +36,7 @@ from shared.domain.errors import (
     TransitionConflict,
 )
 from shared.domain.lifecycle import LIVE, Status, check_transition
-from shared.domain.records import SUMMARY_FIELDS, Event, Instance, summaries_json, vm_name_for
+from shared.domain.records import Event, Instance, summaries_json, vm_name_for
 from shared.domain.tenants import TenantName
 from shared.ports import MAX_PAGE_SIZE
 
@@ -156,8 +156,9 @@ class PostgresFleetRegistry:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[str, str | None]:
-        # Postgres writes each item's JSON (_SUMMARY_JSON); here they are only joined.
-        page, params = _page_query(_SUMMARY_COLUMNS, tenant, statuses, limit, cursor)
+        # Each row's item was written with the row (migrations/0010_instance_summary_json.sql);
+        # Postgres joins a page of them with newlines (a JSON text holds none), Python splits once.
+        page, params = _page_query(_PAGE_COLUMNS, tenant, statuses, limit, cursor)
         # The statement's text depends only on which filters are present: rendered once each.
         shape = (tenant is not None, statuses is not None, cursor is not None)
         with read_cursor(
@@ -167,23 +168,26 @@ class PostgresFleetRegistry:
             if query is None:
                 query = sql.SQL(
                     sql.SQL(
-                        "SELECT {} AS item, page.created_at, page.id FROM ({}) AS page"
-                        " ORDER BY page.created DESC, page.instance DESC"
+                        "SELECT string_agg(page.summary_json, E'\\n'"
+                        " ORDER BY page.created_at DESC, page.id DESC) FROM ({}) AS page"
                     )
-                    .format(_SUMMARY_JSON, page)
+                    .format(page)
                     .as_string(cur)
                 )
                 _LIST_JSON_QUERIES[shape] = query
-            rows = cur.execute(query, params).fetchall()
-        text = "[" + ",".join([row[0] for row in rows[:limit]]) + "]"
+            row = cur.execute(query, params).fetchone()
+        items = row[0].split("\n") if row is not None and row[0] is not None else []
+        text = "[" + ",".join(items[:limit]) + "]"
         if not text.isascii() or "\x7f" in text:
             # Postgres leaves these characters as they are, where the gateway's JSON provider
             # escapes them: rewritten the provider's way (a rare page: reasons are ASCII).
             text = summaries_json(json.loads(text))
-        if len(rows) <= limit:
+        if len(items) <= limit:
             return text, None
-        last = rows[limit - 1]
-        return text, _encode_cursor(datetime.fromisoformat(last[1]), uuid.UUID(last[2]))
+        last = json.loads(items[limit - 1])
+        return text, _encode_cursor(
+            datetime.fromisoformat(last["created_at"]), uuid.UUID(last["id"])
+        )
 
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
         with self._cursor() as cur:
@@ -345,38 +349,8 @@ def _page_query(
     return query, [*params, limit + 1]
 
 
-def _iso_utc(column: str) -> sql.Composable:
-    """`column` (a timestamptz) as `datetime.isoformat()` writes it in UTC: microseconds only
-    when there are any, then +00:00. (One to_char per value: it is most of the statement's cost.)
-    """
-    return sql.SQL(
-        "replace(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '')"
-        " || '+00:00' AS {}"
-    ).format(sql.Identifier(column), sql.Identifier(column))
-
-
-# A page's rows, each summary field (shared/domain/records.py's SUMMARY_FIELDS) as the text
-# instance_summary holds, and the row's position to keep their order by.
-_SUMMARY_SQL = {
-    "id": sql.SQL("id::text AS id"),
-    "created_at": _iso_utc("created_at"),
-    "updated_at": _iso_utc("updated_at"),
-}
-_SUMMARY_COLUMNS = sql.SQL(", ").join(
-    [
-        *(_SUMMARY_SQL.get(name, sql.Identifier(name)) for name in SUMMARY_FIELDS),
-        sql.SQL("instances.created_at AS created, instances.id AS instance"),
-    ]
-)
-# Each row's summary as one JSON object, keys sorted and no whitespace, as summaries_json writes it:
-# row_to_json names the fields in the order they are selected, here sorted. Postgres escapes a
-# string as Python's json does, but for non-ASCII characters and DEL (list_json sees to those).
-_SUMMARY_JSON = sql.SQL("(SELECT row_to_json(item)::text FROM (SELECT {}) AS item)").format(
-    sql.SQL(", ").join(
-        sql.SQL("page.{} AS {}").format(sql.Identifier(name), sql.Identifier(name))
-        for name in sorted(SUMMARY_FIELDS)
-    )
-)
+# A page's rows for list_json: each one's listing item (written with the row) and its position.
+_PAGE_COLUMNS = sql.SQL("summary_json, created_at, id")
 # list_json's statement, by which filters it has (tenant, statuses, cursor).
 _LIST_JSON_QUERIES: dict[tuple[bool, bool, bool], sql.SQL] = {}
 

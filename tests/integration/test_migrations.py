@@ -12,6 +12,7 @@ from shared.adapters import db
 from shared.adapters.db import MIGRATIONS_DIR, make_pool, migrate
 from shared.adapters.registry import PostgresFleetRegistry
 from shared.domain.lifecycle import Status
+from shared.domain.records import instance_summary, summaries_json
 from tests.conftest import PG_ADMIN_DSN
 
 
@@ -96,3 +97,36 @@ def test_a_new_migration_is_applied_alone_and_a_broken_one_is_not_recorded(
     # The failed file rolled back as a whole and released the lock: fixing it lets it apply.
     (tmp_path / "0003_broken.sql").write_text("CREATE TABLE half_done (id int);")
     assert migrate(fresh_database_url) == ["0003_broken.sql"]
+
+
+def test_rows_written_before_the_summary_migration_get_their_listing_item(fresh_database_url):
+    # A database at 0009 with rows in it, then the rest of the migrations: each row's listing
+    # item is written by 0010, byte for byte as Python's summaries_json writes it.
+    later = sorted(p for p in MIGRATIONS_DIR.glob("*.sql") if p.name >= "0010")
+    assert later, "the summary migration exists"
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (name text PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+            if path.name < "0010":
+                conn.execute(path.read_text())
+                conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (path.name,))
+        conn.execute(
+            "INSERT INTO instances (id, tenant, status, vm_name, idempotency_key, reason,"
+            " created_at, updated_at)"
+            " VALUES (gen_random_uuid(), 'old-tenant', 'failed', 'dark-vm-old', gen_random_uuid(),"
+            " 'guest said \"no\"', '2026-03-01 09:00:00.5+00', '2026-03-01 10:00:00+00')"
+        )
+    assert migrate(fresh_database_url) == [p.name for p in later]
+    pool = make_pool(fresh_database_url)
+    try:
+        registry = PostgresFleetRegistry(pool)
+        items, _ = registry.list(limit=10)
+        text, _ = registry.list_json(limit=10)
+    finally:
+        pool.close()
+    assert len(items) == 1
+    assert text == summaries_json([instance_summary(item) for item in items])
+    assert '"created_at":"2026-03-01T09:00:00.500000+00:00"' in text
