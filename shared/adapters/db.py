@@ -88,28 +88,29 @@ def make_read_pool(
         max_size=max_size,
         autocommit=True,
         check=idle.check,
-        reset=idle.returned,
         **kwargs,
     )
 
 
 class _IdleCheck:
-    """A pool `check` that pings a connection only after it sat idle for `after` seconds (the pool
-    calls `returned` as each connection comes back)."""
+    """A pool `check` that pings a connection only when it was last handed out more than `after`
+    seconds ago. Measured from the checkout, not the return: psycopg_pool runs a `reset` hook (the
+    one way to hear of a return) as a task on its worker thread, which would be a thread wake-up
+    and a GIL hand-off on every request. A read holds its connection for milliseconds, so the two
+    differ by that much; a connection held longer is checked sooner, never later."""
 
     def __init__(self, after: float) -> None:
         self._after = after
-        self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+        self._used_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
         )
 
-    def returned(self, conn: psycopg.Connection[Any]) -> None:
-        self._returned_at[conn] = time.monotonic()
-
     def check(self, conn: psycopg.Connection[Any]) -> None:
-        returned = self._returned_at.get(conn)
-        if returned is None or time.monotonic() - returned > self._after:
+        now = time.monotonic()
+        used = self._used_at.get(conn)
+        if used is None or now - used > self._after:
             ConnectionPool.check_connection(conn)
+        self._used_at[conn] = now
 
 
 @contextlib.contextmanager

@@ -729,6 +729,23 @@ def test_the_read_pool_checks_a_connection_only_after_it_sat_idle(migrated_datab
         pool.close()
 
 
+def test_a_connection_goes_back_to_the_read_pool_without_a_task_for_its_workers(
+    migrated_database_url,
+):
+    # A task on the pool's worker thread per return would be a thread wake-up per request.
+    pool = make_read_pool(migrated_database_url, max_size=1)
+    tasks: list[str] = []
+    run_task = pool.run_task
+    pool.run_task = lambda task: (tasks.append(type(task).__name__), run_task(task))[1]
+    try:
+        registry = PostgresFleetRegistry(pool, read_pool=pool)
+        for _ in range(3):
+            registry.list_json(limit=1)
+    finally:
+        pool.close()
+    assert "ReturnConnection" not in tasks
+
+
 def _lists(registry) -> bool:
     try:
         registry.list_json(limit=1)
