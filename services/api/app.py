@@ -31,6 +31,7 @@ from shared.domain.errors import (
 )
 from shared.settings import Settings
 from shared.web import (
+    App,
     install_docs,
     install_error_handler,
     install_request_hooks,
@@ -77,7 +78,7 @@ def create_app(
         stats=stats,
         invites=invites,
     )
-    app = Flask(__name__)
+    app = App(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # What the views use (services/api/views.py's `_gateway()`).
     app.extensions["dark"] = built

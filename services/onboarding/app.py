@@ -26,6 +26,7 @@ from shared.domain.errors import (
 from shared.domain.tenant_records import SecretsVersionMismatch, TenantHasLiveInstances
 from shared.settings import Settings
 from shared.web import (
+    App,
     install_docs,
     install_error_handler,
     install_request_hooks,
@@ -79,7 +80,7 @@ def create_app(
         bundles=bundles,
         invites=invites,
     )
-    app = Flask(__name__)
+    app = App(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # `/tenants//secrets` must reach the view (an empty name is a 422), not redirect elsewhere.
     app.url_map.merge_slashes = False

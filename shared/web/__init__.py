@@ -4,6 +4,7 @@
 - parsing.py: strict input (one JSON document, no unknown fields, no repeated query keys) and the
   webargs parser that applies it to the routes' declared schemas;
 - auth.py: bearer tokens and the `@public` mark;
+- flask_app.py: the Flask class the apps are built from (Flask, with one per-request check cached);
 - hooks.py: request ids, the request log line, security headers;
 - openapi.py: flask-smorest wiring, so that each route's declaration is its documentation;
 - docs.py: /docs, that document in Swagger UI.
@@ -22,6 +23,7 @@ from shared.web.errors import (
     field_errors,
     install_error_handler,
 )
+from shared.web.flask_app import App
 from shared.web.hooks import (
     API_CONTENT_SECURITY_POLICY,
     PAGE_CONTENT_SECURITY_POLICY,
@@ -52,6 +54,7 @@ __all__ = [
     "ApiBlueprint",
     "ApiDocument",
     "ApiError",
+    "App",
     "BearerTokens",
     "DomainErrorTable",
     "OpenApi",

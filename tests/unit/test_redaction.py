@@ -77,7 +77,7 @@ _FRAGMENTS = [
     "route=/instances",
     "status=200",
     "duration_ms=3.2",
-    "ſecret=",
+    "\u017fecret=",
     "\u212aey token=",
     "tO\u212aen=",
     "İ",

@@ -1,0 +1,47 @@
+"""shared/web/flask_app.py: Flask with `ensure_sync` answered once per function."""
+
+import asyncio
+
+import flask.app
+import pytest
+
+from shared.web import App
+
+
+def test_ensure_sync_is_asked_of_inspect_once_per_function(monkeypatch):
+    app = App(__name__)
+    calls = []
+    real = flask.app.iscoroutinefunction
+    monkeypatch.setattr(
+        flask.app, "iscoroutinefunction", lambda func: calls.append(func) or real(func)
+    )
+
+    def view():
+        return "ok"
+
+    app.add_url_rule("/", "view", view)
+    client = app.test_client()
+    for _ in range(5):
+        assert client.get("/").data == b"ok"
+    assert calls.count(view) == 1
+
+
+def test_an_async_function_is_still_recognised_and_an_unhashable_callable_still_answered():
+    app = App(__name__)
+
+    async def slow():
+        await asyncio.sleep(0)
+
+    # Without asgiref installed Flask refuses to run an async function: so does the cache, each
+    # time (it never hands the coroutine function back as if it were a plain one).
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="async"):
+            app.ensure_sync(slow)
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self):
+            return "called"
+
+    assert app.ensure_sync(Unhashable())() == "called"
