@@ -75,6 +75,9 @@ def gunicorn_logconfig(service: str) -> dict[str, Any]:
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Replace the root handlers with one JSON line handler on stderr."""
+    # No record needs its caller's file and line (JsonFormatter writes neither): without this,
+    # every record walks the stack to find them (the logging HOWTO's "Optimization").
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

@@ -66,11 +66,22 @@ class HttpMetrics:
             ["method", "route"],
             registry=registry,
         )
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "other"
-        self._requests.labels(method, route, str(status)).inc()
-        self._duration.labels(method, route).observe(seconds)
+        # Each series' child looked up once (`labels` validates and locks on every call); the keys
+        # are few: a known method, a URL rule, a status.
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                self._requests.labels(method, route, str(status)),
+                self._duration.labels(method, route),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
 
 class FleetCollector:
