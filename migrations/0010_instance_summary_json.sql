@@ -1,9 +1,10 @@
 -- Each instance's listing item (shared/domain/records.py's instance_summary: the summary fields,
 -- keys sorted, no whitespace, timestamps as Python's isoformat writes them in UTC), written when
--- the row is written, so that a page of the list is an index scan that copies these bytes instead
--- of formatting every row of every page on every read (docs/ARCHITECTURE.md#the-list). A trigger,
--- not a generated column: to_char and row_to_json are not immutable. Changing the summary fields
--- means a new migration that replaces the function and rewrites the rows.
+-- the row is written, so that a page of the list is an index scan that copies these bytes
+-- instead of formatting every row of every page on every read
+-- (docs/ARCHITECTURE.md#listing-instances). A trigger, not a generated column: to_char and
+-- row_to_json are not immutable. Changing the summary fields means a new migration that replaces
+-- the function and rewrites the rows.
 CREATE FUNCTION dark_iso_utc(value timestamptz) RETURNS text LANGUAGE sql STABLE AS $$
     SELECT replace(to_char(value AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), '.000000', '')
         || '+00:00'
