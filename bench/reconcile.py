@@ -53,6 +53,7 @@ STATUSES = [
     Status.PROVISIONING,
     Status.INITIALIZING,
 ]
+POPULATE_CHUNK = 10_000
 
 
 class _NoDispatch:
@@ -100,18 +101,23 @@ class Fleet:
         self.counts: dict = {}
 
     def _populate(self) -> None:
-        vms = self.sim.admin(
-            "POST",
-            "/cloud/vms",
-            json={
-                "folder_id": self.folder,
-                "count": self.size,
-                "name_prefix": f"b{secrets.token_hex(3)}-",
-                "labels": managed_labels(self.settings.deployment),
-                "age_secs": 7200,
-                "guest": False,
-            },
-        )
+        # In chunks: one admin request for 100k VMs can outlast the client's timeout on a busy
+        # machine.
+        prefix = f"b{secrets.token_hex(3)}-"
+        vms: list[dict] = []
+        for first in range(0, self.size, POPULATE_CHUNK):
+            vms += self.sim.admin(
+                "POST",
+                "/cloud/vms",
+                json={
+                    "folder_id": self.folder,
+                    "count": min(POPULATE_CHUNK, self.size - first),
+                    "name_prefix": f"{prefix}{first // POPULATE_CHUNK}-",
+                    "labels": managed_labels(self.settings.deployment),
+                    "age_secs": 7200,
+                    "guest": False,
+                },
+            )
         now = datetime.now(UTC)
         buf = io.StringIO()
         for i, vm in enumerate(vms):
