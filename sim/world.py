@@ -10,12 +10,11 @@ import bisect
 import copy
 import heapq
 import ipaddress
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sim import filters
 from sim.model import (
@@ -33,6 +32,8 @@ from sim.model import (
 from sim.quotas import Limits, Quotas
 
 log = logging.getLogger("sim.world")
+
+T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -167,6 +168,35 @@ class World:
     def list_vms(
         self, folder_id: str, page_size: int, page_token: str, filter_text: str
     ) -> tuple[list[Vm], str]:
+        """One page of a folder's VMs (copies) and the token of the next page ("" at the end)."""
+        return self._page(folder_id, page_size, page_token, filter_text, copy.copy)
+
+    def list_rendered(
+        self,
+        folder_id: str,
+        page_size: int,
+        page_token: str,
+        filter_text: str,
+        render: Callable[[Vm], bytes],
+    ) -> tuple[list[bytes], str]:
+        """`list_vms`, each VM as `render` makes it: rendered once and kept on the VM (`listed`)
+        until the VM changes, so listing an unchanged folder again renders nothing."""
+
+        def rendered(vm: Vm) -> bytes:
+            if vm.listed is None:
+                vm.listed = render(vm)
+            return vm.listed
+
+        return self._page(folder_id, page_size, page_token, filter_text, rendered)
+
+    def _page(
+        self,
+        folder_id: str,
+        page_size: int,
+        page_token: str,
+        filter_text: str,
+        take: Callable[[Vm], T],
+    ) -> tuple[list[T], str]:
         if not folder_id:
             raise ApiError("INVALID_ARGUMENT", "Illegal argument folder_id: required")
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
@@ -174,7 +204,8 @@ class World:
                 "INVALID_ARGUMENT", f"Illegal argument page_size: must be 0..{MAX_PAGE_SIZE}"
             )
         try:
-            predicate = filters.parse(filter_text)
+            # No filter, no predicate: a VM's filter fields cost a timestamp format each.
+            predicate = filters.parse(filter_text) if filter_text.strip() else None
         except filters.FilterError as exc:
             raise ApiError("INVALID_ARGUMENT", f"Invalid filter: {exc}") from None
         after = _decode_token(page_token)
@@ -185,13 +216,17 @@ class World:
             ids = self._sorted_ids.get(folder_id)
             if ids is None:
                 ids = self._sorted_ids[folder_id] = sorted(self._by_folder.get(folder_id, {}))
-            page: list[Vm] = []
-            for vm_id in itertools.islice(ids, bisect.bisect_right(ids, after), None):
-                vm = self._vms[vm_id]
-                if predicate(vm.filter_fields()):
+            page: list[T] = []
+            last = ""
+            # By index from the token's place: skipping the ids before it would make every page
+            # cost the pages before it.
+            for i in range(bisect.bisect_right(ids, after), len(ids)):
+                vm = self._vms[ids[i]]
+                if predicate is None or predicate(vm.filter_fields()):
                     if len(page) == limit:
-                        return page, _encode_token(page[-1].id)
-                    page.append(copy.copy(vm))
+                        return page, _encode_token(last)
+                    page.append(take(vm))
+                    last = vm.id
             return page, ""
 
     def get_operation(self, op_id: str) -> Operation:
