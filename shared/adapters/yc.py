@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +78,12 @@ _LASTING_QUOTAS = {
 _QUOTA_RE = re.compile(r"\b(compute\.[A-Za-z]+\.[a-z]+)\b")
 
 T = TypeVar("T")
+
+# The domain's status for each of the API's status numbers (a number it does not know: UNKNOWN).
+_VM_STATUS = {
+    number: VmStatus.from_cloud(name) for name, number in instance_pb2.Instance.Status.items()
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def cloud_error(code: str | int | grpc.StatusCode, details: str, action: str = "") -> CloudError:
@@ -352,18 +358,25 @@ def _operation_state(operation: operation_pb2.Operation) -> OperationState:
 
 def _cloud_vm(instance: instance_pb2.Instance, *, internal: bool) -> CloudVm:
     """The VM as the domain sees it; its `address` is the one guests are called at
-    (DARK_GUEST_NETWORK): the one-to-one NAT address, or with `internal` the VPC address."""
+    (DARK_GUEST_NETWORK): the one-to-one NAT address, or with `internal` the VPC address.
+
+    Reconcile makes one per VM of the folder (100k and more): the status comes from a table, and
+    the timestamp is built directly as protobuf's `ToDatetime` would build it."""
     address = None
     if instance.network_interfaces:
         primary = instance.network_interfaces[0].primary_v4_address
         address = (primary.address if internal else primary.one_to_one_nat.address) or None
+    created_at = None
+    if instance.HasField("created_at"):
+        ts = instance.created_at
+        # A valid Timestamp's nanos are 0..999,999,999: the division rounds toward zero, as
+        # ToDatetime's does.
+        created_at = _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
     return CloudVm(
         provider_id=instance.id,
         name=instance.name,
-        status=VmStatus.from_cloud(instance_pb2.Instance.Status.Name(instance.status)),
+        status=_VM_STATUS.get(instance.status, VmStatus.UNKNOWN),
         labels=dict(instance.labels),
         address=address,
-        created_at=(
-            instance.created_at.ToDatetime(tzinfo=UTC) if instance.HasField("created_at") else None
-        ),
+        created_at=created_at,
     )
