@@ -46,7 +46,7 @@ from shared.domain.capacity import WAITING_REASON
 from shared.domain.errors import DomainError, TransitionConflict
 from shared.domain.labels import managed_labels
 from shared.domain.lifecycle import IN_FLIGHT, Status
-from shared.domain.records import CloudVm, Instance, VmStatus
+from shared.domain.records import CloudVm, InstanceState, VmStatus
 from shared.ports import (
     Compute,
     FleetRegistry,
@@ -109,7 +109,7 @@ class RowAction:
 
     kind: ActionKind
     detail: str
-    instance: Instance
+    instance: InstanceState
     vm: CloudVm | None = None
 
     def record(self) -> dict[str, Any]:
@@ -121,7 +121,7 @@ Action = VmAction | RowAction
 
 
 def _record(
-    kind: ActionKind, detail: str, inst: Instance | None, vm: CloudVm | None
+    kind: ActionKind, detail: str, inst: InstanceState | None, vm: CloudVm | None
 ) -> dict[str, Any]:
     return {
         "kind": kind.value,
@@ -152,7 +152,7 @@ class RunSummary:
 
 
 def decide(
-    vms: Iterable[CloudVm], rows: Iterable[Instance], settings: Settings, now: datetime
+    vms: Iterable[CloudVm], rows: Iterable[InstanceState], settings: Settings, now: datetime
 ) -> list[Action]:
     """The actions that converge the cloud (`vms`) and the registry (`rows`, none retired)."""
     labels = managed_labels(settings.deployment)
@@ -180,7 +180,7 @@ def decide(
 
 
 def _decide_row(
-    row: Instance, vm: CloudVm | None, settings: Settings, now: datetime
+    row: InstanceState, vm: CloudVm | None, settings: Settings, now: datetime
 ) -> list[RowAction]:
     live_vm = vm if vm is not None and vm.status is not VmStatus.DELETING else None
     if row.status in IN_FLIGHT:
@@ -394,7 +394,7 @@ class _Executor:
             return "failed"
         return "failed; " + self._delete_instance_vm(inst, action.vm)
 
-    def _creating_identity(self, inst: Instance) -> bool:
+    def _creating_identity(self, inst: InstanceState) -> bool:
         # Its guest may hold the tenant's identity, stored nowhere yet. Failed here with its VM
         # deleted, that identity would be lost and a waiting instance would take the claim over
         # and init a second time (docs/ARCHITECTURE.md#invariants).
@@ -456,7 +456,7 @@ class _Executor:
         self.registry.note(inst.id, f"reconcile resumed the {what} ({action.detail})")
         return f"{what} resumed"
 
-    def _delete_instance_vm(self, inst: Instance, vm: CloudVm) -> str:
+    def _delete_instance_vm(self, inst: InstanceState, vm: CloudVm) -> str:
         outcome = self._delete_vm(vm)
         self.registry.note(inst.id, f"reconcile: {outcome}")
         return outcome
