@@ -296,6 +296,9 @@ def reconcile_once(
                 records.append(executor.carry_out(action, dry_run, errors))
             result = ("dry run: " if dry_run else "") + _held_back_result(destructive, cap)
             records.extend({**a.record(), "held_back": True, "result": result} for a in held)
+            # The snapshots and actions die here, while collection is still off: alive when it
+            # resumes, they would be walked once more (see _without_cycle_collection).
+            del actions, allowed, held, executor
         except Exception as exc:
             # Recorded, then raised: the run is finished in the record either way.
             errors.append({"kind": "run", "error": f"the run stopped: {exc!r}"})
