@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from sim import filters
 from sim.model import (
@@ -32,8 +32,6 @@ from sim.model import (
 from sim.quotas import Limits, Quotas
 
 log = logging.getLogger("sim.world")
-
-T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -165,12 +163,6 @@ class World:
                 raise ApiError("NOT_FOUND", f"Instance {vm_id} not found")
             return copy.copy(vm)
 
-    def list_vms(
-        self, folder_id: str, page_size: int, page_token: str, filter_text: str
-    ) -> tuple[list[Vm], str]:
-        """One page of a folder's VMs (copies) and the token of the next page ("" at the end)."""
-        return self._page(folder_id, page_size, page_token, filter_text, copy.copy)
-
     def list_rendered(
         self,
         folder_id: str,
@@ -179,24 +171,9 @@ class World:
         filter_text: str,
         render: Callable[[Vm], bytes],
     ) -> tuple[list[bytes], str]:
-        """`list_vms`, each VM as `render` makes it: rendered once and kept on the VM (`listed`)
-        until the VM changes, so listing an unchanged folder again renders nothing."""
-
-        def rendered(vm: Vm) -> bytes:
-            if vm.listed is None:
-                vm.listed = render(vm)
-            return vm.listed
-
-        return self._page(folder_id, page_size, page_token, filter_text, rendered)
-
-    def _page(
-        self,
-        folder_id: str,
-        page_size: int,
-        page_token: str,
-        filter_text: str,
-        take: Callable[[Vm], T],
-    ) -> tuple[list[T], str]:
+        """One page of a folder's VMs, each as `render` makes it, and the token of the next page
+        ("" at the end). A VM is rendered once and kept (`Vm.listed`) until it changes, so
+        listing an unchanged folder again renders nothing."""
         if not folder_id:
             raise ApiError("INVALID_ARGUMENT", "Illegal argument folder_id: required")
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
@@ -216,7 +193,7 @@ class World:
             ids = self._sorted_ids.get(folder_id)
             if ids is None:
                 ids = self._sorted_ids[folder_id] = sorted(self._by_folder.get(folder_id, {}))
-            page: list[T] = []
+            page: list[bytes] = []
             last = ""
             # By index from the token's place: skipping the ids before it would make every page
             # cost the pages before it.
@@ -225,7 +202,9 @@ class World:
                 if predicate is None or predicate(vm.filter_fields()):
                     if len(page) == limit:
                         return page, _encode_token(last)
-                    page.append(take(vm))
+                    if vm.listed is None:
+                        vm.listed = render(vm)
+                    page.append(vm.listed)
                     last = vm.id
             return page, ""
 
