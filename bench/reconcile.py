@@ -6,8 +6,9 @@ Postgres registry, run record and locks. The rows are in every state and mostly 
 provider id or only by name); some VMs have no row and some ready rows have lost their VM, so each
 pass decides every kind of action. The pass is a dry run: it decides and records everything and
 changes nothing, so repeated passes measure the same work. A linear pass gives a ratio near 10.
-The printed breakdown times the two reads alone. (The simulator used to sort the folder for every
-page it served, which made its listing quadratic; it now sorts once per listing.)
+The printed breakdown times the two reads alone. The first pass of each size also pays for the
+simulator serializing every VM once (it keeps each VM's list entry until the VM changes, as YC's
+own speed is not ours to measure); the best of the passes does not.
 
     .venv/bin/python -m bench.reconcile --small 10000 --large 100000 --repeat 3
 """
