@@ -19,7 +19,14 @@ from shared.domain.capacity import Admission, BudgetUsage, Mutation
 from shared.domain.guest import GuestHealth, GuestIdentity
 from shared.domain.invites import Invite
 from shared.domain.lifecycle import Status
-from shared.domain.records import CloudVm, Event, Instance, OperationState, VmSpec
+from shared.domain.records import (
+    CloudVm,
+    Event,
+    Instance,
+    InstanceState,
+    OperationState,
+    VmSpec,
+)
 from shared.domain.secrets import Bundle, SecretsPresence, TenantSecrets
 from shared.domain.tenant_records import TenantRecord
 from shared.domain.tenants import TenantName
@@ -77,8 +84,9 @@ class FleetRegistry(Protocol):
         shared/domain/records.py): what the gateway's list answers, built without an Instance or a
         dict per row."""
 
-    def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
-        """Every row in one of `statuses`, oldest first (for reconcile and resuming work)."""
+    def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[InstanceState]:
+        """Every row in one of `statuses`, oldest first, as its InstanceState (for reconcile and
+        resuming work)."""
 
     def count_live(self, tenant: TenantName) -> int:
         """How many of the tenant's rows are LIVE (have or are getting a VM)."""

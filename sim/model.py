@@ -48,6 +48,14 @@ class Vm:
     security_group_ids: list[str] = dataclasses.field(default_factory=list)
     guest: bool = True  # start a guest when the VM is running (bulk admin VMs have none)
     guest_started: bool = False
+    # The VM as a ListInstances answer carries it, serialized (sim/yc.py renders it), kept until
+    # the VM changes: setting any other attribute drops it, so a listing never shows a stale VM.
+    listed: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name != "listed":
+            object.__setattr__(self, "listed", None)
+        object.__setattr__(self, name, value)
 
     def filter_fields(self) -> dict[str, str]:
         return {

@@ -10,7 +10,6 @@ import bisect
 import copy
 import heapq
 import ipaddress
-import itertools
 import logging
 import threading
 import time
@@ -164,9 +163,17 @@ class World:
                 raise ApiError("NOT_FOUND", f"Instance {vm_id} not found")
             return copy.copy(vm)
 
-    def list_vms(
-        self, folder_id: str, page_size: int, page_token: str, filter_text: str
-    ) -> tuple[list[Vm], str]:
+    def list_rendered(
+        self,
+        folder_id: str,
+        page_size: int,
+        page_token: str,
+        filter_text: str,
+        render: Callable[[Vm], bytes],
+    ) -> tuple[list[bytes], str]:
+        """One page of a folder's VMs, each as `render` makes it, and the token of the next page
+        ("" at the end). A VM is rendered once and kept (`Vm.listed`) until it changes, so
+        listing an unchanged folder again renders nothing."""
         if not folder_id:
             raise ApiError("INVALID_ARGUMENT", "Illegal argument folder_id: required")
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
@@ -174,7 +181,8 @@ class World:
                 "INVALID_ARGUMENT", f"Illegal argument page_size: must be 0..{MAX_PAGE_SIZE}"
             )
         try:
-            predicate = filters.parse(filter_text)
+            # No filter, no predicate: a VM's filter fields cost a timestamp format each.
+            predicate = filters.parse(filter_text) if filter_text.strip() else None
         except filters.FilterError as exc:
             raise ApiError("INVALID_ARGUMENT", f"Invalid filter: {exc}") from None
         after = _decode_token(page_token)
@@ -185,13 +193,19 @@ class World:
             ids = self._sorted_ids.get(folder_id)
             if ids is None:
                 ids = self._sorted_ids[folder_id] = sorted(self._by_folder.get(folder_id, {}))
-            page: list[Vm] = []
-            for vm_id in itertools.islice(ids, bisect.bisect_right(ids, after), None):
-                vm = self._vms[vm_id]
-                if predicate(vm.filter_fields()):
+            page: list[bytes] = []
+            last = ""
+            # By index from the token's place: skipping the ids before it would make every page
+            # cost the pages before it.
+            for i in range(bisect.bisect_right(ids, after), len(ids)):
+                vm = self._vms[ids[i]]
+                if predicate is None or predicate(vm.filter_fields()):
                     if len(page) == limit:
-                        return page, _encode_token(page[-1].id)
-                    page.append(copy.copy(vm))
+                        return page, _encode_token(last)
+                    if vm.listed is None:
+                        vm.listed = render(vm)
+                    page.append(vm.listed)
+                    last = vm.id
             return page, ""
 
     def get_operation(self, op_id: str) -> Operation:

@@ -36,6 +36,8 @@ _UNAUTHENTICATED_SERVICES = (
 )
 _MAX_METADATA_BYTES = 512 * 1024
 IAM_TOKEN_LIFETIME_SECS = 12 * 3600
+# ListInstancesResponse.instances: field 1, length-delimited.
+_INSTANCES_TAG = bytes([1 << 3 | 2])
 
 
 def _timestamp(target, ts: float) -> None:
@@ -75,6 +77,22 @@ def instance_message(vm: Vm, *, full: bool) -> instance_pb2.Instance:
     )
     _timestamp(message.created_at, vm.created_at)
     return message
+
+
+def _listed(vm: Vm) -> bytes:
+    """The VM as one entry of ListInstancesResponse.instances (field 1), serialized: its tag,
+    its length and the message (the concatenation of entries is the repeated field)."""
+    message = instance_message(vm, full=False).SerializeToString()
+    return _INSTANCES_TAG + _varint(len(message)) + message
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def operation_message(op: Operation) -> operation_pb2.Operation:
@@ -184,12 +202,14 @@ class InstanceService(isvc_grpc.InstanceServiceServicer):
 
     @_api("List")
     def List(self, request, context):
-        vms, token = self.world.list_vms(
-            request.folder_id, request.page_size, request.page_token, request.filter
+        # Each VM is serialized once, as its entry in the answer, until it changes (a listing of
+        # 100k VMs built 100k messages in Python every time); the page is then parsed whole, in C.
+        entries, token = self.world.list_rendered(
+            request.folder_id, request.page_size, request.page_token, request.filter, _listed
         )
-        return isvc.ListInstancesResponse(
-            instances=[instance_message(vm, full=False) for vm in vms], next_page_token=token
-        )
+        response = isvc.ListInstancesResponse.FromString(b"".join(entries))
+        response.next_page_token = token
+        return response
 
 
 class OperationService(osvc_grpc.OperationServiceServicer):

@@ -30,6 +30,7 @@ from shared.domain.records import (
     CloudVm,
     Event,
     Instance,
+    InstanceState,
     OperationState,
     VmSpec,
     VmStatus,
@@ -137,9 +138,15 @@ class FakeRegistry:
         page, next_cursor = self.list(tenant=tenant, statuses=statuses, limit=limit, cursor=cursor)
         return summaries_json([instance_summary(row) for row in page]), next_cursor
 
-    def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[Instance]:
+    def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[InstanceState]:
         wanted = set(statuses)
-        return [row for row in self.rows.values() if row.status in wanted]
+        return [
+            InstanceState(
+                **{f.name: getattr(row, f.name) for f in dataclasses.fields(InstanceState)}
+            )
+            for row in self.rows.values()
+            if row.status in wanted
+        ]
 
     def count_live(self, tenant: TenantName) -> int:
         return sum(row.tenant == tenant and row.status in LIVE for row in self.rows.values())

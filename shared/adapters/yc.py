@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +78,12 @@ _LASTING_QUOTAS = {
 _QUOTA_RE = re.compile(r"\b(compute\.[A-Za-z]+\.[a-z]+)\b")
 
 T = TypeVar("T")
+
+# The domain's status for each of the API's status numbers (a number it does not know: UNKNOWN).
+_VM_STATUS = {
+    number: VmStatus.from_cloud(name) for name, number in instance_pb2.Instance.Status.items()
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def cloud_error(code: str | int | grpc.StatusCode, details: str, action: str = "") -> CloudError:
@@ -217,26 +223,26 @@ class YcCompute:
 
     def list_managed(self, labels: dict[str, str]) -> Iterator[CloudVm]:
         # YC's list filter knows no labels: page through the whole folder, filter here.
-        page_token = ""
-        while True:
-            request = isvc.ListInstancesRequest(
-                folder_id=self._settings.yc_folder_id, page_size=PAGE_SIZE, page_token=page_token
-            )
-
-            def list_page(
-                c: _Clients, request: isvc.ListInstancesRequest = request
-            ) -> isvc.ListInstancesResponse:
-                # The generated stubs are untyped (grpc ships no types): name what comes back.
-                page: isvc.ListInstancesResponse = c.instances.List(request, timeout=self._timeout)
-                return page
-
-            response = self._call(f"list VMs in folder {self._settings.yc_folder_id}", list_page)
-            for instance in response.instances:
-                if all(instance.labels.get(k) == v for k, v in labels.items()):
-                    yield self._cloud_vm(instance)
-            page_token = response.next_page_token
-            if not page_token:
-                return
+        # The next page is asked for as soon as a page arrives, before its VMs are decoded: the
+        # cloud prepares one page while this process decodes the other (a 100k folder is 100
+        # pages). Still one RPC per page; an error on any page leaves the listing there.
+        action = f"list VMs in folder {self._settings.yc_folder_id}"
+        wanted = labels.items()
+        internal = self._settings.guest_network == "internal"
+        pending: grpc.Future | None = self._list_page(action, "")
+        try:
+            while pending is not None:
+                response = self._page_result(action, pending)
+                token = response.next_page_token
+                pending = self._list_page(action, token) if token else None
+                for instance in response.instances:
+                    # Each VM's labels are copied out of the message once, compared in C.
+                    vm_labels = dict(instance.labels)
+                    if wanted <= vm_labels.items():
+                        yield _cloud_vm(instance, internal=internal, labels=vm_labels)
+        finally:
+            if pending is not None:  # the caller stopped early, or a page failed to decode
+                pending.cancel()
 
     def delete_instance(self, provider_id: str) -> OperationState | None:
         # The key is derived from the VM id, so repeating a delete returns the running operation.
@@ -276,6 +282,25 @@ class YcCompute:
             return rpc(clients)
         except grpc.RpcError as exc:
             raise cloud_error(exc.code(), exc.details() or "", action) from None
+
+    def _list_page(self, action: str, page_token: str) -> grpc.Future:
+        request = isvc.ListInstancesRequest(
+            folder_id=self._settings.yc_folder_id, page_size=PAGE_SIZE, page_token=page_token
+        )
+
+        def start(c: _Clients) -> grpc.Future:
+            future: grpc.Future = c.instances.List.future(request, timeout=self._timeout)
+            return future
+
+        return self._call(action, start)
+
+    def _page_result(self, action: str, page: grpc.Future) -> isvc.ListInstancesResponse:
+        try:
+            # The generated stubs are untyped (grpc ships no types): name what comes back.
+            response: isvc.ListInstancesResponse = page.result()
+        except grpc.RpcError as exc:
+            raise cloud_error(exc.code(), exc.details() or "", action) from None
+        return response
 
     def _connected(self) -> _Clients:
         clients = self._clients
@@ -350,20 +375,30 @@ def _operation_state(operation: operation_pb2.Operation) -> OperationState:
     )
 
 
-def _cloud_vm(instance: instance_pb2.Instance, *, internal: bool) -> CloudVm:
+def _cloud_vm(
+    instance: instance_pb2.Instance, *, internal: bool, labels: dict[str, str] | None = None
+) -> CloudVm:
     """The VM as the domain sees it; its `address` is the one guests are called at
-    (DARK_GUEST_NETWORK): the one-to-one NAT address, or with `internal` the VPC address."""
+    (DARK_GUEST_NETWORK): the one-to-one NAT address, or with `internal` the VPC address.
+
+    Reconcile makes one per VM of the folder (100k and more): the status comes from a table, the
+    timestamp is built directly as protobuf's `ToDatetime` would build it, and `labels`, when
+    given, are the instance's labels already copied out."""
     address = None
     if instance.network_interfaces:
         primary = instance.network_interfaces[0].primary_v4_address
         address = (primary.address if internal else primary.one_to_one_nat.address) or None
+    created_at = None
+    if instance.HasField("created_at"):
+        ts = instance.created_at
+        # A valid Timestamp's nanos are 0..999,999,999: the division rounds toward zero, as
+        # ToDatetime's does.
+        created_at = _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
     return CloudVm(
         provider_id=instance.id,
         name=instance.name,
-        status=VmStatus.from_cloud(instance_pb2.Instance.Status.Name(instance.status)),
-        labels=dict(instance.labels),
+        status=_VM_STATUS.get(instance.status, VmStatus.UNKNOWN),
+        labels=dict(instance.labels) if labels is None else labels,
         address=address,
-        created_at=(
-            instance.created_at.ToDatetime(tzinfo=UTC) if instance.HasField("created_at") else None
-        ),
+        created_at=created_at,
     )

@@ -40,6 +40,23 @@ class Instance:
     wake_token: uuid.UUID | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    """What reconcile and the resume sweep read of a row (`FleetRegistry.list_by_statuses`): who
+    it is, where it is in its lifecycle and since when, and which VM it owns. The same fields
+    as its Instance; the rest (keys, forges, tokens) stays unread: a pass reads 100k rows."""
+
+    id: uuid.UUID
+    tenant: TenantName
+    status: Status
+    vm_name: str
+    created_at: datetime
+    updated_at: datetime
+    status_changed_at: datetime
+    provider_id: str | None = None
+    reason: str | None = None
+
+
 @dataclass(frozen=True)
 class Event:
     instance_id: uuid.UUID

@@ -535,10 +535,10 @@ def resume_unfinished(
     A new token makes any older message for the row stale, so this never doubles the work.
     """
     count = 0
-    for instance in registry.list_by_statuses(IN_FLIGHT | {Status.TEARING_DOWN}):
+    for row in registry.list_by_statuses(IN_FLIGHT | {Status.TEARING_DOWN}):
         token = uuid.uuid4()
         try:
-            instance = registry.update(instance.id, instance.status, wake_token=token)
+            instance = registry.update(row.id, row.status, wake_token=token)
         except (TransitionConflict, InstanceNotFound):
             continue  # moved on, or withdrawn by a gateway whose dispatch failed
         send(instance, token)

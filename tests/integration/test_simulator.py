@@ -147,6 +147,26 @@ def test_pages_see_vms_added_and_removed_between_them(simulator, folder):
     assert rest == expected
 
 
+def test_a_listing_shows_every_change_since_the_last_one(simulator, folder):
+    # The simulator keeps each VM's serialized list entry until the VM changes: a listing after
+    # a change must show the change, and always what Get says.
+    vm = add_vm(simulator, folder, "changing", guest=False)
+    stub = instances(simulator)
+
+    def listed() -> isvc.ListInstancesResponse:
+        (instance,) = stub.List(isvc.ListInstancesRequest(folder_id=folder), timeout=5).instances
+        assert instance == stub.Get(isvc.GetInstanceRequest(instance_id=vm["id"]), timeout=5)
+        return instance
+
+    first = listed()
+    assert listed() == first  # unchanged, served from what the first listing kept
+    moved = simulator.admin("POST", f"/cloud/vms/{vm['id']}/address", json={"network": "public"})
+    nat = listed().network_interfaces[0].primary_v4_address.one_to_one_nat
+    assert nat.address == moved["address"]
+    stub.Delete(isvc.DeleteInstanceRequest(instance_id=vm["id"]), timeout=5)
+    assert listed().status == first.Status.DELETING
+
+
 def test_metadata_is_returned_only_in_the_full_view(simulator, folder):
     stub = instances(simulator)
     request = isvc.CreateInstanceRequest(

@@ -182,6 +182,13 @@ def test_list_managed_finds_exactly_our_vms_among_2500_across_pages(compute, sim
     assert simulator.admin("GET", "/cloud/calls")["List"] - lists_before == 3  # 1000+1000+500
 
 
+def test_a_failed_list_page_is_the_domain_error_and_the_listing_stops(compute, faults):
+    faults(method="List", code="UNAVAILABLE", where="rpc", count=1)
+    with pytest.raises(CloudTransient) as caught:
+        list(compute.list_managed(MANAGED))
+    assert caught.value.code == "UNAVAILABLE"
+
+
 def test_delete_then_delete_again_reports_already_gone(compute, simulator, folder):
     created = compute.create_instance(spec())
     finished(compute, created.operation_id)

@@ -2,6 +2,7 @@
 (docs/ARCHITECTURE.md#reconcile)."""
 
 import dataclasses
+import gc
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -429,3 +430,30 @@ def test_a_respawn_made_while_the_queue_is_down_is_kept_for_a_later_resume():
     assert fresh.status is Status.PENDING
     (record,) = [r for r in summary.actions if r["kind"] == ActionKind.RESPAWN]
     assert record["result"] == f"provisioned instance {fresh.id}"
+
+
+@pytest.mark.parametrize("breaks", [False, True])
+@pytest.mark.parametrize("collecting", [True, False])
+def test_a_pass_runs_without_cycle_collection_and_leaves_it_as_it_found_it(breaks, collecting):
+    w, _ = mixed_world()
+    seen = []
+    listing = w.compute.list_managed
+
+    def list_managed(labels):
+        seen.append(gc.isenabled())
+        return listing(labels)
+
+    w.compute.list_managed = list_managed
+    if breaks:
+        w.compute.delete_instance = None  # a bug, not a domain error
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        if breaks:
+            with pytest.raises(TypeError):
+                w.reconcile()
+        else:
+            w.reconcile()
+        assert seen == [False] and gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
