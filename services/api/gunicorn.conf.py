@@ -35,6 +35,8 @@ control_socket_disable = True
 # the Authorization header cannot reach a log.
 accesslog = None
 logconfig_dict = gunicorn_logconfig("api")
+# ...and no access line built only to be discarded (shared/web/gunicorn_logger.py).
+logger_class = "shared.web.gunicorn_logger.GunicornLogger"
 
 
 # --- /metrics across workers (services/api/metrics.py) ------------------------------------------

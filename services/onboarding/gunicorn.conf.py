@@ -25,3 +25,5 @@ control_socket_disable = True
 # bodies, so neither the Authorization header nor a submitted secret can reach a log.
 accesslog = None
 logconfig_dict = gunicorn_logconfig("onboarding")
+# ...and no access line built only to be discarded (shared/web/gunicorn_logger.py).
+logger_class = "shared.web.gunicorn_logger.GunicornLogger"
