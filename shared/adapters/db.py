@@ -192,6 +192,36 @@ def migrate(database_url: str) -> list[str]:
                     conn.execute(path.read_text())
                     conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (path.name,))
                 applied_now.append(path.name)
+            for name, backfill in _BACKFILLS.items():
+                if name in done or name in applied_now:
+                    backfill(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied_now
+
+
+# Rows written before migrations/0010_instance_summary_json.sql have no listing item: filled this
+# many at a time, each batch a short transaction of its own, never one long lock over the table.
+_BACKFILL_BATCH = 1000
+
+
+def _backfill_instance_summaries(conn: psycopg.Connection[Any]) -> None:
+    """Write the listing item of every row that has none (the trigger writes it on any update).
+    Rows a writer holds are skipped, not waited for: that write fills them in."""
+    while True:
+        with conn.transaction():
+            filled = conn.execute(
+                "UPDATE instances SET summary_json = NULL WHERE id IN ("
+                " SELECT id FROM instances WHERE summary_json IS NULL"
+                " LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (_BACKFILL_BATCH,),
+            ).rowcount
+        if filled < _BACKFILL_BATCH:
+            return
+
+
+# Data a migration leaves to be filled after it, in small transactions, by the migration's name:
+# run at every migrate() once that migration is in (a no-op when there is nothing left to fill).
+_BACKFILLS: dict[str, Callable[[psycopg.Connection[Any]], None]] = {
+    "0010_instance_summary_json.sql": _backfill_instance_summaries,
+}

@@ -366,8 +366,9 @@ def _page_statement(columns: sql.Composable, shape: tuple[bool, bool, bool]) -> 
     ).format(columns, sql.SQL(" AND ").join(conditions or [sql.SQL("TRUE")]))
 
 
-# A page's rows for list_json: each one's listing item, written with the row.
-_PAGE_COLUMNS = sql.SQL("summary_json")
+# A page's rows for list_json: each one's listing item, written with the row; a row written before
+# migration 0010 and not yet backfilled (`db.migrate`) has none, and is formatted as it is read.
+_PAGE_COLUMNS = sql.SQL("coalesce(summary_json, dark_instance_summary(instances))")
 # list_json's statement, by which filters it has (tenant, statuses, cursor).
 _LIST_JSON_QUERIES: dict[tuple[bool, bool, bool], sql.SQL] = {}
 

@@ -1,12 +1,12 @@
 """The Flask class the services build their apps from."""
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
 
-# Hooks, views and error handlers are registered once: far fewer than this. A callable made per
-# request would be checked every time, as Flask does, rather than kept.
+# Hooks, views and error handlers are registered once: far fewer than this.
 _MAX_CACHED = 1024
 
 
@@ -24,7 +24,10 @@ class App(Flask):
             return self._sync_functions[func]
         except KeyError:
             made = super().ensure_sync(func)
-            if len(self._sync_functions) < _MAX_CACHED:
+            # Only plain functions: a bound method or a view object made per request (Flask's
+            # View.as_view, an after_this_request closure is a function too but is called once)
+            # would be kept alive by the cache, with whatever it holds.
+            if inspect.isfunction(func) and len(self._sync_functions) < _MAX_CACHED:
                 self._sync_functions[func] = made
             return made
         except TypeError:  # an unhashable callable

@@ -99,9 +99,12 @@ def test_a_new_migration_is_applied_alone_and_a_broken_one_is_not_recorded(
     assert migrate(fresh_database_url) == ["0003_broken.sql"]
 
 
-def test_rows_written_before_the_summary_migration_get_their_listing_item(fresh_database_url):
-    # A database at 0009 with rows in it, then the rest of the migrations: each row's listing
-    # item is written by 0010, byte for byte as Python's summaries_json writes it.
+def test_rows_written_before_the_summary_migration_get_their_listing_item(
+    fresh_database_url, monkeypatch
+):
+    # A database at 0009 with rows in it, then the rest of the migrations: 0010 itself rewrites no
+    # row (it only adds the column and the trigger), and migrate()'s backfill writes each row's
+    # listing item in batches, byte for byte as Python's summaries_json writes it.
     later = sorted(p for p in MIGRATIONS_DIR.glob("*.sql") if p.name >= "0010")
     assert later, "the summary migration exists"
     with psycopg.connect(fresh_database_url, autocommit=True) as conn:
@@ -116,10 +119,30 @@ def test_rows_written_before_the_summary_migration_get_their_listing_item(fresh_
         conn.execute(
             "INSERT INTO instances (id, tenant, status, vm_name, idempotency_key, reason,"
             " created_at, updated_at)"
-            " VALUES (gen_random_uuid(), 'old-tenant', 'failed', 'dark-vm-old', gen_random_uuid(),"
-            " 'guest said \"no\"', '2026-03-01 09:00:00.5+00', '2026-03-01 10:00:00+00')"
+            " SELECT gen_random_uuid(), 'old-tenant', 'failed', 'dark-vm-old-' || n,"
+            " gen_random_uuid(), 'guest said \"no\"',"
+            " '2026-03-01 09:00:00.5+00'::timestamptz + make_interval(secs => n),"
+            " '2026-03-01 10:00:00+00' FROM generate_series(1, 7) AS n"
         )
+    batches = []
+    real_execute = psycopg.Connection.execute
+
+    def counting(self, query, *args, **kwargs):
+        cursor = real_execute(self, query, *args, **kwargs)
+        if isinstance(query, str) and query.startswith("UPDATE instances SET summary_json"):
+            batches.append(cursor.rowcount)
+        return cursor
+
+    monkeypatch.setattr(db, "_BACKFILL_BATCH", 3)
+    monkeypatch.setattr(psycopg.Connection, "execute", counting)
     assert migrate(fresh_database_url) == [p.name for p in later]
+    monkeypatch.undo()
+    assert batches == [3, 3, 1]
+    with psycopg.connect(fresh_database_url) as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM instances WHERE summary_json IS NULL").fetchone()[0]
+            == 0
+        )
     pool = make_pool(fresh_database_url)
     try:
         registry = PostgresFleetRegistry(pool)
@@ -127,6 +150,26 @@ def test_rows_written_before_the_summary_migration_get_their_listing_item(fresh_
         text, _ = registry.list_json(limit=10)
     finally:
         pool.close()
-    assert len(items) == 1
+    assert len(items) == 7
     assert text == summaries_json([instance_summary(item) for item in items])
-    assert '"created_at":"2026-03-01T09:00:00.500000+00:00"' in text
+    assert '"created_at":"2026-03-01T09:00:07.500000+00:00"' in text
+
+
+def test_a_row_without_its_listing_item_is_listed_all_the_same(fresh_database_url):
+    # Between the migration and the end of its backfill (or for a row a writer held meanwhile).
+    migrate(fresh_database_url)
+    pool = make_pool(fresh_database_url)
+    try:
+        registry = PostgresFleetRegistry(pool)
+        made = [registry.create(f"tenant-{n}")[0] for n in range(3)]
+        with pool.connection() as conn:
+            conn.execute("ALTER TABLE instances DISABLE TRIGGER instances_summary_json")
+            conn.execute("UPDATE instances SET summary_json = NULL WHERE id = %s", (made[1].id,))
+            conn.execute("ALTER TABLE instances ENABLE TRIGGER instances_summary_json")
+        items, _ = registry.list(limit=10)
+        pages = [registry.list_json(limit=limit) for limit in (1, 2, 10)]
+    finally:
+        pool.close()
+    assert pages[2][0] == summaries_json([instance_summary(item) for item in items])
+    # The cursor after a page ending on that row is the one the rows give.
+    assert pages[1][1] is not None and pages[0][1] is not None

@@ -45,3 +45,22 @@ def test_an_async_function_is_still_recognised_and_an_unhashable_callable_still_
             return "called"
 
     assert app.ensure_sync(Unhashable())() == "called"
+
+
+def test_only_plain_functions_are_kept():
+    app = App(__name__)
+
+    class Handler:
+        def handle(self):
+            return "handled"
+
+    handler = Handler()
+    assert app.ensure_sync(handler.handle)() == "handled"
+
+    def plain():
+        return "plain"
+
+    assert app.ensure_sync(plain)() == "plain"
+    # A bound method (or a per-request view object) would be kept alive, with what it holds.
+    assert plain in app._sync_functions
+    assert all(not hasattr(func, "__self__") for func in app._sync_functions)
