@@ -171,12 +171,13 @@ class PostgresFleetRegistry:
         with read_cursor(
             self._read_pool, "the fleet registry database is unreachable", row_factory=tuple_row
         ) as cur:
-            query = _LIST_JSON_QUERIES.get(shape)
-            if query is None:
-                query = sql.SQL(_page_statement(_PAGE_COLUMNS, shape).as_string(cur))
-                _LIST_JSON_QUERIES[shape] = query
-            rows = cur.execute(query, params).fetchall()
-        items = [row[0] for row in rows]
+            items = [row[0] for row in cur.execute(_list_json_query(cur, shape), params).fetchall()]
+            if None in items:
+                # A row written before migration 0010 and not yet backfilled (`db.migrate`): the
+                # page again, such rows formatted as they are read. Not the hot path's statement:
+                # naming the whole row there made Postgres build it for every row of every page.
+                fallback = _list_json_query(cur, shape, fallback=True)
+                items = [row[0] for row in cur.execute(fallback, params).fetchall()]
         text = "[" + ",".join(items[:limit]) + "]"
         if not text.isascii() or "\x7f" in text:
             # Postgres leaves these characters as they are, where the gateway's JSON provider
@@ -366,11 +367,24 @@ def _page_statement(columns: sql.Composable, shape: tuple[bool, bool, bool]) -> 
     ).format(columns, sql.SQL(" AND ").join(conditions or [sql.SQL("TRUE")]))
 
 
-# A page's rows for list_json: each one's listing item, written with the row; a row written before
-# migration 0010 and not yet backfilled (`db.migrate`) has none, and is formatted as it is read.
-_PAGE_COLUMNS = sql.SQL("coalesce(summary_json, dark_instance_summary(instances))")
+# A page's rows for list_json: each one's listing item, written with the row; and the same with a
+# row written before migration 0010 and not yet backfilled (`db.migrate`) formatted as it is read.
+_PAGE_COLUMNS = sql.SQL("summary_json")
+_PAGE_COLUMNS_FALLBACK = sql.SQL("coalesce(summary_json, dark_instance_summary(instances))")
 # list_json's statement, by which filters it has (tenant, statuses, cursor).
-_LIST_JSON_QUERIES: dict[tuple[bool, bool, bool], sql.SQL] = {}
+_LIST_JSON_QUERIES: dict[tuple[tuple[bool, bool, bool], bool], sql.SQL] = {}
+
+
+def _list_json_query(
+    cur: psycopg.Cursor[Any], shape: tuple[bool, bool, bool], *, fallback: bool = False
+) -> sql.SQL:
+    """list_json's statement for `shape`, rendered once per shape."""
+    query = _LIST_JSON_QUERIES.get((shape, fallback))
+    if query is None:
+        columns = _PAGE_COLUMNS_FALLBACK if fallback else _PAGE_COLUMNS
+        query = sql.SQL(_page_statement(columns, shape).as_string(cur))
+        _LIST_JSON_QUERIES[(shape, fallback)] = query
+    return query
 
 
 def _statuses(statuses: Status | Iterable[Status]) -> tuple[Status, ...]:
