@@ -519,17 +519,12 @@ def _state(
         TenantName.stored(tenant),
         _STATUS_BY_VALUE[status],
         vm_name,
-        _utc(created_at),
-        _utc(updated_at),
-        _utc(status_changed_at),
+        created_at.astimezone(UTC),
+        updated_at.astimezone(UTC),
+        status_changed_at.astimezone(UTC),
         provider_id,
         reason,
     )
-
-
-def _utc(value: datetime) -> datetime:
-    # The pools hand timestamps out in UTC already (make_pool): converting again costs a call.
-    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 _STATE_ROW = args_row(_state)

@@ -123,27 +123,13 @@ class VmSpec:
     user_data: str | None = None
 
 
-# What a listing shows of an instance, in JSON's own types: the id as text, the status by value,
-# the timestamps in ISO 8601 as `datetime.isoformat()` writes them in UTC. No forges, no key, no
-# internal tokens. The gateway's list answers these as they are (services/api/schemas.py's
-# InstanceOut declares them); each row carries its own as JSON, written by a trigger
-# (migrations/0010_instance_summary_json.sql, which a change here must follow with a migration),
-# and FleetRegistry.list_json joins a page of them without making an Instance or a dict first.
-SUMMARY_FIELDS = (
-    "id",
-    "tenant",
-    "status",
-    "vm_name",
-    "provider_id",
-    "address",
-    "reason",
-    "created_at",
-    "updated_at",
-)
-
-
 def instance_summary(instance: Instance) -> dict[str, object]:
-    """The listing's view of `instance` (SUMMARY_FIELDS, in that order)."""
+    """What a listing shows of `instance`, in JSON's own types: the id as text, the status by value,
+    the timestamps in ISO 8601 as `datetime.isoformat()` writes them in UTC. No forges, no key, no
+    internal tokens. The gateway's list answers these as they are (services/api/schemas.py's
+    InstanceOut declares them); each row carries its own as JSON, written by a trigger
+    (migrations/0010_instance_summary_json.sql, which a change here must follow with a migration),
+    and FleetRegistry.list_json joins a page of them without making an Instance or a dict first."""
     return {
         "id": str(instance.id),
         "tenant": str(instance.tenant),

@@ -2,33 +2,32 @@
 
 import inspect
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
 from flask import Flask
 
-# Hooks, views and error handlers are registered once: far fewer than this.
-_MAX_CACHED = 1024
-
 
 class App(Flask):
-    """Flask, with `ensure_sync`'s answer kept per function. Flask asks it of every hook and view on
-    every request, and each answer is an `inspect.iscoroutinefunction` check (a tenth of a short
-    request's Python was these checks); a function's answer cannot change."""
+    """Flask, with `ensure_sync`'s check answered once per function definition. Flask asks it of
+    every hook and view on every request, and each answer is an `inspect.iscoroutinefunction`
+    check (a tenth of a short request's Python was these checks). For a plain function the answer
+    is its code's coroutine flag, which cannot change; it is kept by code object, so that a
+    closure made per request (an `after_this_request` hook) is neither kept alive nor asked
+    again, and the cache holds one entry per `def` at most."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._sync_functions: dict[Callable[..., Any], Callable[..., Any]] = {}
+        self._is_async: dict[CodeType, bool] = {}
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        try:
-            return self._sync_functions[func]
-        except KeyError:
-            made = super().ensure_sync(func)
-            # Only plain functions: a bound method or a view object made per request (Flask's
-            # View.as_view, an after_this_request closure is a function too but is called once)
-            # would be kept alive by the cache, with whatever it holds.
-            if inspect.isfunction(func) and len(self._sync_functions) < _MAX_CACHED:
-                self._sync_functions[func] = made
-            return made
-        except TypeError:  # an unhashable callable
+        if not inspect.isfunction(func):  # a method, a partial, a view object: Flask's own way
             return super().ensure_sync(func)
+        code = func.__code__
+        is_async = self._is_async.get(code)
+        if is_async is None:
+            # Flask's own answer (an async function it cannot run raises, and is asked again).
+            made = super().ensure_sync(func)
+            self._is_async[code] = made is not func
+            return made
+        return super().ensure_sync(func) if is_async else func

@@ -1,6 +1,7 @@
-"""shared/web/flask_app.py: Flask with `ensure_sync` answered once per function."""
+"""shared/web/flask_app.py: Flask with `ensure_sync` answered once per function definition."""
 
 import asyncio
+from types import CodeType
 
 import flask.app
 import pytest
@@ -61,6 +62,21 @@ def test_only_plain_functions_are_kept():
         return "plain"
 
     assert app.ensure_sync(plain)() == "plain"
-    # A bound method (or a per-request view object) would be kept alive, with what it holds.
-    assert plain in app._sync_functions
-    assert all(not hasattr(func, "__self__") for func in app._sync_functions)
+    # A bound method (or a per-request view object) would be kept alive, with what it holds:
+    # only code objects are kept.
+    assert plain.__code__ in app._is_async
+    assert all(isinstance(code, CodeType) for code in app._is_async)
+
+
+def test_closures_made_per_request_share_one_entry_and_are_not_kept():
+    app = App(__name__)
+
+    def hook_for(value):
+        def hook():
+            return value
+
+        return hook
+
+    hooks = [hook_for(n) for n in range(100)]
+    assert [app.ensure_sync(hook)() for hook in hooks] == list(range(100))
+    assert len(app._is_async) == 1
