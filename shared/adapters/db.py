@@ -119,16 +119,25 @@ def read_cursor(
 ) -> Iterator[psycopg.Cursor[Any]]:
     """A cursor for one read statement. On an autocommit pool (`make_read_pool`) there is no
     transaction around it; on any other it is `pooled_cursor`'s. Errors as `pooled_cursor`."""
+    # getconn/putconn, not `pool.connection()`: that also enters the connection's own context,
+    # whose exit commits (or rolls back) a transaction an autocommit connection never has, one more
+    # wait on the connection per read; the transaction block below does that job on other pools.
     try:
-        with pool.connection() as conn:
-            if not conn.autocommit:
-                with conn.transaction(), conn.cursor(row_factory=row_factory) as cur:
-                    yield cur
-                return
+        conn = pool.getconn()
+    except psycopg.OperationalError as exc:  # PoolTimeout is one too
+        raise RegistryUnavailable(unavailable) from exc
+    try:
+        if conn.autocommit:
             with conn.cursor(row_factory=row_factory) as cur:
+                yield cur
+        else:
+            with conn.transaction(), conn.cursor(row_factory=row_factory) as cur:
                 yield cur
     except psycopg.OperationalError as exc:
         raise RegistryUnavailable(unavailable) from exc
+    finally:
+        # The pool inspects what it gets back and discards a broken connection.
+        pool.putconn(conn)
 
 
 @overload

@@ -714,6 +714,27 @@ def test_a_read_on_the_read_pool_opens_no_transaction(pg_pool, read_pool, migrat
         assert cur.connection.info.transaction_status == TransactionStatus.INTRANS
 
 
+@pytest.mark.parametrize("autocommit", [True, False], ids=["read-pool", "other-pool"])
+def test_a_read_that_fails_gives_its_connection_back_ready_for_the_next(
+    migrated_database_url, autocommit
+):
+    if autocommit:
+        pool = make_read_pool(migrated_database_url, max_size=1, timeout=2)
+    else:
+        pool = make_pool(migrated_database_url, min_size=1, max_size=1, timeout=2)
+    try:
+        with pytest.raises(psycopg.errors.UndefinedTable), read_cursor(pool, "down") as cur:
+            cur.execute("SELECT * FROM no_such_table")
+        with pytest.raises(RuntimeError, match="own"), read_cursor(pool, "down") as cur:
+            cur.execute("SELECT 1")
+            raise RuntimeError("the caller's own")
+        # The pool's only connection came back both times, out of any failed transaction.
+        with read_cursor(pool, "down") as cur:
+            assert cur.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+    finally:
+        pool.close()
+
+
 def _kill_read_pool_backends(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(
