@@ -787,6 +787,34 @@ def test_a_connection_goes_back_to_the_read_pool_without_a_task_for_its_workers(
     assert "ReturnConnection" not in tasks
 
 
+def test_the_first_page_statement_runs_on_a_plan_postgres_keeps(
+    migrated_database_url, pg_pool, tenant
+):
+    # A prepared statement that Postgres plans afresh on every execution costs it a whole planning
+    # per request. The first page (no filter) is the statement asked for most: once Postgres has
+    # tried its 5 custom plans it must settle on the generic one. (It did not while the LIMIT was
+    # a parameter: over a table of realistic size a generic plan that cannot know the limit costs
+    # far more than any custom plan.)
+    bulk_insert(pg_pool, tenant, 20_000, datetime(2026, 1, 1, tzinfo=UTC))
+    with pg_pool.connection() as conn:
+        conn.execute("ANALYZE instances")
+    pool = make_read_pool(migrated_database_url, max_size=1)
+    try:
+        registry = PostgresFleetRegistry(pool, read_pool=pool)
+        for _ in range(12):
+            registry.list_json(limit=100)
+        with pool.connection() as conn:
+            plans = conn.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%summary_json FROM instances%'"
+            ).fetchall()
+    finally:
+        pool.close()
+    assert len(plans) == 1, plans
+    generic, custom = plans[0]
+    assert generic > 0 and custom <= 5, f"{generic} generic plans, {custom} custom plans"
+
+
 def _lists(registry) -> bool:
     try:
         registry.list_json(limit=1)
