@@ -75,6 +75,7 @@ class ProvisionHeaders(StrictSchema):
 
 
 class ListQuery(StrictSchema):
+    PURE_QUERY = True
     tenant = _tenant_field()
     status = fields.Enum(Status, by_value=True)
     limit = fields.Integer(
@@ -133,6 +134,8 @@ class WaitQuery(StrictSchema):
 
 class TenantsQuery(StrictSchema):
     """The tenant list takes no parameters."""
+
+    PURE_QUERY = True
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -330,6 +333,7 @@ class ReconcileRunList(Schema):
 
 
 class ReconcileRunsQuery(StrictSchema):
+    PURE_QUERY = True
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 

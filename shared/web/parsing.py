@@ -6,6 +6,7 @@ shared/web/openapi.py): it loads each location through the functions below inste
 lenient defaults, so a route's declared schema is both what is enforced and what is documented.
 """
 
+import enum
 import json
 import re
 from collections.abc import Mapping
@@ -23,7 +24,15 @@ _SHOWN_UNKNOWN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
 
 
 class StrictSchema(Schema):
-    """Rejects unknown fields, and never repeats an input that might be a secret in its errors."""
+    """Rejects unknown fields, and never repeats an input that might be a secret in its errors.
+
+    A schema that sets `PURE_QUERY = True` declares that loading a query string gives the same
+    result every time (no callable default, no hook that reads anything else): `StrictParser`
+    then remembers what each query string loaded to, and a route polled with the same query
+    (the dashboard's list, a script's) is not validated afresh on every request.
+    """
+
+    PURE_QUERY = False
 
     class Meta:
         unknown = RAISE
@@ -86,6 +95,26 @@ def present_headers(*names: str) -> dict[str, str]:
     return {name: request.headers[name] for name in names if name in request.headers}
 
 
+# Distinct query strings whose loads StrictParser keeps, per parser.
+QUERY_LOADS_KEPT = 512
+_IMMUTABLE = (str, int, float, bool, enum.Enum, type(None))
+
+
+def _pure_query(argmap: object, location: str | None, validate: object) -> bool:
+    schema = argmap if isinstance(argmap, type) else type(argmap)
+    return (
+        location in ("query", "querystring")
+        and validate is None
+        and isinstance(schema, type)
+        and issubclass(schema, StrictSchema)
+        and schema.PURE_QUERY
+    )
+
+
+def _all_immutable(loaded: object) -> bool:
+    return isinstance(loaded, dict) and all(isinstance(v, _IMMUTABLE) for v in loaded.values())
+
+
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     document = dict(pairs)
     if len(document) != len(pairs):
@@ -113,6 +142,37 @@ class StrictParser(FlaskParser):
 
     DEFAULT_UNKNOWN_BY_LOCATION: dict[str, str | None] = {}
     __location_map__ = {**FlaskParser.__location_map__, "json_or_empty": "load_json_or_empty"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (schema, unknown, raw query string) -> what it loaded to: only successful loads whose
+        # values are all immutable, so each caller gets a copy of the dict and nothing it can
+        # change in the cache. Bounded by emptying it when full (one dict operation at a time:
+        # safe across the gateway's threads).
+        self._query_loads: dict[tuple[object, object, bytes], dict[str, object]] = {}
+
+    def parse(
+        self,
+        argmap: Any,
+        req: Request | None = None,
+        *,
+        location: str | None = None,
+        validate: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if not _pure_query(argmap, location, validate):
+            return super().parse(argmap, req, location=location, validate=validate, **kwargs)
+        current = req if req is not None else request
+        key = (argmap, kwargs.get("unknown"), current.query_string)
+        loaded = self._query_loads.get(key)
+        if loaded is None:
+            loaded = super().parse(argmap, current, location=location, **kwargs)
+            if not _all_immutable(loaded):
+                return loaded
+            if len(self._query_loads) >= QUERY_LOADS_KEPT:
+                self._query_loads.clear()
+            self._query_loads[key] = loaded
+        return dict(loaded)
 
     def load_json(self, req: Request, schema: Schema) -> object:
         return json_body()
