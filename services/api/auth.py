@@ -29,8 +29,8 @@ import hmac
 import secrets
 from datetime import timedelta
 
-from flask import Flask, Response, current_app, g, request, session
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, Response, current_app, g, request, session
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.routing import RequestRedirect
 
@@ -114,6 +114,13 @@ class CachedSerializerSessionInterface(SecureCookieSessionInterface):
             cached = (keys, super().get_signing_serializer(app))
             self._cached = cached
         return cached[1]
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        # A request with no Cookie header at all (every API client's) has no session cookie:
+        # Flask's own answer for that, a new empty session, without parsing the absent cookies.
+        if "HTTP_COOKIE" not in request.environ and self.get_signing_serializer(app) is not None:
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def _strict_transport_security(response: Response) -> Response:
