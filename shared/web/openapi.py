@@ -178,11 +178,19 @@ def json_content(schema: type[Schema]) -> dict[str, dict[str, type[Schema]]]:
 
 
 def error_responses(blp: ApiBlueprint, *statuses: int) -> ViewDecorator:
-    """Document that a route can answer these error statuses (references to `Error<status>`)."""
+    """Document that a route can answer these error statuses (references to `Error<status>`).
+
+    Documentation only: the route runs `view` itself. flask-smorest's `alt_response` documents a
+    status by wrapping the view in a function that only calls it (through the app proxy, once
+    per request and status); the document it builds is kept and the wrappers are dropped.
+    """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        documented = view
         for status in statuses:
-            view = blp.alt_response(status, f"Error{status}")(view)
+            documented = blp.alt_response(status, f"Error{status}")(documented)
+        # Each wrapper holds a copy of what it wraps had, plus its own status.
+        view._apidoc = documented._apidoc  # type: ignore[attr-defined]
         return view
 
     return decorate
