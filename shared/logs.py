@@ -4,9 +4,9 @@
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +24,16 @@ def new_request_id(candidate: str | None = None) -> str:
     """The caller's id when it is well-formed, else a fresh one."""
     if candidate and _REQUEST_ID.match(candidate):
         return candidate
-    return uuid.uuid4().hex
+    # 128 random bits in 32 hex digits, as uuid4().hex would give without building a UUID.
+    return os.urandom(16).hex()
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        # One encoder for every line: json.dumps with any option set builds a new one per call.
+        self._encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -47,7 +50,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = str(value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+        return redact(self._encode(entry))
 
 
 def gunicorn_logconfig(service: str) -> dict[str, Any]:
@@ -75,9 +78,13 @@ def gunicorn_logconfig(service: str) -> dict[str, Any]:
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Replace the root handlers with one JSON line handler on stderr."""
-    # No record needs its caller's file and line (JsonFormatter writes neither): without this,
-    # every record walks the stack to find them (the logging HOWTO's "Optimization").
+    # No record needs its caller's file and line, nor its thread's or process's name
+    # (JsonFormatter writes none of them): without these, every record walks the stack and looks
+    # them up (the logging HOWTO's "Optimization").
     logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

@@ -52,11 +52,19 @@ _PATTERNS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
 ]
 
 
+# Any pattern's substring: one search tells that a line (most log lines) needs no pattern at all.
+_ANY_NEEDLE = re.compile(
+    "|".join(re.escape(needle) for _, needles in _PATTERNS for needle in needles)
+)
+
+
 def redact(text: str) -> str:
     """`text` with every credential-shaped value replaced by `***` (a key before it is kept)."""
     # The substrings decide only for ASCII text: a case-insensitive pattern also matches a few
     # other letters (the Kelvin sign for k, the long s for s) that lower() does not map.
     folded = text.lower() if text.isascii() else None
+    if folded is not None and _ANY_NEEDLE.search(folded) is None:
+        return text
     for pattern, needles in _PATTERNS:
         if folded is not None and not any(needle in folded for needle in needles):
             continue

@@ -1,8 +1,7 @@
 """The Flask class the services build their apps from."""
 
-import inspect
 from collections.abc import Callable
-from types import CodeType
+from types import CodeType, FunctionType
 from typing import Any
 
 from flask import Flask
@@ -21,7 +20,7 @@ class App(Flask):
         self._is_async: dict[CodeType, bool] = {}
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        if not inspect.isfunction(func):  # a method, a partial, a view object: Flask's own way
+        if type(func) is not FunctionType:  # a method, a partial, a view object: Flask's way
             return super().ensure_sync(func)
         code = func.__code__
         is_async = self._is_async.get(code)
