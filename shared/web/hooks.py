@@ -3,7 +3,8 @@ the security headers on every response."""
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import Flask, Response, g, request
 
@@ -83,15 +84,22 @@ _SECURITY_HEADER_KEYS = tuple((key.lower(), key, value) for key, value in SECURI
 
 
 def install_security_headers(app: Flask) -> None:
-    """Headers on every response; a view that sets its own (a page's CSP) keeps them."""
+    """Headers on every response; a view that sets its own (a page's CSP) keeps them.
 
-    def secure(response: Response) -> Response:
-        headers = response.headers
-        # One pass over the response's headers, where a setdefault each would make five.
-        present = {key.lower() for key, _ in headers}  # Headers iterates as (key, value)
-        for lowered, key, value in _SECURITY_HEADER_KEYS:
-            if lowered not in present:
-                headers.add(key, value)
-        return response
+    Added where the response leaves the app (its WSGI `start_response`), to the plain list of
+    header pairs: after every hook, on every response the app sends (an error's included), and
+    without werkzeug's validation of each value on every request (these are constants).
+    """
+    inner = app.wsgi_app
 
-    app.after_request(secure)
+    def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            present = {key.lower() for key, _ in headers}
+            for lowered, key, value in _SECURITY_HEADER_KEYS:
+                if lowered not in present:
+                    headers.append((key, value))
+            return start_response(status, headers, exc_info)
+
+        return inner(environ, start)
+
+    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
