@@ -139,12 +139,18 @@ def _sessions() -> PostgresOperatorSessions:
 
 
 def _check() -> None:
+    # Each `request.` and `current_app.` is a context lookup: the objects are fetched once.
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     # A redirect to the canonical URL (`/ui` → `/ui/`) reveals nothing; the target is checked.
-    if isinstance(request.routing_exception, RequestRedirect) or is_public_endpoint():
+    if isinstance(current.routing_exception, RequestRedirect) or is_public_endpoint(
+        app, current.endpoint
+    ):
         return
-    header = request.headers.get("Authorization")
+    header = current.headers.get("Authorization")
     if header is not None:
-        _tokens().require(header)
+        tokens: OperatorTokens = app.extensions["dark_operator_tokens"]
+        tokens.require(header)
         return
     if not signed_in():
         raise ApiError(

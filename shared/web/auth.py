@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 
 from shared.web.errors import ApiError
 
@@ -64,9 +64,12 @@ class BearerTokens:
         )
 
 
-def is_public_endpoint() -> bool:
-    endpoint = request.endpoint
-    view = current_app.view_functions.get(endpoint) if endpoint is not None else None
+def is_public_endpoint(app: Flask | None = None, endpoint: str | None = None) -> bool:
+    """Whether the request's view is marked `@public`. A hook that already holds the app and the
+    request's endpoint passes them (each `current_app.` and `request.` is a context lookup)."""
+    if app is None:
+        app, endpoint = current_app, request.endpoint
+    view = app.view_functions.get(endpoint) if endpoint is not None else None
     return view is not None and bool(getattr(view, _PUBLIC, False))
 
 
