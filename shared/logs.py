@@ -31,13 +31,22 @@ def new_request_id(candidate: str | None = None) -> str:
 
 # A string as a JSON string, non-ASCII kept: the encoder's fast path for a str, no encoder per call.
 _json_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _json_value(value: object) -> str:
+    # A str (every request id we make) the fast way; anything else as json.dumps writes it.
+    if isinstance(value, str):
+        return _json_string(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 # The record attributes a line carries when set (`extra=`), in this order.
 EXTRA_KEYS = ("instance_id", "tenant", "task", "step", "status")
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts (UTC, milliseconds), level, service, logger, request_id,
-    msg, then whichever of EXTRA_KEYS the record has and its exception, all as strings; secrets
+    msg, then whichever of EXTRA_KEYS the record has and its exception (as strings); secrets
     masked over the whole line.
 
     The line is written field by field, each value through json's own string encoder: the same
@@ -64,7 +73,7 @@ class JsonFormatter(logging.Formatter):
             self._prefix,
             _json_string(record.name),
             ', "request_id": ',
-            "null" if request_id is None else _json_string(str(request_id)),
+            _json_value(request_id),
             ', "msg": ',
             _json_string(record.getMessage()),
         ]
@@ -118,13 +127,10 @@ def gunicorn_logconfig(service: str) -> dict[str, Any]:
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Replace the root handlers with one JSON line handler on stderr."""
-    # No record needs its caller's file and line, nor its thread's or process's name
-    # (JsonFormatter writes none of them): without these, every record walks the stack and looks
-    # them up (the logging HOWTO's "Optimization").
+    # No record needs its caller's file and line (JsonFormatter writes neither): without this,
+    # every record walks the stack to find them (the logging HOWTO's "Optimization"). Thread and
+    # process names stay: Celery's own handlers (the pool's children) write processName.
     logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

@@ -36,7 +36,7 @@ from werkzeug.routing import RequestRedirect
 
 from shared.adapters.sessions import PostgresOperatorSessions
 from shared.settings import Settings
-from shared.web import ApiError, BearerTokens, is_public_endpoint
+from shared.web import ApiError, BearerTokens, view_is_public
 
 # A working day: the dashboard stays open all day, and asks for the token again the next.
 SESSION_LIFETIME = timedelta(hours=12)
@@ -143,7 +143,7 @@ def _check() -> None:
     current = request._get_current_object()  # type: ignore[attr-defined]
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     # A redirect to the canonical URL (`/ui` → `/ui/`) reveals nothing; the target is checked.
-    if isinstance(current.routing_exception, RequestRedirect) or is_public_endpoint(
+    if isinstance(current.routing_exception, RequestRedirect) or view_is_public(
         app, current.endpoint
     ):
         return

@@ -13,7 +13,7 @@ Each service's app factory wires these in; its views and schemas stay its own. T
 are re-exported for `from shared.web import ...`.
 """
 
-from shared.web.auth import BearerTokens, is_public_endpoint, public
+from shared.web.auth import BearerTokens, is_public_endpoint, public, view_is_public
 from shared.web.docs import install_docs
 from shared.web.errors import (
     RETRY_AFTER_SECS,
@@ -75,4 +75,5 @@ __all__ = [
     "public",
     "query_args",
     "tenant_parameter",
+    "view_is_public",
 ]

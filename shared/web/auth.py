@@ -64,11 +64,14 @@ class BearerTokens:
         )
 
 
-def is_public_endpoint(app: Flask | None = None, endpoint: str | None = None) -> bool:
-    """Whether the request's view is marked `@public`. A hook that already holds the app and the
-    request's endpoint passes them (each `current_app.` and `request.` is a context lookup)."""
-    if app is None:
-        app, endpoint = current_app, request.endpoint
+def is_public_endpoint() -> bool:
+    """Whether the request's view is marked `@public`."""
+    return view_is_public(current_app, request.endpoint)
+
+
+def view_is_public(app: Flask, endpoint: str | None) -> bool:
+    """Whether `endpoint`'s view in `app` is marked `@public`: for a hook that already holds the
+    app and the request's endpoint (each `current_app.` and `request.` is a context lookup)."""
     view = app.view_functions.get(endpoint) if endpoint is not None else None
     return view is not None and bool(getattr(view, _PUBLIC, False))
 

@@ -7,7 +7,7 @@ import random
 import sys
 from datetime import UTC, datetime
 
-from shared.logs import EXTRA_KEYS, JsonFormatter, request_id_var
+from shared.logs import EXTRA_KEYS, JsonFormatter, configure_logging, request_id_var
 from shared.redaction import redact
 
 ALPHABET = 'ab "\\/\n\t\x00\x1f\x7f\u00e9\u2028\u03a3\U0001f600=:,}{'
@@ -43,7 +43,10 @@ def test_each_line_is_the_one_json_dumps_writes():
         for _ in range(2000):
             extra: dict[str, object] = {}
             if rng.random() < 0.7:
-                extra["request_id"] = text(rng) or "r"
+                # Our request ids are strings; a message header could hold anything.
+                extra["request_id"] = rng.choice(
+                    [text(rng) or "r", text(rng) or "r", 42, 1.5, True, ["x", 1], {"k": "v"}]
+                )
             for key in EXTRA_KEYS:
                 if rng.random() < 0.3:
                     extra[key] = rng.choice([text(rng), 42, 1.5, True, ["x", 1]])
@@ -82,3 +85,17 @@ def test_a_secret_in_the_line_is_still_masked():
     line = formatter.format(record)
     assert "0123456789abcdefghij" not in line
     assert json.loads(line)["msg"] == "token=***"
+
+
+def test_configuring_the_json_lines_keeps_thread_and_process_names_for_other_handlers():
+    # Celery's own handlers (its pool children's error lines) write processName.
+    saved = (logging.getLogger().handlers[:], logging.getLogger().level, logging._srcfile)
+    try:
+        configure_logging("provisioner")
+        record = logging.getLogger("x").makeRecord("x", logging.INFO, "f", 0, "m", (), None)
+        assert record.processName == "MainProcess"
+        assert record.process is not None and record.threadName is not None
+    finally:
+        root = logging.getLogger()
+        root.handlers[:], level, logging._srcfile = saved
+        root.setLevel(level)
