@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import signal
 import ssl
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from billiard.pool import Pool as BilliardPool
 from celery import Celery, Task, states
 from celery.concurrency.asynpool import AsynPool
 from celery.signals import before_task_publish, task_postrun, task_prerun
@@ -208,6 +210,23 @@ _GUARDED = "guarded"
 
 if not getattr(AsynPool._track_child_process, _GUARDED, False):
     AsynPool._track_child_process = _track_live_children_only(AsynPool._track_child_process)
+
+
+def _started_unless_crashed(pool: Any) -> bool:
+    """billiard's `Pool.did_start_ok`, made to tell a child that could not start from one killed.
+
+    Celery asks it once, right after the worker is ready: any child that has exited by then fails
+    the start, and the whole worker node exits ("Could not start worker processes"). That is right
+    for a child that cannot start (an import error, a crash), wrong for one SIGKILLed from outside
+    in that moment (the OOM killer, an operator; the chaos suite, seed 232781): it did start, and
+    the pool replaces it as it replaces any child that dies later (`maintain_pool`, every 5 s).
+    """
+    exitcodes = pool._join_exited_workers()
+    return all(code == -signal.SIGKILL for code in exitcodes)
+
+
+if BilliardPool.did_start_ok is not _started_unless_crashed:
+    BilliardPool.did_start_ok = _started_unless_crashed
 
 
 # Message.ack_log_error / reject_log_error(message, logger, errors, ...): kombu's, untyped.
