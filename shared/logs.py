@@ -34,9 +34,12 @@ _json_string = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _json_value(value: object) -> str:
-    # A str (every request id we make) the fast way; anything else as json.dumps writes it.
+    # A str (every request id we make) and None (a line outside a request) the fast way; anything
+    # else as json.dumps writes it.
     if isinstance(value, str):
         return _json_string(value)
+    if value is None:
+        return "null"
     return json.dumps(value, ensure_ascii=False, default=str)
 
 

@@ -128,8 +128,8 @@ def _strict_transport_security(response: Response) -> Response:
     return response
 
 
-def _tokens() -> OperatorTokens:
-    tokens: OperatorTokens = current_app.extensions["dark_operator_tokens"]
+def _tokens(app: Flask = current_app) -> OperatorTokens:
+    tokens: OperatorTokens = app.extensions["dark_operator_tokens"]
     return tokens
 
 
@@ -149,8 +149,7 @@ def _check() -> None:
         return
     header = current.headers.get("Authorization")
     if header is not None:
-        tokens: OperatorTokens = app.extensions["dark_operator_tokens"]
-        tokens.require(header)
+        _tokens(app).require(header)
         return
     if not signed_in():
         raise ApiError(

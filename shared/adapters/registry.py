@@ -166,7 +166,8 @@ class PostgresFleetRegistry:
         # here they are only joined. (Postgres joining them with string_agg costs it twice as much
         # as handing out the rows.)
         params = _page_params(tenant, statuses, limit, cursor)
-        # The statement's text depends only on which filters are present: rendered once each.
+        # The statement's text depends only on which filters are present and on the limit:
+        # rendered once each.
         shape = (tenant is not None, statuses is not None, cursor is not None)
         with read_cursor(
             self._read_pool, "the fleet registry database is unreachable", row_factory=tuple_row
