@@ -9,6 +9,13 @@ The gateway is the real one: bearer token checked, request id, one log line and 
 samples per request (multiprocess files), its pool, its Postgres query and its serialisation.
 The rows are in a database of their own, seeded by one INSERT ... SELECT over generate_series.
 
+A third server takes its turn too: the same gateway with its Postgres read taken out
+(bench/gateway_without_read.py), which tells what the read costs and what the rest of the gateway
+costs. For each server the CPU time spent per request is printed as well, from /proc: by its
+gunicorn workers, by the Postgres backends it talks to (told apart by application_name) and by this
+client. Unlike requests per second, which move with whatever else the machine is doing, these
+repeat from run to run within a few per cent, and they say where a request's time goes.
+
     .venv/bin/python -m bench.gateway --rows 100000 --seconds 5
 """
 
@@ -56,8 +63,12 @@ def seed(db_url: str, rows: int) -> None:
 
 
 class Server:
-    def __init__(self, name: str, app: str, env: dict, workdir: Path) -> None:
+    def __init__(
+        self, name: str, app: str, env: dict, workdir: Path, *, database: str | None = None
+    ) -> None:
         self.name = name
+        # The database whose backends this server's connections use (by application_name).
+        self.database = database
         self.port = free_port()
         self.proc = spawn(
             [
@@ -74,6 +85,8 @@ class Server:
         wait_until(lambda: self.get("/health")[0] == 200, 30, what=name)
         self.rates: list[float] = []
         self.latencies: list[float] = []
+        # CPU milliseconds per request, each round: workers, Postgres backends, this client.
+        self.cpu: list[tuple[float, float, float]] = []
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -89,7 +102,23 @@ class Server:
 
 
 def drive(server: Server, headers: dict, clients: int, seconds: float) -> None:
-    """`clients` threads on keep-alive connections for `seconds`; records req/s and latencies."""
+    """`clients` threads on keep-alive connections for `seconds`; records req/s, latencies and
+    the CPU time each side spent per request."""
+    workers = _children(server.proc.pid)
+    backends = _backends(server)
+    before = (_cpu_seconds(workers), _cpu_seconds(backends), _own_cpu_seconds())
+    served = len(server.latencies)
+    _load(server, headers, clients, seconds)
+    after = (_cpu_seconds(workers), _cpu_seconds(backends), _own_cpu_seconds())
+    served = len(server.latencies) - served
+    if served:
+        workers_ms, backends_ms, client_ms = (
+            (b - a) * 1000 / served for a, b in zip(before, after, strict=True)
+        )
+        server.cpu.append((workers_ms, backends_ms, client_ms))
+
+
+def _load(server: Server, headers: dict, clients: int, seconds: float) -> None:
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     start = threading.Barrier(clients + 1)
@@ -128,6 +157,51 @@ def drive(server: Server, headers: dict, clients: int, seconds: float) -> None:
     server.latencies.extend(done)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a gunicorn master's workers); none without /proc."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.parent.name))
+    return found
+
+
+def _backends(server: Server) -> list[int]:
+    """The Postgres backends serving `server` (Postgres runs on this machine)."""
+    if server.database is None:
+        return []
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            (server.database, server.name),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds the processes have used so far (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -159,7 +233,13 @@ def main() -> None:
             "LOG_LEVEL": "INFO",
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        gateway = Server("gateway", "services.api.wsgi:app", env, workdir)
+        gateway = Server(
+            "gateway",
+            "services.api.wsgi:app",
+            {**env, "DATABASE_URL": f"{db_url}?application_name=gateway"},
+            workdir,
+            database=db_name,
+        )
         servers.append(gateway)
         status, body = gateway.get(PATH, headers)
         assert status == 200, body
@@ -171,6 +251,15 @@ def main() -> None:
         )
         servers.append(bare)
         assert bare.get(PATH)[1] == body
+        without_read = Server(
+            "without-read",
+            "bench.gateway_without_read:make_app()",
+            {**env, "DATABASE_URL": f"{db_url}?application_name=without-read"},
+            workdir,
+            database=db_name,
+        )
+        servers.append(without_read)
+        assert without_read.get(PATH, headers)[1] == body
         for server in servers:  # warm-up: imports, pools, first queries
             drive(server, headers, args.clients, 1)
             server.rates.clear()
@@ -193,12 +282,20 @@ def main() -> None:
     )
     for server in servers:
         print(
-            f"  {server.name:>7}: {statistics.median(server.rates):7.0f} req/s"
+            f"  {server.name:>12}: {statistics.median(server.rates):7.0f} req/s"
             f"   p50 {percentile(server.latencies, 0.5) * 1000:5.1f} ms"
             f"   p99 {percentile(server.latencies, 0.99) * 1000:5.1f} ms"
         )
+    print("CPU ms per request (median of the rounds): gunicorn workers / Postgres / client")
+    for server in servers:
+        workers, backends, client = (
+            statistics.median(round_[i] for round_ in server.cpu) for i in range(3)
+        )
+        print(f"  {server.name:>12}: {workers:.3f} / {backends:.3f} / {client:.3f}")
     ratio = statistics.median(gateway.rates) / statistics.median(bare.rates)
     print(f"ratio gateway / bare: {ratio:.2f}   (acceptance ≥ 0.5, gateway p99 ≤ 40 ms)")
+    ratio = statistics.median(without_read.rates) / statistics.median(bare.rates)
+    print(f"ratio gateway without its Postgres read / bare: {ratio:.2f}   (what the read costs)")
 
 
 if __name__ == "__main__":
