@@ -30,7 +30,7 @@ class PagesFromMemory(PostgresFleetRegistry):
 
     def __init__(self, pool: ConnectionPool, *, read_pool: ConnectionPool | None = None) -> None:
         super().__init__(pool, read_pool=read_pool)
-        self._pages: dict[PageKey, tuple[str, str | None]] = {}
+        self._kept: dict[PageKey, tuple[str, str | None]] = {}
 
     def list_json(
         self,
@@ -42,10 +42,10 @@ class PagesFromMemory(PostgresFleetRegistry):
     ) -> tuple[str, str | None]:
         chosen = tuple(statuses) if statuses is not None else None
         key = (tenant, chosen, limit, cursor)
-        page = self._pages.get(key)
+        page = self._kept.get(key)
         if page is None:
             page = super().list_json(tenant=tenant, statuses=chosen, limit=limit, cursor=cursor)
-            self._pages[key] = page
+            self._kept[key] = page
         return page
 
 

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import struct
+import threading
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,9 @@ _STATUS_BY_VALUE = {status.value: status for status in Status}
 _CREATE_LOCK = 0x64617263  # "darc"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR = struct.Struct(">q16s")  # created_at in µs since the epoch, then the id's 16 bytes
+# How much of list_json's pages each registry remembers (`_PageMemory`), in characters: a page of
+# 100 items is about 30,000.
+PAGE_MEMORY_CHARS = 4_000_000
 
 
 class PostgresFleetRegistry:
@@ -80,6 +84,7 @@ class PostgresFleetRegistry:
         transaction around it. Everything else, and that too without one, uses `pool`."""
         self._pool = pool
         self._read_pool = read_pool or pool
+        self._pages = _PageMemory(PAGE_MEMORY_CHARS)
 
     def create(
         self, tenant: TenantName, *, request_key: str | None = None, max_live: int | None = None
@@ -164,33 +169,44 @@ class PostgresFleetRegistry:
     ) -> tuple[str, str | None]:
         # Each row's item was written with the row (migrations/0010_instance_summary_json.sql):
         # here they are only joined. (Postgres joining them with string_agg costs it twice as much
-        # as handing out the rows.)
+        # as handing out the rows.) A page asked for again is handed out again only when Postgres
+        # says nothing has committed since it was read (`_PageMemory`), in the same statement.
         params = _page_params(tenant, statuses, limit, cursor)
         # The statement's text depends only on which filters are present and on the limit:
         # rendered once each.
         shape = (tenant is not None, statuses is not None, cursor is not None)
+        key = (shape, limit, *(tuple(p) if isinstance(p, builtins.list) else p for p in params))
+        known = self._pages.get(key)
         with read_cursor(
             self._read_pool, "the fleet registry database is unreachable", row_factory=tuple_row
         ) as cur:
             query = _list_json_query(cur, shape, limit)
-            items = [row[0] for row in cur.execute(query, params).fetchall()]
+            rows = cur.execute(query, [known.snapshot if known else "", *params]).fetchall()
+            snapshot = _snapshot(rows)
+            if known is not None and snapshot == known.snapshot:
+                return known.text, known.cursor
+            items = [row[2] for row in rows if row[1]]
             if None in items:
                 # A row written before migration 0010 and not yet backfilled (`db.migrate`): the
                 # page again, such rows formatted as they are read. Not the hot path's statement:
                 # naming the whole row there made Postgres build it for every row of every page.
                 fallback = _list_json_query(cur, shape, limit, fallback=True)
-                items = [row[0] for row in cur.execute(fallback, params).fetchall()]
+                rows = cur.execute(fallback, ["", *params]).fetchall()
+                snapshot = _snapshot(rows)
+                items = [row[2] for row in rows if row[1]]
         text = "[" + ",".join(items[:limit]) + "]"
         if not text.isascii() or "\x7f" in text:
             # Postgres leaves these characters as they are, where the gateway's JSON provider
             # escapes them: rewritten the provider's way (a rare page: reasons are ASCII).
             text = summaries_json(json.loads(text))
-        if len(items) <= limit:
-            return text, None
-        last = json.loads(items[limit - 1])
-        return text, _encode_cursor(
-            datetime.fromisoformat(last["created_at"]), uuid.UUID(last["id"])
-        )
+        next_cursor = None
+        if len(items) > limit:
+            last = json.loads(items[limit - 1])
+            next_cursor = _encode_cursor(
+                datetime.fromisoformat(last["created_at"]), uuid.UUID(last["id"])
+            )
+        self._pages.put(key, _Page(snapshot, text, next_cursor))
+        return text, next_cursor
 
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[InstanceState]:
         # Only InstanceState's columns, in binary (psycopg decodes uuids and timestamps in C),
@@ -352,7 +368,11 @@ def _page_params(
 
 
 def _page_statement(
-    columns: sql.Composable, shape: tuple[bool, bool, bool], limit: int
+    columns: sql.Composable,
+    shape: tuple[bool, bool, bool],
+    limit: int,
+    *,
+    unless_snapshot: sql.Composable | None = None,
 ) -> sql.Composed:
     """A page's statement for the filters `shape` says are present (tenant, statuses, cursor),
     asking for `limit` + 1 rows.
@@ -362,9 +382,14 @@ def _page_statement(
     costs it as a tenth of the table and so never wins against a custom plan, and the unfiltered
     first page, the most asked-for statement, paid for a whole planning each time (a quarter of
     its time in Postgres). `limit` is a checked integer (`_page_params`).
+
+    With `unless_snapshot` (an expression for the statement's snapshot), the page is read only
+    when that differs from a first parameter before `_page_params`' (`_list_json_query`).
     """
     by_tenant, by_status, after_cursor = shape
     conditions: list[sql.Composable] = []
+    if unless_snapshot is not None:
+        conditions.append(sql.SQL("{} <> %s").format(unless_snapshot))
     if by_tenant:
         conditions.append(sql.SQL("tenant = %s"))
     if by_status:
@@ -384,8 +409,11 @@ def _page_statement(
 
 # A page's rows for list_json: each one's listing item, written with the row; and the same with a
 # row written before migration 0010 and not yet backfilled (`db.migrate`) formatted as it is read.
-_PAGE_COLUMNS = sql.SQL("summary_json")
-_PAGE_COLUMNS_FALLBACK = sql.SQL("coalesce(summary_json, dark_instance_summary(instances))")
+# Each as (snapshot, present, item), `_list_json_query`'s rows.
+_PAGE_COLUMNS = sql.SQL("NULL, TRUE, summary_json")
+_PAGE_COLUMNS_FALLBACK = sql.SQL(
+    "NULL, TRUE, coalesce(summary_json, dark_instance_summary(instances))"
+)
 # list_json's statement, by which filters it has (tenant, statuses, cursor), whether it is the
 # fallback, and the limit: at most 8 x 2 x MAX_PAGE_SIZE short texts.
 _LIST_JSON_QUERIES: dict[tuple[tuple[bool, bool, bool], bool, int], sql.SQL] = {}
@@ -394,14 +422,91 @@ _LIST_JSON_QUERIES: dict[tuple[tuple[bool, bool, bool], bool, int], sql.SQL] = {
 def _list_json_query(
     cur: psycopg.Cursor[Any], shape: tuple[bool, bool, bool], limit: int, *, fallback: bool = False
 ) -> sql.SQL:
-    """list_json's statement for `shape` and `limit`, rendered once each."""
+    """list_json's statement for `shape` and `limit`, rendered once each.
+
+    Its rows are (snapshot, present, item): one row (snapshot, NULL, NULL) with the snapshot the
+    statement reads under, then the page's items in order as (NULL, TRUE, item), none when the page
+    is empty or when the snapshot is the one its first parameter names. Then Postgres does not run
+    the page's scan at all: the comparison names no column of the table, so the planner makes it
+    a one-time filter above the scan. The other parameters are `_page_params`'.
+
+    UNION ALL hands out each branch's rows in that branch's order, and the page's branch ends in
+    its ORDER BY and LIMIT, which no parallel plan splits. Postgres runs the branches one after
+    the other; `_snapshot` finds the snapshot's row wherever it is all the same.
+    """
     key = (shape, fallback, limit)
     query = _LIST_JSON_QUERIES.get(key)
     if query is None:
         columns = _PAGE_COLUMNS_FALLBACK if fallback else _PAGE_COLUMNS
-        query = sql.SQL(_page_statement(columns, shape, limit).as_string(cur))
+        page = _page_statement(columns, shape, limit, unless_snapshot=_SNAPSHOT)
+        query = sql.SQL(
+            sql.SQL("SELECT {}, NULL::boolean, NULL::text UNION ALL ({})")
+            .format(_SNAPSHOT, page)
+            .as_string(cur)
+        )
         _LIST_JSON_QUERIES[key] = query
     return query
+
+
+_SNAPSHOT = sql.SQL("pg_current_snapshot()::text")
+
+
+def _snapshot(rows: builtins.list[tuple[Any, ...]]) -> str:
+    """The snapshot in `_list_json_query`'s rows."""
+    snapshot: str = next(row[0] for row in rows if row[1] is None)
+    return snapshot
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Page:
+    snapshot: str  # pg_current_snapshot() of the statement that read it, as text
+    text: str
+    cursor: str | None
+
+
+class _PageMemory:
+    """list_json's pages, each with the snapshot Postgres read it under, by statement and
+    parameters; at most `budget` characters of them, the oldest forgotten first.
+
+    A page is handed out again only when the statement asking for it runs under the very same
+    snapshot. A snapshot (xmin, xmax, the transactions in progress) fixes which transactions a
+    statement sees: one that commits changes the next snapshot's xmax or its list in progress,
+    one that aborts sees nothing either way. So two statements under the same snapshot read the
+    same rows, and a remembered page is exactly what the scan would have read: every answer still
+    reflects every write committed before its statement began, whichever process wrote it. Any
+    transaction that takes a transaction id anywhere on the server moves the snapshot, so the
+    memory only helps while nothing is written; it never answers for a snapshot it did not see.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._pages: dict[tuple[object, ...], _Page] = {}
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...]) -> _Page | None:
+        return self._pages.get(key)
+
+    def put(self, key: tuple[object, ...], page: _Page) -> None:
+        size = len(page.text)
+        if size > self._budget:
+            return
+        with self._lock:
+            replaced = self._pages.pop(key, None)
+            if replaced is not None:
+                self._used -= len(replaced.text)
+            while self._used + size > self._budget:
+                self._used -= len(self._pages.pop(next(iter(self._pages))).text)
+            self._pages[key] = page
+            self._used += size
+
+    @property
+    def used(self) -> int:
+        """Characters of the pages held."""
+        return self._used
+
+    def __len__(self) -> int:
+        return len(self._pages)
 
 
 def _statuses(statuses: Status | Iterable[Status]) -> tuple[Status, ...]:
