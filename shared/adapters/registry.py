@@ -19,6 +19,7 @@ import json
 import struct
 import threading
 import uuid
+import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,9 +72,12 @@ _STATUS_BY_VALUE = {status.value: status for status in Status}
 _CREATE_LOCK = 0x64617263  # "darc"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR = struct.Struct(">q16s")  # created_at in µs since the epoch, then the id's 16 bytes
-# How much of list_json's pages each registry remembers (`_PageMemory`), in characters: a page of
-# 100 items is about 30,000.
+# How much of list_json's pages each registry remembers (`_PageMemory`): in characters (a page of
+# 100 items is about 30,000; each page is counted with PAGE_OVERHEAD_CHARS more, for its key and
+# snapshot), and in pages.
 PAGE_MEMORY_CHARS = 4_000_000
+PAGE_OVERHEAD_CHARS = 1_000
+PAGES_REMEMBERED = 256
 
 
 class PostgresFleetRegistry:
@@ -84,7 +88,7 @@ class PostgresFleetRegistry:
         transaction around it. Everything else, and that too without one, uses `pool`."""
         self._pool = pool
         self._read_pool = read_pool or pool
-        self._pages = _PageMemory(PAGE_MEMORY_CHARS)
+        self._pages = _PageMemory(PAGE_MEMORY_CHARS, PAGES_REMEMBERED)
 
     def create(
         self, tenant: TenantName, *, request_key: str | None = None, max_live: int | None = None
@@ -176,13 +180,16 @@ class PostgresFleetRegistry:
         # rendered once each.
         shape = (tenant is not None, statuses is not None, cursor is not None)
         key = (shape, limit, *(tuple(p) if isinstance(p, builtins.list) else p for p in params))
-        known = self._pages.get(key)
         with read_cursor(
             self._read_pool, "the fleet registry database is unreachable", row_factory=tuple_row
         ) as cur:
+            # Taken before the statement runs: a page read on a connection to a server that has
+            # since crashed is kept under the epoch it was read in, never a later one.
+            epoch = self._pages.epoch(cur.connection)
+            known = self._pages.get(key, epoch)
             query = _list_json_query(cur, shape, limit)
             rows = cur.execute(query, [known.snapshot if known else "", *params]).fetchall()
-            snapshot = _snapshot(rows)
+            snapshot, in_recovery = _snapshot(rows)
             if known is not None and snapshot == known.snapshot:
                 return known.text, known.cursor
             items = [row[2] for row in rows if row[1]]
@@ -192,7 +199,7 @@ class PostgresFleetRegistry:
                 # naming the whole row there made Postgres build it for every row of every page.
                 fallback = _list_json_query(cur, shape, limit, fallback=True)
                 rows = cur.execute(fallback, ["", *params]).fetchall()
-                snapshot = _snapshot(rows)
+                snapshot, in_recovery = _snapshot(rows)
                 items = [row[2] for row in rows if row[1]]
         text = "[" + ",".join(items[:limit]) + "]"
         if not text.isascii() or "\x7f" in text:
@@ -205,7 +212,8 @@ class PostgresFleetRegistry:
             next_cursor = _encode_cursor(
                 datetime.fromisoformat(last["created_at"]), uuid.UUID(last["id"])
             )
-        self._pages.put(key, _Page(snapshot, text, next_cursor))
+        if not in_recovery:
+            self._pages.put(key, _Page(snapshot, epoch, text, next_cursor))
         return text, next_cursor
 
     def list_by_statuses(self, statuses: Iterable[Status]) -> builtins.list[InstanceState]:
@@ -424,11 +432,12 @@ def _list_json_query(
 ) -> sql.SQL:
     """list_json's statement for `shape` and `limit`, rendered once each.
 
-    Its rows are (snapshot, present, item): one row (snapshot, NULL, NULL) with the snapshot the
-    statement reads under, then the page's items in order as (NULL, TRUE, item), none when the page
-    is empty or when the snapshot is the one its first parameter names. Then Postgres does not run
-    the page's scan at all: the comparison names no column of the table, so the planner makes it
-    a one-time filter above the scan. The other parameters are `_page_params`'.
+    Its rows are (snapshot, present, item): one row (snapshot, NULL, 'recovery' on a standby or
+    else NULL) with the snapshot the statement reads under and the time its server started
+    (`_SNAPSHOT`), then the page's items in order as (NULL, TRUE, item), none when the page is empty
+    or when the snapshot is the one its first parameter names. Then Postgres does not run the
+    page's scan at all: the comparison names no column of the table, so the planner makes it a
+    one-time filter above the scan. The other parameters are `_page_params`'.
 
     UNION ALL hands out each branch's rows in that branch's order, and the page's branch ends in
     its ORDER BY and LIMIT, which no parallel plan splits. Postgres runs the branches one after
@@ -440,7 +449,10 @@ def _list_json_query(
         columns = _PAGE_COLUMNS_FALLBACK if fallback else _PAGE_COLUMNS
         page = _page_statement(columns, shape, limit, unless_snapshot=_SNAPSHOT)
         query = sql.SQL(
-            sql.SQL("SELECT {}, NULL::boolean, NULL::text UNION ALL ({})")
+            sql.SQL(
+                "SELECT {}, NULL::boolean, CASE WHEN pg_is_in_recovery() THEN 'recovery' END"
+                " UNION ALL ({})"
+            )
             .format(_SNAPSHOT, page)
             .as_string(cur)
         )
@@ -448,65 +460,100 @@ def _list_json_query(
     return query
 
 
-_SNAPSHOT = sql.SQL("pg_current_snapshot()::text")
+# The statement's snapshot and, since a server that restarts can hand out again the transaction
+# ids it had not written to disk, when the server started (`_PageMemory`).
+_SNAPSHOT = sql.SQL("pg_current_snapshot()::text || ' ' || pg_postmaster_start_time()::text")
 
 
-def _snapshot(rows: builtins.list[tuple[Any, ...]]) -> str:
-    """The snapshot in `_list_json_query`'s rows."""
-    snapshot: str = next(row[0] for row in rows if row[1] is None)
-    return snapshot
+def _snapshot(rows: builtins.list[tuple[Any, ...]]) -> tuple[str, bool]:
+    """The snapshot in `_list_json_query`'s rows, and whether its server is a standby."""
+    snapshot, _, recovery = next(row for row in rows if row[1] is None)
+    return snapshot, recovery is not None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Page:
-    snapshot: str  # pg_current_snapshot() of the statement that read it, as text
+    snapshot: str  # `_SNAPSHOT` of the statement that read it
+    epoch: int  # `_PageMemory.epoch` when that statement began
     text: str
     cursor: str | None
 
 
 class _PageMemory:
     """list_json's pages, each with the snapshot Postgres read it under, by statement and
-    parameters; at most `budget` characters of them, the oldest forgotten first.
+    parameters; at most `pages` of them and `budget` characters (each page counted with
+    PAGE_OVERHEAD_CHARS more), the oldest forgotten first.
 
     A page is handed out again only when the statement asking for it runs under the very same
-    snapshot. A snapshot (xmin, xmax, the transactions in progress) fixes which transactions a
-    statement sees: one that commits changes the next snapshot's xmax or its list in progress,
-    one that aborts sees nothing either way. So two statements under the same snapshot read the
-    same rows, and a remembered page is exactly what the scan would have read: every answer still
-    reflects every write committed before its statement began, whichever process wrote it. Any
-    transaction that takes a transaction id anywhere on the server moves the snapshot, so the
-    memory only helps while nothing is written; it never answers for a snapshot it did not see.
+    snapshot (xmin, xmax, the transactions in progress), which fixes which transactions a
+    statement sees. A transaction that commits or aborts changes the next snapshot's xmax or its
+    list in progress, so two statements under the same snapshot read the same rows, and a
+    remembered page is exactly what the scan would have read: every answer still reflects every
+    write committed before its statement began, whichever process wrote it.
+
+    That holds while the server's transaction ids only move forward. A server that crashes can
+    hand out again the ids of transactions it had not yet written to disk (an abort is not
+    flushed at once), and repeat a snapshot that now sees other rows. A restart changes the
+    server's start time, which is part of the snapshot compared; a crash of one backend makes the
+    server reinitialise without a restart, but it ends every connection. So pages also carry an
+    epoch, moved on whenever a read runs on a connection not seen before: a page is handed out
+    only in the epoch it was read in. On a standby the list in progress is empty while others run
+    and commit, so a page read there is never kept. (Behind a pooler that silently reconnects to a
+    server that reinitialised, none of this would be seen: the read pool talks to Postgres
+    directly.)
     """
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, pages: int) -> None:
         self._budget = budget
+        self._most = pages
         self._pages: dict[tuple[object, ...], _Page] = {}
         self._used = 0
         self._lock = threading.Lock()
+        self._epoch = 0
+        self._seen: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
-    def get(self, key: tuple[object, ...]) -> _Page | None:
-        return self._pages.get(key)
+    def epoch(self, connection: psycopg.Connection[Any]) -> int:
+        """The current epoch, moved on first if `connection` is new."""
+        if connection not in self._seen:
+            with self._lock:
+                self._seen.add(connection)
+                self._epoch += 1
+                self._pages.clear()
+                self._used = 0
+        return self._epoch
+
+    def get(self, key: tuple[object, ...], epoch: int) -> _Page | None:
+        page = self._pages.get(key)
+        return page if page is not None and page.epoch == epoch else None
 
     def put(self, key: tuple[object, ...], page: _Page) -> None:
-        size = len(page.text)
+        size = _cost(page)
         if size > self._budget:
             return
         with self._lock:
+            if page.epoch != self._epoch:
+                return
             replaced = self._pages.pop(key, None)
             if replaced is not None:
-                self._used -= len(replaced.text)
-            while self._used + size > self._budget:
-                self._used -= len(self._pages.pop(next(iter(self._pages))).text)
+                self._used -= _cost(replaced)
+            while self._pages and (
+                self._used + size > self._budget or len(self._pages) >= self._most
+            ):
+                self._used -= _cost(self._pages.pop(next(iter(self._pages))))
             self._pages[key] = page
             self._used += size
 
     @property
     def used(self) -> int:
-        """Characters of the pages held."""
+        """Characters the pages held count for."""
         return self._used
 
     def __len__(self) -> int:
         return len(self._pages)
+
+
+def _cost(page: _Page) -> int:
+    return len(page.text) + len(page.snapshot) + PAGE_OVERHEAD_CHARS
 
 
 def _statuses(statuses: Status | Iterable[Status]) -> tuple[Status, ...]:

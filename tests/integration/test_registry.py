@@ -713,11 +713,12 @@ def _fresh(pg_pool, **query) -> tuple[str, str | None]:
     return PostgresFleetRegistry(pg_pool).list_json(**query)
 
 
-def _served_from_memory(registry, attempts: int = 20, **query) -> bool:
+def _served_from_memory(registry, seconds: float = 3, **query) -> bool:
     """Whether asking twice in a row handed out the same page object (a page read again is a new
-    one). Anything on the server that takes a transaction id in between (autovacuum's ANALYZE, a
-    test before this one) moves the snapshot; a few tries find a quiet moment."""
-    for _ in range(attempts):
+    one). Any transaction that ends anywhere on the server in between (autovacuum's ANALYZE,
+    another database's writes) moves the snapshot; trying for a few seconds finds a quiet moment."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         first = registry.list_json(**query)[0]
         if registry.list_json(**query)[0] is first:
             return True
@@ -767,6 +768,22 @@ def test_a_remembered_page_never_hides_a_write_committed_before_the_read(
         assert registry.list_json(**query) == _fresh(pg_pool, **query)
 
 
+def test_pages_with_other_filters_are_remembered_apart(pg_pool, read_pool, tenant):
+    registry = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
+    for _ in range(2):
+        registry.create(tenant)
+    (first, _), _ = registry.list(tenant=tenant, limit=2)
+    walk(registry, first.id, S.PROVISIONING)
+    for _ in range(2):  # the second time round, each from memory
+        for statuses in ([S.PENDING], [S.PROVISIONING], [S.PENDING, S.PROVISIONING], []):
+            query = {"tenant": tenant, "statuses": statuses}
+            assert registry.list_json(**query) == _fresh(pg_pool, **query)
+        for limit in (1, 2):
+            assert registry.list_json(tenant=tenant, limit=limit) == _fresh(
+                pg_pool, tenant=tenant, limit=limit
+            )
+
+
 def test_an_empty_page_is_not_mistaken_for_an_unchanged_one(pg_pool, read_pool, tenant):
     # The statement answers one row of NULLs both for an empty page and for "unchanged": only
     # the snapshot tells them apart.
@@ -781,17 +798,23 @@ def test_an_empty_page_is_not_mistaken_for_an_unchanged_one(pg_pool, read_pool, 
 def test_a_write_in_progress_at_the_first_read_shows_once_it_commits(
     pg_pool, read_pool, migrated_database_url, tenant
 ):
-    # The writer holds its transaction id before the page is read, so the first read's snapshot
-    # lists it as in progress; its commit changes that list, not the snapshot's bounds.
+    # The writer takes its transaction id before the page is read, and a later transaction
+    # commits before it too: the first read's snapshot lists the writer as in progress below its
+    # xmax. The writer's commit then changes that list (and xmin), not xmax.
     registry = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
     registry.create(tenant)
     with psycopg.connect(migrated_database_url) as writer:
         writer.execute(
             "UPDATE instances SET reason = 'written meanwhile' WHERE tenant = %s", (tenant,)
         )
+        (mine,) = writer.execute("SELECT pg_current_xact_id()::text").fetchone()
+        with psycopg.connect(migrated_database_url, autocommit=True) as other:
+            other.execute("SELECT pg_current_xact_id()")  # an id, committed at once
+            (snapshot,) = other.execute("SELECT pg_current_snapshot()::text").fetchone()
         before = registry.list_json(tenant=tenant)
         assert "written meanwhile" not in before[0]
         writer.commit()
+    assert mine in snapshot.split(":")[2].split(","), snapshot
     assert "written meanwhile" in registry.list_json(tenant=tenant)[0]
 
 
@@ -824,6 +847,7 @@ def test_concurrent_reads_see_every_create_committed_before_they_began(pg_pool, 
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
     assert not stale, stale[:5]
     assert reads[0] > 40
     assert len(json.loads(registry.list_json(tenant=tenant, limit=500)[0])) == 40
@@ -833,21 +857,36 @@ def test_the_page_memory_keeps_only_the_latest_pages(pg_pool, read_pool, tenant,
     registry = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
     for _ in range(3):
         registry.create(tenant)
-    page = len(registry.list_json(tenant=tenant, limit=1)[0])
-    # Room for four one-item pages.
-    monkeypatch.setattr(registry_module, "PAGE_MEMORY_CHARS", 4 * page + 10)
+    monkeypatch.setattr(registry_module, "PAGE_OVERHEAD_CHARS", 100)
+    # Every page counts for its text, its snapshot and 100 more.
+    costs = []
+    for limit in (3, 4, 5):
+        registry = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
+        registry.list_json(tenant=tenant, limit=limit)
+        costs.append(registry._pages.used)
+    # Room for four one-item pages' worth, and at most three pages of any size.
+    small = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
+    small.list_json(tenant=tenant, limit=1)
+    monkeypatch.setattr(registry_module, "PAGE_MEMORY_CHARS", 4 * small._pages.used)
+    monkeypatch.setattr(registry_module, "PAGES_REMEMBERED", 3)
     registry = PostgresFleetRegistry(pg_pool, read_pool=read_pool)
-    for status in [*Status, *Status]:
+    for status in [*Status, *Status]:  # one-item and empty pages: the page count binds
         registry.list_json(tenant=tenant, statuses=[status], limit=1)
-    for _ in range(3):  # three pages of three items each
+    assert len(registry._pages) == 3
+    for _ in range(2):  # pages of three items, each nearly half the budget: two fit
         for limit in (3, 4, 5):
             registry.list_json(tenant=tenant, limit=limit)
-    assert registry._pages.used <= 4 * page + 10
-    assert len(registry._pages) == 1  # the last one: each is three pages' size
+    assert registry._pages.used <= 4 * small._pages.used
+    assert 1 <= len(registry._pages) <= 3
+    assert costs == sorted(costs) and costs[0] > small._pages.used  # bigger pages count for more
     assert _served_from_memory(registry, tenant=tenant, limit=5)
     # A page larger than the whole budget is not kept, and nothing is forgotten for it.
-    registry._pages.put(("huge",), registry_module._Page("", "x" * (5 * page), None))
-    assert len(registry._pages) == 1
+    held = len(registry._pages)
+    epoch = registry._pages._epoch
+    registry._pages.put(
+        ("huge",), registry_module._Page("", epoch, "x" * (5 * small._pages.used), None)
+    )
+    assert len(registry._pages) == held
 
 
 def test_a_read_on_the_read_pool_opens_no_transaction(pg_pool, read_pool, migrated_database_url):
