@@ -486,10 +486,11 @@ class _PageMemory:
 
     A page is handed out again only when the statement asking for it runs under the very same
     snapshot (xmin, xmax, the transactions in progress), which fixes which transactions a
-    statement sees. A transaction that commits or aborts changes the next snapshot's xmax or its
-    list in progress, so two statements under the same snapshot read the same rows, and a
-    remembered page is exactly what the scan would have read: every answer still reflects every
-    write committed before its statement began, whichever process wrote it.
+    statement sees. A transaction that took an id (wrote anything) changes the next snapshot's
+    xmax or its list in progress when it commits or aborts, so two statements under the same
+    snapshot read the same rows, and a remembered page is exactly what the scan would have read:
+    every answer still reflects every write committed before its statement began, whichever
+    process wrote it.
 
     That holds while the server's transaction ids only move forward. A server that crashes can
     hand out again the ids of transactions it had not yet written to disk (an abort is not

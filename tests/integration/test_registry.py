@@ -715,7 +715,7 @@ def _fresh(pg_pool, **query) -> tuple[str, str | None]:
 
 def _served_from_memory(registry, seconds: float = 3, **query) -> bool:
     """Whether asking twice in a row handed out the same page object (a page read again is a new
-    one). Any transaction that ends anywhere on the server in between (autovacuum's ANALYZE,
+    one). Any transaction that writes anywhere on the server in between (autovacuum's ANALYZE,
     another database's writes) moves the snapshot; trying for a few seconds finds a quiet moment."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
