@@ -7,6 +7,7 @@ Screenshots of the dashboard and of the VM page go to test-artifacts/ (git-ignor
 import contextlib
 import re
 import secrets
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.conftest import PG_ADMIN_DSN
 from tests.support.browser import ARTIFACTS
+from tests.support.processes import wait_until
 from tests.support.stack import make_stack, private_database
 
 READY_TIMEOUT_MS = 60_000
@@ -33,6 +35,17 @@ WATCH_ROW = """(id) => {
   });
   record();
 }"""
+
+
+# Counts the page's fetches under way (window.__fetchesUnderWay), for a test that must know none is.
+COUNT_FETCHES = """
+window.__fetchesUnderWay = 0;
+const originalFetch = window.fetch;
+window.fetch = (...args) => {
+  window.__fetchesUnderWay += 1;
+  return originalFetch(...args).finally(() => { window.__fetchesUnderWay -= 1; });
+};
+"""
 
 
 @pytest.fixture(scope="module")
@@ -289,11 +302,17 @@ def test_refresh_brings_a_new_vm_in_place_while_the_timers_stand_still(stack, co
     tenant = f"ui-refresh-{secrets.token_hex(4)}"
     stack.onboard(tenant)
     page = context.new_page()
+    page.add_init_script(COUNT_FETCHES)
     page.clock.install()
     sign_in(page, stack.api_token)
     expect(page.locator("#fleet-updated")).to_contain_text("Live")
-    # From here no timer fires: only the button can bring the new row.
+    # From here no timer fires: only the button can bring the new row. A request already under
+    # way could still bring it if the gateway answered it after the provision below, and so could
+    # one it leads to (the tenants' answer can refresh the fleet): once, on a busy machine, the row
+    # came without the button. The provision waits until the page has had nothing under way for
+    # a while.
     page.clock.pause_at(page.evaluate("Date.now()") + 1)
+    wait_until(lambda: _quiet(page), 10, what="the page's requests to be answered")
     page.evaluate("window.__samePage = true")
     instance = stack.provision(tenant)
     row = page.locator(f'#fleet tr[data-id="{instance["id"]}"]')
@@ -305,6 +324,13 @@ def test_refresh_brings_a_new_vm_in_place_while_the_timers_stand_still(stack, co
     assert page.evaluate("window.__samePage") is True
     assert stack.api("DELETE", f"/instances/{tenant}/{instance['id']}").status_code == 202
     stack.wait_status(tenant, instance["id"], "retired")
+
+
+def _quiet(page) -> bool:
+    if page.evaluate("window.__fetchesUnderWay") != 0:
+        return False
+    time.sleep(0.3)
+    return page.evaluate("window.__fetchesUnderWay") == 0
 
 
 def test_the_vm_page_says_no_forge_is_registered_and_offers_heal_to_a_failed_vm(stack, context):
