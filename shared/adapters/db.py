@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 import psycopg
 from psycopg.rows import RowFactory, dict_row
 from psycopg_pool import ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from shared.domain.errors import RegistryUnavailable
 
@@ -45,7 +46,7 @@ def make_pool(
     `astimezone(UTC)` costs nothing, where a zone name such as the server's default Etc/UTC makes
     it a zoneinfo lookup per value (five per listed instance).
     """
-    return ConnectionPool(
+    return _Pool(
         database_url,
         min_size=min_size,
         max_size=max_size,
@@ -55,6 +56,30 @@ def make_pool(
         open=True,
         kwargs={"connect_timeout": 5, "options": "-c TimeZone=UTC", **kwargs},
     )
+
+
+# The longest a pool waits between two attempts to reconnect after Postgres went away.
+MAX_RECONNECT_DELAY = 2.0
+
+
+class _CappedBackoff(AttemptWithBackoff):
+    """psycopg_pool's reconnect backoff (1 s, doubling) with its delay capped. Uncapped, an
+    outage of N seconds left the pool waiting up to N more before its next attempt, answering
+    503 all that while with Postgres back (a 14 s outage: no connection for 16 s more)."""
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, MAX_RECONNECT_DELAY)
+
+
+class _Pool(ConnectionPool):
+    """ConnectionPool, reconnecting with `_CappedBackoff` (psycopg_pool takes no setting for it:
+    its attempts start in `_add_connection`, whose first one this hands in)."""
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(
+            attempt or _CappedBackoff(timeout=self.reconnect_timeout), growing=growing
+        )
 
 
 def make_lock_pool(database_url: str, *, max_size: int = 2) -> ConnectionPool:

@@ -23,9 +23,11 @@ from tests.support.stack import make_stack
 
 SLOW_BOOT_SECS = 6  # the guest boot the restarts happen in
 REDIS_OUTAGE_SECS = 3
-# Longer than a worker waits for a Postgres connection (the instance lock's 10 s), so that a step
-# fails with RegistryUnavailable and comes back through its retry, not merely late.
-PG_OUTAGE_SECS = 14
+# Longer than a worker waits for a Postgres connection (the instance lock's 10 s) even when its step
+# first reaches for one seconds into the outage, so that the step fails with RegistryUnavailable and
+# comes back through its retry, not merely late: the pools reconnect within 2 s of Postgres coming
+# back (db.MAX_RECONNECT_DELAY), so a wait that outlasts the outage ends in a connection.
+PG_OUTAGE_SECS = 20
 
 
 @pytest.fixture(scope="module")

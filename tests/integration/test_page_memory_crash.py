@@ -7,6 +7,9 @@ rows differ. A page remembered before the crash must not be handed out after it
 (shared/adapters/registry.py, `_PageMemory`): neither after a restart (the server's start time
 moves) nor after a reinitialisation that follows one backend's crash (the start time stays; every
 connection ends, and the memory starts a new epoch on the first new one).
+
+And the pools themselves: after an outage, a pool reconnects within seconds of Postgres coming
+back (shared/adapters/db.py, MAX_RECONNECT_DELAY).
 """
 
 import os
@@ -121,3 +124,30 @@ def test_a_page_read_before_a_crash_is_not_handed_out_after_it(pg, database_url,
         read_pool.close()
     assert "committed after the crash" not in before
     assert "committed after the crash" in after
+
+
+def test_a_pool_reconnects_within_seconds_of_postgres_coming_back(pg, database_url):
+    # psycopg_pool retries a lost connection after 1 s, then doubling: uncapped, after 10 s down
+    # its next attempt came up to 8 s after Postgres was back, every request a 503 meanwhile
+    # (shared/adapters/db.py, MAX_RECONNECT_DELAY).
+    pool = make_pool(database_url, min_size=1, max_size=1, timeout=1)
+    try:
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+        pg.crash()
+        # The connection the crash broke.
+        with pytest.raises(psycopg.OperationalError), pool.connection() as conn:
+            conn.execute("SELECT 1")
+        time.sleep(10)
+        pg.start()
+        back = time.monotonic()
+        wait_until(lambda: _pool_answers(pool), 20, interval=0.1, what="a pooled connection")
+        waited = time.monotonic() - back
+    finally:
+        pool.close()
+    assert waited < 2 + 1.5, f"{waited:.1f} s after Postgres came back"
+
+
+def _pool_answers(pool) -> bool:
+    with pool.connection(timeout=0.2) as conn:
+        return conn.execute("SELECT 1").fetchone() == (1,)
