@@ -233,13 +233,13 @@ def main() -> None:
             "LOG_LEVEL": "INFO",
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        gateway = Server(
-            "gateway",
-            "services.api.wsgi:app",
-            {**env, "DATABASE_URL": f"{db_url}?application_name=gateway"},
-            workdir,
-            database=db_name,
-        )
+
+        def gateway_server(name: str, app: str) -> Server:
+            # Its Postgres backends told apart from the other gateway's by application_name.
+            url = f"{db_url}?application_name={name}"
+            return Server(name, app, {**env, "DATABASE_URL": url}, workdir, database=db_name)
+
+        gateway = gateway_server("gateway", "services.api.wsgi:app")
         servers.append(gateway)
         status, body = gateway.get(PATH, headers)
         assert status == 200, body
@@ -251,13 +251,7 @@ def main() -> None:
         )
         servers.append(bare)
         assert bare.get(PATH)[1] == body
-        without_read = Server(
-            "without-read",
-            "bench.gateway_without_read:make_app()",
-            {**env, "DATABASE_URL": f"{db_url}?application_name=without-read"},
-            workdir,
-            database=db_name,
-        )
+        without_read = gateway_server("without-read", "bench.gateway_without_read:make_app()")
         servers.append(without_read)
         assert without_read.get(PATH, headers)[1] == body
         for server in servers:  # warm-up: imports, pools, first queries

@@ -507,7 +507,8 @@ class _PageMemory:
     def __init__(self, budget: int, pages: int) -> None:
         self._budget = budget
         self._most = pages
-        self._pages: dict[tuple[object, ...], _Page] = {}
+        # Each page with what it counts for (`_cost`, when it was put).
+        self._pages: dict[tuple[object, ...], tuple[_Page, int]] = {}
         self._used = 0
         self._lock = threading.Lock()
         self._epoch = 0
@@ -524,8 +525,8 @@ class _PageMemory:
         return self._epoch
 
     def get(self, key: tuple[object, ...], epoch: int) -> _Page | None:
-        page = self._pages.get(key)
-        return page if page is not None and page.epoch == epoch else None
+        held = self._pages.get(key)
+        return held[0] if held is not None and held[0].epoch == epoch else None
 
     def put(self, key: tuple[object, ...], page: _Page) -> None:
         size = _cost(page)
@@ -536,12 +537,12 @@ class _PageMemory:
                 return
             replaced = self._pages.pop(key, None)
             if replaced is not None:
-                self._used -= _cost(replaced)
+                self._used -= replaced[1]
             while self._pages and (
                 self._used + size > self._budget or len(self._pages) >= self._most
             ):
-                self._used -= _cost(self._pages.pop(next(iter(self._pages))))
-            self._pages[key] = page
+                self._used -= self._pages.pop(next(iter(self._pages)))[1]
+            self._pages[key] = (page, size)
             self._used += size
 
     @property

@@ -1,4 +1,4 @@
-"""The list's page memory across a Postgres crash, on a private cluster.
+"""Postgres crashing under the list's page memory and under the pools, on a private cluster.
 
 A crashed server can hand out again the transaction ids of transactions it had not yet written to
 disk (an abort's record is written lazily): after the restart a new transaction gets the aborted
