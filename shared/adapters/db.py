@@ -4,14 +4,18 @@ Migrations are the numbered `.sql` files in migrations/, applied in order under 
 that several processes starting at once apply each exactly once.
 """
 
+import collections
 import contextlib
+import dataclasses
+import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import RowFactory, dict_row
 from psycopg_pool import ConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
@@ -139,30 +143,154 @@ class _IdleCheck:
 
 
 @contextlib.contextmanager
-def read_cursor(
-    pool: ConnectionPool, unavailable: str, *, row_factory: RowFactory[Any] = dict_row
-) -> Iterator[psycopg.Cursor[Any]]:
-    """A cursor for one read statement. On an autocommit pool (`make_read_pool`) there is no
-    transaction around it; on any other it is `pooled_cursor`'s. Errors as `pooled_cursor`."""
+def read_connection(pool: ConnectionPool, unavailable: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for one read (`read_cursor`, `run_prepared`), back to the pool at the end.
+    Postgres not answering leaves as RegistryUnavailable(`unavailable`), as `pooled_cursor`."""
     # getconn/putconn, not `pool.connection()`: that also enters the connection's own context,
     # whose exit commits (or rolls back) a transaction an autocommit connection never has, one more
-    # wait on the connection per read; the transaction block below does that job on other pools.
+    # wait on the connection per read; `read_cursor`'s transaction block does that job on others.
     try:
         conn = pool.getconn()
     except psycopg.OperationalError as exc:  # PoolTimeout is one too
         raise RegistryUnavailable(unavailable) from exc
     try:
+        yield conn
+    except psycopg.OperationalError as exc:
+        raise RegistryUnavailable(unavailable) from exc
+    finally:
+        # The pool inspects what it gets back and discards a broken connection.
+        pool.putconn(conn)
+
+
+@contextlib.contextmanager
+def read_cursor(
+    pool: ConnectionPool, unavailable: str, *, row_factory: RowFactory[Any] = dict_row
+) -> Iterator[psycopg.Cursor[Any]]:
+    """A cursor for one read statement. On an autocommit pool (`make_read_pool`) there is no
+    transaction around it; on any other it is `pooled_cursor`'s. Errors as `pooled_cursor`."""
+    with read_connection(pool, unavailable) as conn:
         if conn.autocommit:
             with conn.cursor(row_factory=row_factory) as cur:
                 yield cur
         else:
             with conn.transaction(), conn.cursor(row_factory=row_factory) as cur:
                 yield cur
-    except psycopg.OperationalError as exc:
-        raise RegistryUnavailable(unavailable) from exc
-    finally:
-        # The pool inspects what it gets back and discards a broken connection.
-        pool.putconn(conn)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PreparedRead:
+    """A read statement for `run_prepared`: the name it is prepared under on each connection, and
+    its text with libpq's placeholders ($1, $2, ...)."""
+
+    name: bytes
+    text: bytes
+
+    @classmethod
+    def of(cls, name: str, query: str) -> "PreparedRead":
+        """From `query` as psycopg writes it (each parameter `%s`, no other `%`)."""
+        pieces = query.split("%s")
+        if any("%" in piece for piece in pieces):
+            raise ValueError("a PreparedRead's query has only %s placeholders")
+        text = pieces[0] + "".join(f"${n}{piece}" for n, piece in enumerate(pieces[1:], 1))
+        return cls(f"dark_{name}".encode(), text.encode())
+
+
+def run_prepared(
+    conn: psycopg.Connection[Any], statement: PreparedRead, params: Sequence[str]
+) -> list[tuple[str | None, ...]]:
+    """Run `statement` on `conn`, an idle connection held alone (`read_connection`), through
+    libpq itself: its rows, each value as text (None for NULL). Each parameter is sent as text
+    (none is NULL) and takes the type Postgres gives its place in the statement.
+
+    For a read that runs many times a second: psycopg's cursor spends as much CPU again as
+    libpq's round trip on a one-row answer (its cursor, its parameter adaptation, its prepared-
+    statement bookkeeping), here none of it. The statement is prepared under its own name the first
+    time it runs on a connection (so a new connection, after a Postgres restart too, prepares it
+    again), and prepared again if the server has lost it. The connection stays psycopg's: libpq
+    waits with the GIL released, and the pool sees the connection's state as after any statement.
+
+    Errors are psycopg's, by SQLSTATE: an OperationalError when Postgres does not answer.
+    """
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise psycopg.ProgrammingError("run_prepared needs an idle connection")
+    state = _prepared_on(conn)
+    values = [value.encode(state.encoding) for value in params]
+    pgconn = conn.pgconn
+    names = state.names
+    for _ in range(2):
+        if statement.name in names:
+            names.move_to_end(statement.name)
+        else:
+            if len(names) >= PREPARED_PER_CONNECTION:
+                # The one used longest ago goes: a server keeps each statement and its plans in
+                # the backend's memory, and list_json alone has 8 x 500 statements to ask for.
+                oldest, _ = names.popitem(last=False)
+                gone = pgconn.exec_(b'DEALLOCATE "' + oldest + b'"')
+                if gone.error_field(pq.DiagnosticField.SQLSTATE) != _NO_SUCH_STATEMENT:
+                    _check(gone, state.encoding)
+            _check(pgconn.prepare(statement.name, statement.text), state.encoding)
+            names[statement.name] = None
+        result = pgconn.exec_prepared(statement.name, values)
+        if result.error_field(pq.DiagnosticField.SQLSTATE) != _NO_SUCH_STATEMENT:
+            break
+        # Deallocated behind this module's back (DEALLOCATE, DISCARD ALL): prepared again.
+        del names[statement.name]
+    _check(result, state.encoding)
+    encoding = state.encoding
+    fields = range(result.nfields)
+    return [
+        tuple(
+            None if (value := result.get_value(row, field)) is None else value.decode(encoding)
+            for field in fields
+        )
+        for row in range(result.ntuples)
+    ]
+
+
+# The most statements `run_prepared` keeps prepared on one connection, the least recently used
+# deallocated first (psycopg keeps at most 100 of its own).
+PREPARED_PER_CONNECTION = 32
+
+# SQLSTATE invalid_sql_statement_name: "prepared statement ... does not exist".
+_NO_SUCH_STATEMENT = b"26000"
+
+
+@dataclasses.dataclass(slots=True)
+class _Prepared:
+    encoding: str  # the connection's client encoding, as Python names it
+    # The statements prepared on the connection, the least recently used first.
+    names: collections.OrderedDict[bytes, None] = dataclasses.field(
+        default_factory=collections.OrderedDict
+    )
+
+
+_PREPARED: weakref.WeakKeyDictionary[psycopg.Connection[Any], _Prepared] = (
+    weakref.WeakKeyDictionary()
+)
+_PREPARED_LOCK = threading.Lock()
+
+
+def _prepared_on(conn: psycopg.Connection[Any]) -> _Prepared:
+    state = _PREPARED.get(conn)
+    if state is None:
+        with _PREPARED_LOCK:
+            state = _PREPARED.setdefault(conn, _Prepared(conn.info.encoding))
+    return state
+
+
+def _check(result: pq.abc.PGresult, encoding: str) -> None:
+    """Raise psycopg's error for a failed `result` (its class by SQLSTATE)."""
+    if result.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+        return
+    sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
+    message = result.error_message.decode(encoding, "replace").strip()
+    if sqlstate is None:  # no answer from the server: the connection is gone
+        raise psycopg.OperationalError(message or "the connection to Postgres was lost")
+    try:
+        error = psycopg.errors.lookup(sqlstate.decode("ascii"))
+    except KeyError:  # a code psycopg does not know (a RAISE with an ERRCODE of its own)
+        error = psycopg.DatabaseError
+    raise error(message)
 
 
 @overload

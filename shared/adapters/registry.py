@@ -22,15 +22,21 @@ import uuid
 import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import args_row, tuple_row
+from psycopg.rows import args_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from shared.adapters.db import Row, pooled_cursor, read_cursor
+from shared.adapters.db import (
+    PreparedRead,
+    Row,
+    pooled_cursor,
+    read_connection,
+    run_prepared,
+)
 from shared.domain.errors import (
     InstanceNotFound,
     InvalidCursor,
@@ -180,15 +186,14 @@ class PostgresFleetRegistry:
         # rendered once each.
         shape = (tenant is not None, statuses is not None, cursor is not None)
         key = (shape, limit, *(tuple(p) if isinstance(p, builtins.list) else p for p in params))
-        with read_cursor(
-            self._read_pool, "the fleet registry database is unreachable", row_factory=tuple_row
-        ) as cur:
+        values = [_text_value(param) for param in params]
+        with read_connection(self._read_pool, "the fleet registry database is unreachable") as conn:
             # Taken before the statement runs: a page read on a connection to a server that has
             # since crashed is kept under the epoch it was read in, never a later one.
-            epoch = self._pages.epoch(cur.connection)
+            epoch = self._pages.epoch(conn)
             known = self._pages.get(key, epoch)
-            query = _list_json_query(cur, shape, limit)
-            rows = cur.execute(query, [known.snapshot if known else "", *params]).fetchall()
+            statement = _list_json_statement(conn, shape, limit)
+            rows = run_prepared(conn, statement, [known.snapshot if known else "", *values])
             snapshot, in_recovery = _snapshot(rows)
             if known is not None and snapshot == known.snapshot:
                 return known.text, known.cursor
@@ -197,18 +202,20 @@ class PostgresFleetRegistry:
                 # A row written before migration 0010 and not yet backfilled (`db.migrate`): the
                 # page again, such rows formatted as they are read. Not the hot path's statement:
                 # naming the whole row there made Postgres build it for every row of every page.
-                fallback = _list_json_query(cur, shape, limit, fallback=True)
-                rows = cur.execute(fallback, ["", *params]).fetchall()
+                fallback = _list_json_statement(conn, shape, limit, fallback=True)
+                rows = run_prepared(conn, fallback, ["", *values])
                 snapshot, in_recovery = _snapshot(rows)
                 items = [row[2] for row in rows if row[1]]
-        text = "[" + ",".join(items[:limit]) + "]"
+        # Never NULL by now: the fallback's items are coalesced.
+        page = cast("builtins.list[str]", items)
+        text = "[" + ",".join(page[:limit]) + "]"
         if not text.isascii() or "\x7f" in text:
             # Postgres leaves these characters as they are, where the gateway's JSON provider
             # escapes them: rewritten the provider's way (a rare page: reasons are ASCII).
             text = summaries_json(json.loads(text))
         next_cursor = None
-        if len(items) > limit:
-            last = json.loads(items[limit - 1])
+        if len(page) > limit:
+            last = json.loads(page[limit - 1])
             next_cursor = _encode_cursor(
                 datetime.fromisoformat(last["created_at"]), uuid.UUID(last["id"])
             )
@@ -375,6 +382,22 @@ def _page_params(
     return params
 
 
+def _text_value(param: object) -> str:
+    """A `_page_params` parameter as Postgres reads it in text (`run_prepared`): a tenant as it is,
+    statuses as an array, a cursor's position as an ISO 8601 timestamp with its offset and a
+    UUID."""
+    if isinstance(param, str):
+        return param
+    if isinstance(param, builtins.list):
+        quoted = ('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in param)
+        return "{" + ",".join(quoted) + "}"
+    if isinstance(param, datetime):
+        return param.isoformat()
+    if isinstance(param, uuid.UUID):
+        return str(param)
+    raise TypeError(f"no text form for a page parameter of type {type(param).__name__}")
+
+
 def _page_statement(
     columns: sql.Composable,
     shape: tuple[bool, bool, bool],
@@ -392,7 +415,7 @@ def _page_statement(
     its time in Postgres). `limit` is a checked integer (`_page_params`).
 
     With `unless_snapshot` (an expression for the statement's snapshot), the page is read only
-    when that differs from a first parameter before `_page_params`' (`_list_json_query`).
+    when that differs from a first parameter before `_page_params`' (`_list_json_statement`).
     """
     by_tenant, by_status, after_cursor = shape
     conditions: list[sql.Composable] = []
@@ -417,20 +440,24 @@ def _page_statement(
 
 # A page's rows for list_json: each one's listing item, written with the row; and the same with a
 # row written before migration 0010 and not yet backfilled (`db.migrate`) formatted as it is read.
-# Each as (snapshot, present, item), `_list_json_query`'s rows.
+# Each as (snapshot, present, item), `_list_json_statement`'s rows.
 _PAGE_COLUMNS = sql.SQL("NULL, TRUE, summary_json")
 _PAGE_COLUMNS_FALLBACK = sql.SQL(
     "NULL, TRUE, coalesce(summary_json, dark_instance_summary(instances))"
 )
 # list_json's statement, by which filters it has (tenant, statuses, cursor), whether it is the
 # fallback, and the limit: at most 8 x 2 x MAX_PAGE_SIZE short texts.
-_LIST_JSON_QUERIES: dict[tuple[tuple[bool, bool, bool], bool, int], sql.SQL] = {}
+_LIST_JSON_QUERIES: dict[tuple[tuple[bool, bool, bool], bool, int], PreparedRead] = {}
 
 
-def _list_json_query(
-    cur: psycopg.Cursor[Any], shape: tuple[bool, bool, bool], limit: int, *, fallback: bool = False
-) -> sql.SQL:
-    """list_json's statement for `shape` and `limit`, rendered once each.
+def _list_json_statement(
+    conn: psycopg.Connection[Any],
+    shape: tuple[bool, bool, bool],
+    limit: int,
+    *,
+    fallback: bool = False,
+) -> PreparedRead:
+    """list_json's statement for `shape` and `limit`, rendered once each, for `run_prepared`.
 
     Its rows are (snapshot, present, item): one row (snapshot, NULL, 'recovery' on a standby or
     else NULL) with the snapshot the statement reads under and the time its server started
@@ -448,13 +475,18 @@ def _list_json_query(
     if query is None:
         columns = _PAGE_COLUMNS_FALLBACK if fallback else _PAGE_COLUMNS
         page = _page_statement(columns, shape, limit, unless_snapshot=_SNAPSHOT)
-        query = sql.SQL(
+        # Its name says which: list_json_<tenant, statuses, cursor as 0/1>_<limit>[_fallback].
+        name = "list_json_{}_{}{}".format(
+            "".join(str(int(present)) for present in shape), limit, "_fallback" if fallback else ""
+        )
+        query = PreparedRead.of(
+            name,
             sql.SQL(
                 "SELECT {}, NULL::boolean, CASE WHEN pg_is_in_recovery() THEN 'recovery' END"
                 " UNION ALL ({})"
             )
             .format(_SNAPSHOT, page)
-            .as_string(cur)
+            .as_string(conn),
         )
         _LIST_JSON_QUERIES[key] = query
     return query
@@ -466,7 +498,7 @@ _SNAPSHOT = sql.SQL("pg_current_snapshot()::text || ' ' || pg_postmaster_start_t
 
 
 def _snapshot(rows: builtins.list[tuple[Any, ...]]) -> tuple[str, bool]:
-    """The snapshot in `_list_json_query`'s rows, and whether its server is a standby."""
+    """The snapshot in `_list_json_statement`'s rows, and whether its server is a standby."""
     snapshot, _, recovery = next(row for row in rows if row[1] is None)
     return snapshot, recovery is not None
 
