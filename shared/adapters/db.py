@@ -208,6 +208,8 @@ def run_prepared(
     time it runs on a connection (so a new connection, after a Postgres restart too, prepares it
     again), and prepared again if the server has lost it. The connection stays psycopg's: libpq
     waits with the GIL released, and the pool sees the connection's state as after any statement.
+    (Unlike psycopg's wait, libpq's does not stop for a signal: a handler runs once the answer is
+    in. Only a process's main thread receives signals, and a gateway's requests run on others.)
 
     Errors are psycopg's, by SQLSTATE: an OperationalError when Postgres does not answer.
     """
@@ -224,11 +226,9 @@ def run_prepared(
             if len(names) >= PREPARED_PER_CONNECTION:
                 # The one used longest ago goes: a server keeps each statement and its plans in
                 # the backend's memory, and list_json alone has 8 x 500 statements to ask for.
-                oldest, _ = names.popitem(last=False)
-                gone = pgconn.exec_(b'DEALLOCATE "' + oldest + b'"')
-                if gone.error_field(pq.DiagnosticField.SQLSTATE) != _NO_SUCH_STATEMENT:
-                    _check(gone, state.encoding)
-            _check(pgconn.prepare(statement.name, statement.text), state.encoding)
+                _deallocate(pgconn, next(iter(names)), state.encoding)
+                names.popitem(last=False)
+            _prepare(pgconn, statement, state.encoding)
             names[statement.name] = None
         result = pgconn.exec_prepared(statement.name, values)
         if result.error_field(pq.DiagnosticField.SQLSTATE) != _NO_SUCH_STATEMENT:
@@ -253,6 +253,26 @@ PREPARED_PER_CONNECTION = 32
 
 # SQLSTATE invalid_sql_statement_name: "prepared statement ... does not exist".
 _NO_SUCH_STATEMENT = b"26000"
+# SQLSTATE duplicate_prepared_statement: "prepared statement ... already exists".
+_STATEMENT_EXISTS = b"42P05"
+
+
+def _prepare(pgconn: pq.abc.PGconn, statement: PreparedRead, encoding: str) -> None:
+    result = pgconn.prepare(statement.name, statement.text)
+    if result.error_field(pq.DiagnosticField.SQLSTATE) == _STATEMENT_EXISTS:
+        # Prepared on the server but not in `names`: an error or an interrupt came between the
+        # two (a failed DEALLOCATE leaves it listed). Its text may not be this one: replaced.
+        _deallocate(pgconn, statement.name, encoding)
+        result = pgconn.prepare(statement.name, statement.text)
+    _check(result, encoding)
+
+
+def _deallocate(pgconn: pq.abc.PGconn, name: bytes, encoding: str) -> None:
+    """Deallocate `name`, which may already be gone. Any other error is raised, and the caller's
+    record of the statement stays as it was: the server still holds it."""
+    result = pgconn.exec_(b'DEALLOCATE "' + name + b'"')
+    if result.error_field(pq.DiagnosticField.SQLSTATE) != _NO_SUCH_STATEMENT:
+        _check(result, encoding)
 
 
 @dataclasses.dataclass(slots=True)
@@ -279,18 +299,15 @@ def _prepared_on(conn: psycopg.Connection[Any]) -> _Prepared:
 
 
 def _check(result: pq.abc.PGresult, encoding: str) -> None:
-    """Raise psycopg's error for a failed `result` (its class by SQLSTATE)."""
+    """Raise the error psycopg would for a failed `result`: its class by SQLSTATE (an unknown code
+    by its class, so that 57Z01 is an OperationalError too), with its diagnostics."""
     if result.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
         return
-    sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
-    message = result.error_message.decode(encoding, "replace").strip()
-    if sqlstate is None:  # no answer from the server: the connection is gone
+    if result.error_field(pq.DiagnosticField.SQLSTATE) is None:
+        # No answer from the server: the connection is gone.
+        message = result.error_message.decode(encoding, "replace").strip()
         raise psycopg.OperationalError(message or "the connection to Postgres was lost")
-    try:
-        error = psycopg.errors.lookup(sqlstate.decode("ascii"))
-    except KeyError:  # a code psycopg does not know (a RAISE with an ERRCODE of its own)
-        error = psycopg.DatabaseError
-    raise error(message)
+    raise psycopg.errors.error_from_result(result, encoding)
 
 
 @overload

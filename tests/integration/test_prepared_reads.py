@@ -1,6 +1,7 @@
 """db.run_prepared: a read statement through libpq itself, on a pooled psycopg connection (the
 gateway's list, registry.list_json). Against the session's real Postgres."""
 
+import gc
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -43,18 +44,18 @@ def test_a_prepared_read_answers_what_a_cursor_answers(pool):
     at = datetime(2026, 3, 1, 9, 0, 0, 7, tzinfo=UTC)
     ident = uuid.UUID("6f1c0d36-3a55-4bd4-9a0b-3f1d0c9a6e11")
     # Each parameter as list_json sends it: text, and each takes its type from its place.
-    statement = PreparedRead.of(
-        "answers",
-        "SELECT %s || '!', NULL::text, %s = '2026-03-01T09:00:00.000007Z'::timestamptz,"
-        " %s = '6f1c0d36-3a55-4bd4-9a0b-3f1d0c9a6e11'::uuid, 'ünïcode «ok» 🙂', 42",
+    query = (
+        "SELECT (%s || '!')::text, NULL::text,"
+        " (%s = '2026-03-01T09:00:00.000007Z'::timestamptz)::text,"
+        " (%s = '6f1c0d36-3a55-4bd4-9a0b-3f1d0c9a6e11'::uuid)::text, 'ünïcode «ok» 🙂'::text,"
+        " 42::text"
     )
+    params = ["tenant-ä 東京", _text_value(at), _text_value(ident)]
     with read_connection(pool, "down") as conn:
-        rows = run_prepared(conn, statement, ["tenant-a", _text_value(at), _text_value(ident)])
-        expected = conn.execute(
-            "SELECT %s || '!', NULL::text, true, true, 'ünïcode «ok» 🙂', 42", ["tenant-a"]
-        ).fetchall()
-    assert rows == [("tenant-a!", None, "t", "t", "ünïcode «ok» 🙂", "42")]
-    assert expected == [("tenant-a!", None, True, True, "ünïcode «ok» 🙂", 42)]
+        rows = run_prepared(conn, PreparedRead.of("answers", query), params)
+        expected = conn.execute(query, [params[0], at, ident]).fetchall()
+    assert rows == expected
+    assert rows == [("tenant-ä 東京!", None, "true", "true", "ünïcode «ok» 🙂", "42")]
 
 
 def test_an_array_parameter_keeps_every_element_as_it_was(pool):
@@ -104,6 +105,32 @@ def test_only_the_latest_statements_stay_prepared_on_a_connection(pool, monkeypa
         # b again: prepared anew, in place of the one now used longest ago (c).
         assert run_prepared(conn, statements["b"], []) == [("b",)]
         assert _prepared_names(conn) == {"dark_a", "dark_d", "dark_b"}
+        # The server lost them all: the one to make room for is already gone, and that is fine.
+        conn.execute("DEALLOCATE ALL")
+        assert run_prepared(conn, statements["c"], []) == [("c",)]
+        assert _prepared_names(conn) == {"dark_c"}
+
+
+def test_a_statement_the_server_holds_under_the_name_is_replaced(pool):
+    # Prepared on the server but not recorded (an interrupt between the two, a DEALLOCATE that
+    # failed): preparing it again must not fail for good with "already exists".
+    with read_connection(pool, "down") as conn:
+        conn.execute("PREPARE dark_wedge AS SELECT 'old'")
+        for _ in range(2):
+            assert run_prepared(conn, PreparedRead.of("wedge", "SELECT 'new'"), []) == [("new",)]
+
+
+def test_a_closed_connections_statements_are_forgotten(migrated_database_url):
+    statement = PreparedRead.of("forgotten", "SELECT 1")
+    gc.collect()
+    held = len(db._PREPARED)
+    for _ in range(5):
+        with psycopg.connect(migrated_database_url, autocommit=True) as conn:
+            assert run_prepared(conn, statement, []) == [("1",)]
+        del conn
+    gc.collect()
+    # None of the five is still held (earlier tests' connections may have gone meanwhile).
+    assert len(db._PREPARED) <= held
 
 
 def test_errors_are_psycopgs_and_leave_the_connection_ready(pool):
@@ -116,6 +143,15 @@ def test_errors_are_psycopgs_and_leave_the_connection_ready(pool):
         with pytest.raises(psycopg.errors.QueryCanceled):
             run_prepared(conn, PreparedRead.of("slow", "SELECT pg_sleep(1)"), [])
         conn.execute("RESET statement_timeout")
+        # A code psycopg does not know is classed by its first two characters, as psycopg does:
+        # class 57 (operator intervention) is an OperationalError, a 503 at the API.
+        conn.execute(
+            "CREATE FUNCTION pg_temp.intervene() RETURNS int LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'stepped in' USING ERRCODE = '57Z01'; END$$"
+        )
+        with pytest.raises(psycopg.OperationalError, match="stepped in") as raised:
+            run_prepared(conn, PreparedRead.of("intervene", "SELECT pg_temp.intervene()"), [])
+        assert raised.value.diag.sqlstate == "57Z01"
         assert run_prepared(conn, PreparedRead.of("zero", "SELECT 1 / %s::int"), ["1"]) == [("1",)]
         # In a transaction it refuses: its statement would run inside someone else's.
         conn.autocommit = False
