@@ -213,12 +213,12 @@ def run_prepared(
 
     Errors are psycopg's, by SQLSTATE: an OperationalError when Postgres does not answer.
     """
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+    pgconn = conn.pgconn
+    if pgconn.transaction_status != pq.TransactionStatus.IDLE:
         raise psycopg.ProgrammingError("run_prepared needs an idle connection")
     state = _prepared_on(conn)
-    values = [value.encode(state.encoding) for value in params]
-    pgconn = conn.pgconn
-    names = state.names
+    encoding, names = state.encoding, state.names
+    values = [value.encode(encoding) for value in params]
     for _ in range(2):
         if statement.name in names:
             names.move_to_end(statement.name)
@@ -226,17 +226,16 @@ def run_prepared(
             if len(names) >= PREPARED_PER_CONNECTION:
                 # The one used longest ago goes: a server keeps each statement and its plans in
                 # the backend's memory, and list_json alone has 8 x 500 statements to ask for.
-                _deallocate(pgconn, next(iter(names)), state.encoding)
+                _deallocate(pgconn, next(iter(names)), encoding)
                 names.popitem(last=False)
-            _prepare(pgconn, statement, state.encoding)
+            _prepare(pgconn, statement, encoding)
             names[statement.name] = None
         result = pgconn.exec_prepared(statement.name, values)
         if result.error_field(pq.DiagnosticField.SQLSTATE) != _NO_SUCH_STATEMENT:
             break
         # Deallocated behind this module's back (DEALLOCATE, DISCARD ALL): prepared again.
         del names[statement.name]
-    _check(result, state.encoding)
-    encoding = state.encoding
+    _check(result, encoding)
     fields = range(result.nfields)
     return [
         tuple(
